@@ -1,0 +1,33 @@
+"""Task registry: d1's four benchmarks (``gsm8k``, ``math500`` alias ``math``, ``countdown``, ``sudoku``)."""
+
+from __future__ import annotations
+
+from d1.tasks import countdown, gsm8k, math500, sudoku
+from d1.tasks.base import ParsedAnswer, Task
+
+TASKS: dict[str, Task] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add a task (and its aliases) to the registry; later registrations replace earlier ones."""
+    TASKS[task.name] = task
+    for alias in task.aliases:
+        _ALIASES[alias] = task.name
+    return task
+
+
+def get_task(name: str) -> Task:
+    """The registered task called ``name`` (or an alias such as ``math``); ``ValueError`` if unknown."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in TASKS:
+        known = sorted([*TASKS, *_ALIASES])
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(known)}")
+    return TASKS[key]
+
+
+for _module in (gsm8k, math500, countdown, sudoku):
+    register_task(_module.TASK)
+
+__all__ = ["TASKS", "ParsedAnswer", "Task", "get_task", "register_task"]

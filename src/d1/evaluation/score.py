@@ -1,0 +1,237 @@
+"""Score d1 generation files (``{task}_{model}_{len}_{steps}_{rank}_generations.json``) like d1's parser.
+
+Accuracy, correct and total are exactly those of d1's ``eval/parse_and_get_acc.py``. Effective tokens
+are an approximation: d1 counts ``tiktoken`` ``cl100k_base`` tokens of the generation with
+``<|endoftext|>`` removed; that encoding is downloaded at run time, so here we count the pieces of
+cl100k's own pre-tokenisation regex instead (each piece is at least one cl100k token; common words
+are exactly one), which needs no download. As in d1, Sudoku's average is ``8 * tokens / empty cells``.
+MATH500 setups also get ``math_verify_accuracy`` from the ``math_verify`` package, as a separate column.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import regex
+
+from d1.tasks import get_task
+
+GENERATION_GLOB = "*_generations.json"
+_SETUP_NAME = re.compile(r"(.+)_\d+_generations\.json$")
+_REQUIRED_ITEM_KEYS = ("question", "generations", "ground_truth")
+_CL100K_PRETOKENIZER = regex.compile(
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+_SUDOKU_TOKEN_SCALE = 8  # d1 multiplies Sudoku's token total by 8 before dividing by the empty cells
+
+
+@dataclass
+class ItemScore:
+    """One graded generation."""
+
+    question: str
+    ground_truth: Any
+    extracted: Any
+    correct: bool
+    n_correct: int
+    n_total: int
+    effective_tokens: int
+    math_verify_correct: bool | None = None
+
+
+@dataclass
+class SetupScore:
+    """All ranks of one setup; ``correct``/``total`` count questions, or cells for Sudoku."""
+
+    setup: str
+    task: str
+    files: list[str] = field(default_factory=list)
+    items: list[ItemScore] = field(default_factory=list)
+
+    @property
+    def correct(self) -> int:
+        return sum(item.n_correct for item in self.items)
+
+    @property
+    def total(self) -> int:
+        return sum(item.n_total for item in self.items)
+
+    @property
+    def accuracy(self) -> float:
+        """Percent, as d1 prints it."""
+        return 100.0 * self.correct / self.total if self.total else 0.0
+
+    @property
+    def avg_effective_tokens(self) -> float:
+        """d1's ``total_effective_tokens / processed`` (Sudoku: ``8 * tokens / empty cells``)."""
+        tokens = sum(item.effective_tokens for item in self.items)
+        scale = _SUDOKU_TOKEN_SCALE if self.task == "sudoku" else 1
+        return scale * tokens / self.total if self.items and self.total else 0.0
+
+    @property
+    def math_verify_accuracy(self) -> float | None:
+        """Percent of items ``math_verify`` accepts (MATH500 only, else ``None``)."""
+        checked = [item.math_verify_correct for item in self.items if item.math_verify_correct is not None]
+        if not checked:
+            return None
+        return 100.0 * sum(checked) / len(self.items)
+
+
+def count_effective_tokens(text: str) -> int:
+    """Approximate cl100k token count of a generation without ``<|endoftext|>`` (see module docstring)."""
+    if not text:
+        return 0
+    return len(_CL100K_PRETOKENIZER.findall(text.replace("<|endoftext|>", "")))
+
+
+def math_verify_correct(generation: str, ground_truth: str) -> bool:
+    """Whether ``math_verify`` finds the generation's answer equal to the LaTeX ground truth."""
+    from math_verify import parse, verify
+
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None  # signal-based timeouts
+    gold = parse(f"${ground_truth}$", parsing_timeout=timeout)
+    predicted = parse(generation, parsing_timeout=timeout)
+    return bool(verify(gold, predicted, timeout_seconds=timeout))
+
+
+def setup_name(path: str | Path) -> str:
+    """File name without ``_{rank}_generations.json``; ``ValueError`` for other names."""
+    match = _SETUP_NAME.match(Path(path).name)
+    if not match:
+        raise ValueError(f"{path}: not a d1 generation file name ('{{setup}}_{{rank}}_generations.json')")
+    return match.group(1)
+
+
+def infer_task(setup: str) -> str:
+    """Task of a setup: its first ``_``-field if that names a task, else d1's substring order."""
+    try:
+        return get_task(setup.split("_", 1)[0]).name
+    except ValueError:
+        pass
+    for needle, task in (
+        ("gsm", "gsm8k"),
+        ("math", "math500"),
+        ("countdown", "countdown"),
+        ("sudoku", "sudoku"),
+    ):
+        if needle in setup:
+            return task
+    raise ValueError(
+        f"cannot tell the task of setup {setup!r} (expected gsm8k/math500/math/countdown/sudoku)"
+    )
+
+
+def load_generation_file(path: str | Path) -> dict[str, Any]:
+    """Read and check a d1 generation file; ``ValueError`` naming the file for anything malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: cannot read generation file ({err})") from err
+    if not text.strip():
+        raise ValueError(f"{path}: generation file is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(data, dict) or "generations" not in data:
+        raise ValueError(f"{path}: missing key 'generations' at the top level")
+    if not isinstance(data["generations"], list):
+        raise ValueError(f"{path}: 'generations' must be a list")
+    for index, item in enumerate(data["generations"]):
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}: generations[{index}] is not an object")
+        for key in _REQUIRED_ITEM_KEYS:
+            if key not in item:
+                raise ValueError(f"{path}: generations[{index}] is missing key {key!r}")
+        if not isinstance(item["generations"], str):
+            raise ValueError(f"{path}: generations[{index}]['generations'] must be a string")
+    return data
+
+
+def _expand(paths: Iterable[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(p for p in sorted(path.glob(GENERATION_GLOB)) if _SETUP_NAME.match(p.name))
+        elif path.exists():
+            files.append(path)
+        else:
+            raise ValueError(f"{path}: no such file or directory")
+    return files
+
+
+def score_file(path: str | Path, task_name: str) -> list[ItemScore]:
+    """Grade every generation in one file with ``task_name``'s d1 parser."""
+    task = get_task(task_name)
+    scores = []
+    for item in load_generation_file(path)["generations"]:
+        text, truth, question = item["generations"], item["ground_truth"], str(item["question"])
+        parsed = task.parse(text, truth, question)
+        scores.append(
+            ItemScore(
+                question=question,
+                ground_truth=truth,
+                extracted=parsed.extracted,
+                correct=parsed.correct,
+                n_correct=parsed.n_correct,
+                n_total=parsed.n_total,
+                effective_tokens=count_effective_tokens(text),
+                math_verify_correct=math_verify_correct(text, str(truth)) if task.name == "math500" else None,
+            )
+        )
+    return scores
+
+
+def score_paths(paths: Iterable[str | Path]) -> dict[str, SetupScore]:
+    """Score generation files and directories (their ``*_generations.json``), grouped by setup, sorted."""
+    setups: dict[str, SetupScore] = {}
+    for path in _expand(paths):
+        name = setup_name(path)
+        if name not in setups:
+            setups[name] = SetupScore(setup=name, task=infer_task(name))
+        score = setups[name]
+        score.files.append(str(path))
+        score.items.extend(score_file(path, score.task))
+    return dict(sorted(setups.items()))
+
+
+def format_table(scores: dict[str, SetupScore]) -> str:
+    """d1's printed results table, plus a ``MathVerify`` column when any setup has one."""
+    with_mv = any(score.math_verify_accuracy is not None for score in scores.values())
+    header = "{:<40} {:>12} {:>25}".format(
+        "Setup (task_model_seqlen_diffusteps)", "Accuracy", "Avg Effective Tokens"
+    )
+    width = 80 + (13 if with_mv else 0)
+    lines = [header + (" {:>12}".format("MathVerify") if with_mv else ""), "-" * width]
+    for setup, score in scores.items():
+        row = f"{setup:<40} {score.accuracy:>11.2f}% {score.avg_effective_tokens:>25.2f}"
+        if with_mv:
+            mv = score.math_verify_accuracy
+            row += f" {mv:>11.2f}%" if mv is not None else f" {'-':>12}"
+        lines.append(row)
+    lines.append("=" * width)
+    return "\n".join(lines)
+
+
+def scores_to_json(scores: dict[str, SetupScore]) -> dict[str, dict[str, float | int]]:
+    """``{setup: {"accuracy", "correct", "total", "avg_effective_tokens"[, "math_verify_accuracy"]}}``."""
+    out: dict[str, dict[str, float | int]] = {}
+    for setup, score in scores.items():
+        entry: dict[str, float | int] = {
+            "accuracy": score.accuracy,
+            "correct": score.correct,
+            "total": score.total,
+            "avg_effective_tokens": score.avg_effective_tokens,
+        }
+        if score.math_verify_accuracy is not None:
+            entry["math_verify_accuracy"] = score.math_verify_accuracy
+        out[setup] = entry
+    return out

@@ -1,0 +1,175 @@
+"""The ``Task`` interface shared by d1's four benchmarks, plus small shared helpers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RewardFunc = Callable[..., list[float]]
+
+REASONING_PREFILL = "<reasoning>"
+"""d1's eval appends this after the chat template's generation prompt."""
+
+FORMAT_ONLY_SYSTEM_PROMPT = """
+Respond in the following format:
+<reasoning>
+...
+</reasoning>
+<answer>
+...
+</answer>
+"""
+"""``SYSTEM_PROMPT`` of d1's ``diffu-grpo/data_utils.py`` (RL prompts for GSM8K, MATH, Countdown)."""
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """One graded generation: what was extracted and d1's verdict.
+
+    ``n_correct``/``n_total`` are the units d1 counts: 1/1 or 0/1 per question, cells for Sudoku.
+    """
+
+    extracted: Any
+    correct: bool
+    n_correct: int
+    n_total: int = 1
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a local ``.csv`` (all columns as strings), ``.jsonl``, ``.json`` or ``.parquet`` file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            return [dict(row) for row in csv.DictReader(handle)]
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    if suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):  # column-oriented {"col": [...]} as pandas/HF write it
+            keys = list(data)
+            return [dict(zip(keys, values, strict=True)) for values in zip(*data.values(), strict=True)]
+        return list(data)
+    if suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict(orient="records")
+    raise ValueError(f"{path}: unsupported data file type {suffix!r} (use .csv, .jsonl, .json or .parquet)")
+
+
+def load_hub_split(name: str, config: str | None, split: str) -> list[dict[str, Any]]:
+    """Rows of a 🤗 Hub dataset split, loaded with ``datasets.load_dataset`` as d1 does."""
+    from datasets import load_dataset
+
+    dataset = load_dataset(name, config, split=split) if config else load_dataset(name, split=split)
+    return [dict(row) for row in dataset]
+
+
+def completion_texts(completions: Sequence[Any]) -> list[str]:
+    """Completion strings from TRL's chat format (``[{"content": ...}]`` per item) or plain strings."""
+    texts = []
+    for completion in completions:
+        if isinstance(completion, str):
+            texts.append(completion)
+        elif isinstance(completion, dict):
+            texts.append(str(completion["content"]))
+        else:
+            texts.append(str(completion[0]["content"]))
+    return texts
+
+
+def subsample_indices(n_rows: int, subsample: int, seed: int) -> list[int]:
+    """d1's eval subsample: ``np.random.choice(n, k, replace=False)`` right after ``np.random.seed(seed)``."""
+    if subsample == -1:
+        return list(range(n_rows))
+    if not 0 <= subsample <= n_rows:
+        raise ValueError(f"subsample={subsample} must be -1 or between 0 and the dataset size {n_rows}")
+    return [int(i) for i in np.random.RandomState(seed).choice(n_rows, subsample, replace=False)]
+
+
+def shuffle_and_hold_out(rows: list[dict[str, Any]], seed: int, holdout: int) -> list[dict[str, Any]]:
+    """d1's RL training split: ``Dataset.shuffle(seed)``, then drop the last ``holdout`` rows."""
+    from datasets import Dataset
+
+    if not rows:
+        return []
+    shuffled = [dict(row) for row in Dataset.from_list(rows).shuffle(seed=seed)]
+    return shuffled[: len(shuffled) - holdout] if holdout else shuffled
+
+
+class Task:
+    """One benchmark: d1's eval prompt, data loading, answer parsing and RL rewards.
+
+    Subclasses set the class attributes and implement ``_test_rows``, ``_train_rows`` and ``parse``.
+    """
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    system_prompt: str = ""
+    default_subsample: int = -1  # d1 eval.py's ``num_evals``
+    train_holdout: int = 0  # rows d1 keeps out of RL training after shuffling
+    few_shot_supported: bool = True
+    reward_funcs: list[RewardFunc] = []
+    default_reward_weights: list[float] = []
+
+    def _test_rows(self, path: str | Path | None) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def _train_rows(self, path: str | Path | None) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def parse(self, text: str, ground_truth: Any, question: str = "") -> ParsedAnswer:
+        """Extract the answer from a generation and grade it exactly as d1's ``parse_and_get_acc``."""
+        raise NotImplementedError
+
+    def load_test(self, path: str | Path | None = None, subsample: int = -1, seed: int = 42) -> list[dict]:
+        """Test items ``{"question", "ground_truth"}`` from the Hub (``path=None``) or a local file.
+
+        ``subsample`` > 0 draws d1's random subset (``default_subsample`` holds d1's choice per task).
+        """
+        rows = self._test_rows(path)
+        return [rows[i] for i in subsample_indices(len(rows), subsample, seed)]
+
+    def load_train(self, path: str | Path | None = None, seed: int | None = None) -> list[dict]:
+        """RL rows as d1's ``data_utils`` builds them: ``prompt`` (chat messages) plus reward columns.
+
+        With ``seed`` the rows are shuffled and ``train_holdout`` rows dropped, as d1's training script does.
+        """
+        rows = self._train_rows(path)
+        return rows if seed is None else shuffle_and_hold_out(rows, seed, self.train_holdout)
+
+    def build_messages(
+        self, question: str, few_shot: int = 0, examples: Sequence[tuple[str, str]] | None = None
+    ) -> list[dict[str, str]]:
+        """The single user message of d1's eval: system prompt, blank line, question.
+
+        With ``few_shot`` > 0 the question is wrapped as d1 does; d1's GSM8K/Sudoku loaders never fill
+        the examples, so ``examples=None`` reproduces their empty few-shot block.
+        """
+        if few_shot > 0 and self.few_shot_supported:
+            shots = "\n\n".join(f"Question: {q}\nAnswer:\n{a}" for q, a in list(examples or [])[:few_shot])
+            question = f"{shots}\n\nQuestion: {question}\nAnswer:\n"
+        return [{"role": "user", "content": self.system_prompt + "\n\n" + question}]
+
+    def build_prompt(
+        self,
+        tokenizer: Any,
+        question: str,
+        few_shot: int = 0,
+        examples: Sequence[tuple[str, str]] | None = None,
+    ) -> str:
+        """Prompt text for generation: chat template with generation prompt, then ``<reasoning>``."""
+        messages = self.build_messages(question, few_shot, examples)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text + REASONING_PREFILL
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"

@@ -1,0 +1,150 @@
+"""4x4 Sudoku: d1's prompt, cell-accuracy parsing and the RL reward."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from d1.tasks.base import ParsedAnswer, Task, completion_texts, read_records
+
+SYSTEM_PROMPT = """
+Please solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading left-to-right, top-to-bottom, where '0' represents empty cells.
+
+Rules:
+- Fill empty cells with digits 1-4
+- Each row must contain digits 1-4 exactly once
+- Each column must contain digits 1-4 exactly once
+- Each 2x2 box must contain digits 1-4 exactly once
+
+Important: Your solution must be a COMPLETE 16-character string with only the digits 1-4, representing your final solved grid.
+
+Respond in this exact format:
+<reasoning>
+Your step-by-step solving process
+</reasoning>
+<answer>
+[16-character solution string with no spaces or separators]
+</answer>
+"""
+"""d1's ``SUDOKU_SYSTEM_PROMPT`` (the same text for eval and RL)."""
+
+_PUZZLE_IN_QUESTION = re.compile(r"Sudoku puzzle: ([0-9]{16})")
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+# d1's extraction patterns, tried in order. d1 writes the fourth as r".*?(\d{16})\s*</answer>"; with
+# re.search the leading lazy ".*?" cannot change the match, so it is dropped to avoid quadratic scans.
+_SOLUTION_PATTERNS = [
+    re.compile(r"<answer>.*?```\s*([\d\s]+)```", re.DOTALL),
+    re.compile(r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)", re.DOTALL),
+    re.compile(r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)", re.DOTALL),
+    re.compile(r"(\d{16})\s*</answer>", re.DOTALL),
+    re.compile(r"\b(\d{16})\b", re.DOTALL),
+]
+
+
+def sudoku_question(puzzle: str) -> str:
+    """The question text d1 builds from a puzzle string (eval and RL)."""
+    return f"Solve the following Sudoku puzzle: {puzzle}\n"
+
+
+def puzzle_from_question(question: str) -> str:
+    """The 16-digit puzzle inside a question, found as d1's parser does; ``ValueError`` if absent."""
+    if len(question) >= 16 and question[:16].isdigit():
+        return question[:16]
+    match = _PUZZLE_IN_QUESTION.search(question)
+    if not match:
+        raise ValueError(f"no 16-digit Sudoku puzzle in question {question[:80]!r}")
+    return match.group(1)
+
+
+def extract_sudoku_solution(text: str) -> str:
+    """d1's eval extraction: first non-empty match of its patterns, whitespace removed ('' if none)."""
+    for pattern in _SOLUTION_PATTERNS:
+        match = pattern.search(text)
+        if match and match.group(1).strip():
+            return re.sub(r"\s", "", match.group(1).strip())
+    return ""
+
+
+def fit_to_grid(solution: str) -> str:
+    """d1's length fix: pad with ``0`` or cut to 16 characters (an empty answer stays empty)."""
+    return solution[:16].ljust(16, "0") if solution else ""
+
+
+def count_correct_cells(solution: str, ground_truth: str, puzzle: str) -> tuple[int, int]:
+    """(correct, empty) cells: the fitted ``solution`` compared with the truth on the puzzle's empty cells."""
+    empty = [i for i in range(16) if puzzle[i] == "0"]
+    solution = fit_to_grid(solution)
+    if not solution:
+        return 0, len(empty)
+    return sum(1 for i in empty if solution[i] == ground_truth[i]), len(empty)
+
+
+def sudoku_reward(text: str, puzzle: str, solution: str) -> float:
+    """d1's RL score: fraction of the puzzle's empty cells right in the last ``<answer>`` (digits only)."""
+    matches = _ANSWER_TAG.findall(text)
+    if not matches:
+        return 0.0
+    digits = "".join(char for char in matches[-1].strip() if char.isdigit())
+    correct, empty = count_correct_cells(digits, solution, puzzle)
+    return correct / empty if digits and empty else 0.0
+
+
+def sudoku_reward_func(
+    prompts: list[Any], completions: list[Any], run_name: str | None = None, **kwargs: Any
+) -> list[float]:
+    """Per-completion :func:`sudoku_reward`; needs ``puzzle`` and ``solution`` columns in ``kwargs``."""
+    texts = completion_texts(completions)
+    return [sudoku_reward(text, kwargs["puzzle"][i], kwargs["solution"][i]) for i, text in enumerate(texts)]
+
+
+def _puzzle_rows(path: str | Path | None) -> list[dict[str, str]]:
+    if path is None:
+        raise ValueError("sudoku: d1's Sudoku data are local CSV files (Puzzle,Solution); pass a path")
+    rows = read_records(path)
+    for i, row in enumerate(rows):
+        puzzle, solution = str(row.get("Puzzle", "")), str(row.get("Solution", ""))
+        if len(puzzle) != 16 or len(solution) != 16:
+            raise ValueError(f"{path}: row {i} needs 16-character 'Puzzle' and 'Solution' strings")
+    return [{"puzzle": str(row["Puzzle"]), "solution": str(row["Solution"])} for row in rows]
+
+
+class SudokuTask(Task):
+    """4x4 Sudoku, scored by cell accuracy over the puzzle's empty cells."""
+
+    name = "sudoku"
+    system_prompt = SYSTEM_PROMPT
+    default_subsample = 256
+    train_holdout = 500
+    reward_funcs = [sudoku_reward_func]
+    default_reward_weights = [1.0]
+
+    def _test_rows(self, path: str | Path | None) -> list[dict[str, Any]]:
+        return [
+            {"question": sudoku_question(row["puzzle"]), "ground_truth": row["solution"]}
+            for row in _puzzle_rows(path)
+        ]
+
+    def _train_rows(self, path: str | Path | None) -> list[dict[str, Any]]:
+        return [
+            {
+                "prompt": [
+                    {"role": "user", "content": f"{SYSTEM_PROMPT}\n\n{sudoku_question(row['puzzle'])}"}
+                ],
+                "puzzle": row["puzzle"],
+                "solution": row["solution"],
+            }
+            for row in _puzzle_rows(path)
+        ]
+
+    def parse(self, text: str, ground_truth: Any, question: str = "") -> ParsedAnswer:
+        """d1's Sudoku grading: correct digits among the empty cells of the puzzle in ``question``."""
+        puzzle = puzzle_from_question(question)
+        solution = fit_to_grid(extract_sudoku_solution(text))
+        correct, empty = count_correct_cells(solution, str(ground_truth), puzzle)
+        return ParsedAnswer(
+            extracted=solution, correct=empty > 0 and correct == empty, n_correct=correct, n_total=empty
+        )
+
+
+TASK = SudokuTask()

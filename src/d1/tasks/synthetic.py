@@ -1,0 +1,292 @@
+"""Deterministic synthetic Sudoku (4x4) and Countdown data in d1's file formats, with solvers and SFT traces."""
+
+from __future__ import annotations
+
+import csv
+import json
+import operator
+import random
+from collections.abc import Iterable
+from fractions import Fraction
+from functools import cache
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+from d1.tasks.countdown import countdown_question
+from d1.tasks.sudoku import sudoku_question
+
+SUDOKU_EMPTY_CELLS = 8  # every puzzle in d1's 4x4_test_sudoku.csv has 8 empty cells
+TEST_GRID_COUNT = 58  # about 20% of the 288 solution grids are reserved for test puzzles
+COUNTDOWN_RANGE = (1, 100)  # numbers and targets of d1's countdown_cd3_test.jsonl lie in 1..100
+
+
+# ---------------------------------------------------------------- Sudoku
+
+
+def _units(index: int) -> Iterable[int]:
+    row, col = divmod(index, 4)
+    box = (row // 2) * 8 + (col // 2) * 2
+    yield from range(row * 4, row * 4 + 4)
+    yield from range(col, 16, 4)
+    yield from (box, box + 1, box + 4, box + 5)
+
+
+def _candidates(cells: list[str], index: int) -> list[str]:
+    used = {cells[j] for j in _units(index)}
+    return [d for d in "1234" if d not in used]
+
+
+def _search(cells: list[str], limit: int, found: list[str]) -> None:
+    """Depth-first fill of ``cells`` (``0`` = empty), appending complete grids to ``found`` up to ``limit``."""
+    try:
+        index = cells.index("0")
+    except ValueError:
+        found.append("".join(cells))
+        return
+    for digit in _candidates(cells, index):
+        cells[index] = digit
+        _search(cells, limit, found)
+        cells[index] = "0"
+        if len(found) >= limit:
+            return
+
+
+def sudoku_solutions(puzzle: str, limit: int = 2) -> list[str]:
+    """Up to ``limit`` completions of a 4x4 puzzle (16 characters, ``0`` = empty)."""
+    if len(puzzle) != 16 or any(c not in "01234" for c in puzzle):
+        raise ValueError(f"not a 4x4 Sudoku string: {puzzle!r}")
+    cells = list(puzzle)
+    if any(
+        cells[i] != "0" and cells[i] not in _candidates(cells[:i] + ["0"] + cells[i + 1 :], i)
+        for i in range(16)
+    ):
+        return []  # the givens already clash
+    found: list[str] = []
+    _search(cells, limit, found)
+    return found
+
+
+@cache
+def all_sudoku_grids() -> tuple[str, ...]:
+    """All 288 valid 4x4 Sudoku grids, in lexicographic order."""
+    return tuple(sudoku_solutions("0" * 16, limit=1000))
+
+
+def make_sudoku_puzzle(solution: str, rng: random.Random, n_empty: int = SUDOKU_EMPTY_CELLS) -> str:
+    """Blank ``n_empty`` cells of ``solution`` so that the puzzle keeps exactly one solution."""
+    for _ in range(1000):
+        cells = list(solution)
+        for index in rng.sample(range(16), n_empty):
+            cells[index] = "0"
+        puzzle = "".join(cells)
+        if len(sudoku_solutions(puzzle)) == 1:
+            return puzzle
+    raise ValueError(f"could not blank {n_empty} cells of {solution} with a unique solution")
+
+
+def _sudoku_items(grids: list[str], n: int, rng: random.Random) -> list[dict[str, str]]:
+    items, seen = [], set()
+    attempts = 0
+    while len(items) < n:
+        attempts += 1
+        if attempts > 100 * n + 1000:
+            raise ValueError(f"could not make {n} distinct puzzles from {len(grids)} grids")
+        solution = grids[len(items) % len(grids)] if attempts <= n else rng.choice(grids)
+        puzzle = make_sudoku_puzzle(solution, rng)
+        if puzzle not in seen:
+            seen.add(puzzle)
+            items.append({"puzzle": puzzle, "solution": solution})
+    return items
+
+
+def _grid_partition(seed: int) -> tuple[list[str], list[str]]:
+    grids = list(all_sudoku_grids())
+    random.Random(f"{seed}-sudoku-grids").shuffle(grids)
+    return grids[TEST_GRID_COUNT:], grids[:TEST_GRID_COUNT]
+
+
+def make_sudoku_split(n: int, seed: int, split: str) -> list[dict[str, str]]:
+    """``n`` distinct unique-solution puzzles of one split; the seed fixes which grids each split may use."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    train_grids, test_grids = _grid_partition(seed)
+    grids = train_grids if split == "train" else test_grids
+    return _sudoku_items(grids, n, random.Random(f"{seed}-sudoku-{split}"))
+
+
+def make_sudoku_splits(
+    n_train: int, n_test: int, seed: int
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Train and test puzzles whose solution grids never overlap (the 288 grids are partitioned by seed)."""
+    return make_sudoku_split(n_train, seed, "train"), make_sudoku_split(n_test, seed, "test")
+
+
+# ---------------------------------------------------------------- Countdown
+
+
+class _Term:
+    """A partial Countdown result: exact value, expression text and the steps that built it."""
+
+    __slots__ = ("value", "text", "atom", "steps")
+
+    def __init__(self, value: Fraction, text: str, atom: bool, steps: tuple[str, ...]) -> None:
+        self.value, self.text, self.atom, self.steps = value, text, atom, steps
+
+    def wrapped(self) -> str:
+        return self.text if self.atom else f"({self.text})"
+
+
+_OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+
+
+def _show(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
+def _operand(value: Fraction) -> str:
+    return _show(value) if value.denominator == 1 else f"({_show(value)})"
+
+
+def _combine(a: _Term, b: _Term) -> Iterable[_Term]:
+    """Every term one of + - * / makes from ``a`` and ``b`` (both orders for - and /, no division by 0)."""
+    pairs = [(a, "+", b), (a, "*", b), (a, "-", b), (b, "-", a), (a, "/", b), (b, "/", a)]
+    for left, op, right in pairs:
+        if op == "/" and right.value == 0:
+            continue
+        value = _OPERATIONS[op](left.value, right.value)
+        step = f"{_operand(left.value)} {op} {_operand(right.value)} = {_show(value)}"
+        yield _Term(
+            value, f"{left.wrapped()} {op} {right.wrapped()}", False, left.steps + right.steps + (step,)
+        )
+
+
+def _solve(terms: list[_Term], target: Fraction) -> _Term | None:
+    if len(terms) == 1:
+        return terms[0] if terms[0].value == target else None
+    for i, j in combinations(range(len(terms)), 2):
+        rest = [term for k, term in enumerate(terms) if k not in (i, j)]
+        for combined in _combine(terms[i], terms[j]):
+            found = _solve([*rest, combined], target)
+            if found is not None:
+                return found
+    return None
+
+
+def _countdown_solution(numbers: list[int], target: int) -> _Term | None:
+    terms = [_Term(Fraction(n), str(n), True, ()) for n in numbers]
+    return _solve(terms, Fraction(target))
+
+
+def solve_countdown(numbers: list[int], target: int) -> str | None:
+    """An expression using every number once with + - * / that equals ``target`` exactly, or ``None``."""
+    found = _countdown_solution(numbers, target)
+    return None if found is None else found.text
+
+
+def make_countdown_problems(
+    n: int, seed: int, n_numbers: int = 3, split: str = "test"
+) -> list[dict[str, Any]]:
+    """``n`` solvable problems ``{"numbers", "target"}``: numbers and integer target in 1..100."""
+    rng = random.Random(f"{seed}-countdown-{split}-{n_numbers}")
+    low, high = COUNTDOWN_RANGE
+    problems: list[dict[str, Any]] = []
+    seen: set[tuple[tuple[int, ...], int]] = set()
+    while len(problems) < n:
+        numbers = [rng.randint(low, high) for _ in range(n_numbers)]
+        terms = [_Term(Fraction(x), str(x), True, ()) for x in numbers]
+        while len(terms) > 1:  # a random expression tree over the numbers
+            i, j = rng.sample(range(len(terms)), 2)
+            options = list(_combine(terms[i], terms[j]))
+            terms = [t for k, t in enumerate(terms) if k not in (i, j)] + [rng.choice(options)]
+        value = terms[0].value
+        key = (tuple(sorted(numbers)), int(value))
+        if value.denominator != 1 or not low <= value <= high or key in seen:
+            continue
+        if solve_countdown(numbers, int(value)) is None:  # cannot happen; guards the solver/generator pair
+            raise AssertionError(f"generated problem {numbers} -> {value} has no solution")
+        seen.add(key)
+        problems.append({"numbers": numbers, "target": int(value)})
+    return problems
+
+
+# ---------------------------------------------------------------- files and SFT traces
+
+
+def write_sudoku_csv(items: list[dict[str, str]], path: str | Path) -> Path:
+    """Write puzzles in d1's CSV format (header ``Puzzle,Solution``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["Puzzle", "Solution"])
+        writer.writerows([item["puzzle"], item["solution"]] for item in items)
+    return path
+
+
+def write_countdown_jsonl(items: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write problems in d1's JSONL format (``{"input": "a,b,c", "output": "t"}``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps({"input": ",".join(str(x) for x in item["numbers"]), "output": str(item["target"])})
+        for item in items
+    ]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def make_dataset(task_name: str, n: int, seed: int, output_path: str | Path, split: str = "test") -> Path:
+    """Generate ``n`` items of ``sudoku`` or ``countdown`` for ``split`` and write them in d1's format."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if n < 1:
+        raise ValueError(f"n must be positive, not {n}")
+    if task_name == "sudoku":
+        return write_sudoku_csv(make_sudoku_split(n, seed, split), output_path)
+    if task_name == "countdown":
+        return write_countdown_jsonl(make_countdown_problems(n, seed, split=split), output_path)
+    raise ValueError(f"no synthetic generator for task {task_name!r}; choose 'sudoku' or 'countdown'")
+
+
+def _completion(reasoning: list[str], answer: str) -> str:
+    return "<reasoning>\n" + "\n".join(reasoning) + "\n</reasoning>\n<answer>\n" + answer + "\n</answer>"
+
+
+def _sudoku_trace(puzzle: str, solution: str) -> list[str]:
+    cells = list(puzzle)
+    lines = [f"Empty cells are filled one at a time; the puzzle has {cells.count('0')} of them."]
+    while "0" in cells:
+        empty = [i for i, c in enumerate(cells) if c == "0"]
+        forced = [i for i in empty if _candidates(cells, i) == [solution[i]]]
+        index = forced[0] if forced else empty[0]
+        reason = "only candidate" if forced else "by elimination"
+        cells[index] = solution[index]
+        lines.append(f"Row {index // 4 + 1}, column {index % 4 + 1}: {solution[index]} ({reason})")
+    lines.append(f"The completed grid is {solution}.")
+    return lines
+
+
+def format_sft_example(item: dict[str, Any]) -> dict[str, str]:
+    """Question text plus a d1-format completion (reasoning trace and answer) for a synthetic item.
+
+    Sudoku items have ``puzzle``/``solution``; Countdown items ``numbers``/``target`` (the answer is
+    ``\\boxed{expression}``, which d1's eval parser reads).
+    """
+    if "puzzle" in item:
+        puzzle, solution = item["puzzle"], item["solution"]
+        completion = _completion(_sudoku_trace(puzzle, solution), solution)
+        return {"prompt": sudoku_question(puzzle), "completion": completion}
+    numbers, target = list(item["numbers"]), int(item["target"])
+    found = _countdown_solution(numbers, target)
+    if found is None:
+        raise ValueError(f"countdown item {numbers} -> {target} has no solution")
+    reasoning = [
+        f"We need {target} from {', '.join(str(x) for x in numbers)}, using each number exactly once.",
+        *found.steps,
+        f"So {found.text} = {target}.",
+    ]
+    return {
+        "prompt": countdown_question(numbers, target),
+        "completion": _completion(reasoning, f"\\boxed{{{found.text}}}"),
+    }
