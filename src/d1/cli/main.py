@@ -1,0 +1,46 @@
+"""The `d1` command: one subcommand per job, each a thin module under `d1.cli` imported on demand."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+COMMANDS = {
+    "sft": ("d1.cli.sft", "masked SFT (completion-only, LLaDA's algorithm)"),
+    "init-model": ("d1.cli.init_model", "write a tiny random LLaDA model + tokenizer for CPU runs"),
+}
+
+
+def usage() -> str:
+    lines = [
+        "usage: d1 <command> [options]   (d1 <command> --help for its options;",
+        "       D1_TRACEBACK=1 shows full tracebacks)",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"d1: unknown command {name!r}.\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return module.main(rest) or 0
+    except (ValueError, FileNotFoundError, PermissionError, OSError, RuntimeError) as err:
+        if os.environ.get("D1_TRACEBACK"):
+            raise
+        print(f"d1 {name}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

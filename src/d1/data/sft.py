@@ -1,0 +1,182 @@
+"""SFT data: presets (s1K as d1 preprocesses it, NuminaMath-LEAN, generic prompt/response or `messages`),
+chat formatting with the tokenizer's template, tokenisation with length control, and d1's 1% eval split."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import datasets
+from transformers import PreTrainedTokenizerBase
+
+from d1.data.sources import require_columns
+from d1.tasks.gsm8k import SYSTEM_PROMPT as D1_SYSTEM_PROMPT
+
+Messages = list[dict[str, str]]
+Example = tuple[Messages, str]  # (prompt messages, assistant response)
+
+PRESET_BY_SOURCE = {"simplescaling/s1k": "s1k", "ai-mo/numinamath-lean": "numina-lean"}
+PRESETS = ("s1k", "numina-lean", "generic")
+
+
+def detect_preset(train_data: str, preset: str | None) -> str:
+    """An explicit preset, else the one known for the dataset name (`simplescaling/s1K` -> s1k), else generic."""
+    if preset is None:
+        return PRESET_BY_SOURCE.get(str(train_data).lower().rstrip("/"), "generic")
+    if preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r} is unknown; choose one of {list(PRESETS)}.")
+    return preset
+
+
+def _s1k(row: dict[str, Any]) -> Example | None:
+    """d1's s1K preprocessing: system prompt + question as the user turn, reasoning/answer tags as the reply."""
+    response = f"<reasoning>{row['thinking_trajectories'][0]}</reasoning>\n<answer>{row['attempt']}</answer>"
+    return [{"role": "user", "content": D1_SYSTEM_PROMPT + "\n\n" + row["question"]}], response
+
+
+def _numina_lean(row: dict[str, Any]) -> Example | None:
+    """NuminaMath-LEAN: the informal problem and the Lean 4 statement as the prompt, the formal proof as the reply."""
+    proof = row.get("formal_proof")
+    if not proof or not str(proof).strip():
+        return None
+    prompt = (
+        f"{row['problem']}\n\nComplete the following Lean 4 proof of this statement:\n"
+        f"```lean4\n{row['formal_statement']}\n```"
+    )
+    return [{"role": "user", "content": prompt}], str(proof)
+
+
+PRESET_COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], Example | None]]] = {
+    "s1k": (["question", "thinking_trajectories", "attempt"], _s1k),
+    "numina-lean": (["problem", "formal_statement", "formal_proof"], _numina_lean),
+}
+
+
+@dataclass
+class SFTDataReport:
+    """What happened to the rows, printed before training so nothing is dropped silently."""
+
+    rows: int = 0
+    skipped_no_response: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.rows} rows: {self.skipped_no_response} skipped (no response), {self.truncated} truncated, "
+            f"{self.dropped_too_long} dropped (longer than max_length)"
+        )
+
+
+def examples_from_rows(
+    rows: datasets.Dataset,
+    preset: str,
+    source: str,
+    prompt_field: str | None = None,
+    response_field: str | None = None,
+    system_prompt: str | None = None,
+) -> tuple[list[Example], int]:
+    """(prompt messages, response) pairs for the preset; returns them and how many rows had no response."""
+    if preset in PRESET_COLUMNS:
+        columns, convert = PRESET_COLUMNS[preset]
+        require_columns(
+            rows, columns, source, f"The {preset!r} preset needs {columns}; use --preset generic otherwise."
+        )
+    elif prompt_field is None and response_field is None and "messages" in rows.column_names:
+        convert = _from_messages
+    else:
+        prompt_field, response_field = prompt_field or "prompt", response_field or "completion"
+        require_columns(
+            rows,
+            [prompt_field, response_field],
+            source,
+            "Name the right ones with --prompt_field/--response_field, or provide a `messages` column.",
+        )
+
+        def convert(row: dict[str, Any]) -> Example | None:
+            response = row[response_field]
+            if response is None or not str(response).strip():
+                return None
+            return [{"role": "user", "content": str(row[prompt_field])}], str(response)
+
+    examples, skipped = [], 0
+    for row in rows:
+        example = convert(row)
+        if example is None:
+            skipped += 1
+            continue
+        if system_prompt:
+            example = ([{"role": "system", "content": system_prompt}, *example[0]], example[1])
+        examples.append(example)
+    return examples, skipped
+
+
+def _from_messages(row: dict[str, Any]) -> Example | None:
+    """Chat rows: everything before the last assistant message is the prompt, that message is the response."""
+    messages = list(row["messages"])
+    if (
+        not messages
+        or messages[-1].get("role") != "assistant"
+        or not str(messages[-1].get("content", "")).strip()
+    ):
+        return None
+    return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]], messages[-1]["content"]
+
+
+def tokenize_examples(
+    examples: list[Example],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    truncation: Literal["truncate", "drop"] = "truncate",
+    report: SFTDataReport | None = None,
+) -> list[dict[str, Any]]:
+    """Token ids of chat-formatted examples plus each prompt's length (the part never masked).
+
+    The prompt ends with the assistant header, so the model learns only the reply. Rows longer than
+    `max_length` are cut or dropped (`truncation`); a prompt that leaves no room for any reply is an error
+    in `truncate` mode and dropped in `drop` mode.
+    """
+    report = report if report is not None else SFTDataReport()
+    prompts = [
+        tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p, _ in examples
+    ]
+    fulls = [
+        tokenizer.apply_chat_template([*p, {"role": "assistant", "content": r}], tokenize=False)
+        for p, r in examples
+    ]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(fulls, add_special_tokens=False)["input_ids"]
+    out = []
+    for i, (ids, p_ids) in enumerate(zip(full_ids, prompt_ids, strict=True)):
+        prompt_length = len(p_ids)
+        if prompt_length >= max_length:
+            if truncation == "drop":
+                report.dropped_too_long += 1
+                continue
+            raise ValueError(
+                f"Row {i}: its prompt is {prompt_length} tokens, which leaves no room for a response at "
+                f"max_length={max_length}. Raise --max_length, or pass --truncation drop to skip such rows."
+            )
+        if len(ids) > max_length:
+            if truncation == "drop":
+                report.dropped_too_long += 1
+                continue
+            ids = ids[:max_length]
+            report.truncated += 1
+        out.append({"input_ids": ids, "prompt_length": prompt_length, "index": len(out)})
+    return out
+
+
+def eval_split(
+    items: list[dict[str, Any]], fraction: float = 0.01, seed: int = 42
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """d1's split: shuffle (seeded), hold out int(n * fraction) rows; held-out rows get fixed t = linspace(0, 1)."""
+    items = list(items)
+    random.Random(seed).shuffle(items)
+    n_eval = int(len(items) * fraction)
+    held_out, train = items[:n_eval], items[n_eval:]
+    for i, item in enumerate(held_out):
+        item["t"] = i / (n_eval - 1) if n_eval > 1 else 0.0
+    return train, held_out

@@ -1,0 +1,258 @@
+"""Native LLaDA for transformers 5: config and bidirectional transformer, weight-compatible with the official checkpoints.
+
+The parameter names follow the official `LLaDAModelLM` layout (`model.transformer.blocks.{i}.q_proj` ...), so
+`GSAI-ML/LLaDA-8B-Instruct`, LLaDA-8B-Base and LLaDA-1.5 load with `from_pretrained` and no remote code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import MaskedLMOutput
+
+
+class LLaDAConfig(PretrainedConfig):
+    """LLaDA's own config fields (`d_model`, `n_heads`, ...), as written in the official `config.json`."""
+
+    model_type = "llada"
+
+    d_model: int = 4096
+    n_heads: int = 32
+    n_kv_heads: int | None = None
+    n_layers: int = 32
+    mlp_hidden_size: int | None = None
+    mlp_ratio: int = 4
+    vocab_size: int = 126464
+    embedding_size: int | None = None
+    max_sequence_length: int = 4096
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    init_std: float = 0.02
+    weight_tying: bool = False
+    scale_logits: bool = False
+    block_type: str = "llama"
+    layer_norm_type: str = "rms"
+    include_bias: bool = False
+    include_qkv_bias: bool = False
+    rope: bool = True
+    alibi: bool = False
+    input_emb_norm: bool = False
+    activation_type: str = "silu"
+    mask_token_id: int | None = 126336
+    eos_token_id: int | None = 126081
+    pad_token_id: int | None = 126081
+    use_cache: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.embedding_size is None:
+            self.embedding_size = self.vocab_size
+        if self.mlp_hidden_size is None:
+            self.mlp_hidden_size = self.mlp_ratio * self.d_model
+        super().__post_init__(**kwargs)
+        self._check_supported()
+
+    def _check_supported(self) -> None:
+        """Fail early on LLaDA/OLMo options this implementation does not cover, instead of computing wrong logits."""
+        unsupported = {
+            "block_type": (self.block_type, "llama"),
+            "layer_norm_type": (self.layer_norm_type, "rms"),
+            "activation_type": (self.activation_type, "silu"),
+            "include_bias": (self.include_bias, False),
+            "include_qkv_bias": (self.include_qkv_bias, False),
+            "rope": (self.rope, True),
+            "alibi": (self.alibi, False),
+            "input_emb_norm": (self.input_emb_norm, False),
+        }
+        for field, (value, supported) in unsupported.items():
+            if value != supported:
+                raise ValueError(
+                    f"LLaDAConfig.{field}={value!r} is not supported by d1's native LLaDA (only {supported!r}, the "
+                    "setting of every released LLaDA checkpoint). Load this checkpoint with trust_remote_code=True."
+                )
+        if self.d_model % self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"LLaDAConfig: d_model={self.d_model} must be divisible by n_heads={self.n_heads}, and n_heads by "
+                f"n_kv_heads={self.n_kv_heads}."
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+class LLaDARMSNorm(nn.Module):
+    """RMSNorm computed in float32, then scaled by a learned weight (LLaDA's `RMSLayerNorm`)."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotary_cos_sin(
+    position_ids: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [B, 1, L, head_dim] in float32 for the rotate-half rotary embedding."""
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float) / head_dim)
+    )
+    freqs = position_ids.float()[..., None] * inv_freq
+    angles = torch.cat((freqs, freqs), dim=-1)[:, None]
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate [B, H, L, D] queries or keys in float32 (LLaDA's `rope_full_precision`)."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class LLaDABlock(GradientCheckpointingLayer):
+    """Pre-norm block: full bidirectional attention with rotary embeddings, then a SwiGLU MLP."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__()
+        d, kv = config.d_model, config.n_kv_heads * config.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        self.attn_norm = LLaDARMSNorm(d, config.rms_norm_eps)
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, kv, bias=False)
+        self.v_proj = nn.Linear(d, kv, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.ff_norm = LLaDARMSNorm(d, config.rms_norm_eps)
+        self.ff_proj = nn.Linear(d, config.mlp_hidden_size, bias=False)
+        self.up_proj = nn.Linear(d, config.mlp_hidden_size, bias=False)
+        self.ff_out = nn.Linear(config.mlp_hidden_size, d, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, length, _ = x.shape
+        h = self.attn_norm(x)
+        q = self.q_proj(h).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.n_kv_heads != self.n_heads:
+            repeats = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
+        x = x + self.attn_out(att.transpose(1, 2).reshape(b, length, -1))
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class LLaDAPreTrainedModel(PreTrainedModel):
+    config_class = LLaDAConfig
+    config: LLaDAConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LLaDABlock"]
+    _supports_sdpa = True
+
+
+class LLaDAModel(LLaDAPreTrainedModel):
+    """The bare LLaDA transformer; the official layout keeps every module under `transformer`."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__(config)
+        modules = {
+            "wte": nn.Embedding(config.embedding_size, config.d_model),
+            "blocks": nn.ModuleList(LLaDABlock(config) for _ in range(config.n_layers)),
+            "ln_f": LLaDARMSNorm(config.d_model, config.rms_norm_eps),
+        }
+        if not config.weight_tying:
+            modules["ff_out"] = nn.Linear(config.d_model, config.embedding_size, bias=False)
+        self.transformer = nn.ModuleDict(modules)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.wte = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, L, embedding_size]. Padding keys are hidden through `attention_mask`; positions count
+        only real tokens, so a left-padded row sees exactly the rotations it would see alone."""
+        b, length = input_ids.shape
+        attn_mask = None
+        if attention_mask is not None:
+            keep = attention_mask.bool()
+            if position_ids is None:
+                position_ids = (keep.long().cumsum(-1) - 1).clamp(min=0)
+            if not keep.all():
+                attn_mask = keep[:, None, None, :]
+        if position_ids is None:
+            position_ids = torch.arange(length, device=input_ids.device).expand(b, length)
+        x = self.transformer.wte(input_ids)
+        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        for block in self.transformer.blocks:
+            x = block(x, cos, sin, attn_mask)
+        x = self.transformer.ln_f(x)
+        head = self.transformer.wte.weight if self.config.weight_tying else self.transformer.ff_out.weight
+        logits = F.linear(x, head)
+        if self.config.scale_logits:
+            logits = logits * (1.0 / math.sqrt(self.config.d_model))
+        return logits
+
+
+class LLaDAModelLM(LLaDAPreTrainedModel):
+    """LLaDA with its output head: `model(input_ids, attention_mask).logits` scores every position at once."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__(config)
+        self.model = LLaDAModel(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.transformer.wte = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MaskedLMOutput:
+        return MaskedLMOutput(
+            logits=self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        )
+
+
+AutoConfig.register("llada", LLaDAConfig, exist_ok=True)
+AutoModel.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
+AutoModelForMaskedLM.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)

@@ -1,0 +1,188 @@
+"""Loading models and tokenizers from a hub name or a local folder; mask-token resolution; LoRA; 4-bit.
+
+LLaDA checkpoints load into d1's native implementation (no remote code); other families may use
+`trust_remote_code=True`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+import d1.models.llada  # noqa: F401  (registers model_type "llada" with the Auto classes)
+
+SFT_LORA = {
+    "r": 128,
+    "lora_alpha": 256,
+    "lora_dropout": 0.05,
+    "target_modules": ["q_proj", "k_proj", "v_proj"],
+}
+"""d1's SFT LoRA settings."""
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def _hub_error(name_or_path: str, err: Exception) -> OSError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    return OSError(
+        f"Could not load {name_or_path!r}: it is not a local folder and the Hugging Face Hub could not provide it "
+        f"({'HF_HUB_OFFLINE is set' if offline else 'unreachable or not cached'}; cache: {cache}). Download it first "
+        f"on a machine with internet (`hf download {name_or_path}`, with the same HF_HOME/HF_HUB_CACHE), or pass a "
+        f"local path. Original error: {err}"
+    )
+
+
+def _from_pretrained(loader: Any, name_or_path: str | Path, **kwargs: Any) -> Any:
+    """`loader.from_pretrained` with a clear error for a hub name that cannot be reached."""
+    try:
+        return loader.from_pretrained(str(name_or_path), **kwargs)
+    except OSError as err:
+        if Path(name_or_path).exists():
+            raise
+        raise _hub_error(str(name_or_path), err) from err
+
+
+def load_tokenizer(name_or_path: str | Path, **kwargs: Any) -> PreTrainedTokenizerBase:
+    """The checkpoint's tokenizer; left padding, since prompts are left-padded for generation."""
+    tokenizer = _from_pretrained(AutoTokenizer, name_or_path, **kwargs)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def resolve_mask_token_id(
+    tokenizer: PreTrainedTokenizerBase | None = None, config: Any = None, override: int | None = None
+) -> int:
+    """The mask token: an explicit override, else the tokenizer's, else the config's, else a clear error."""
+    for candidate in (
+        override,
+        getattr(tokenizer, "mask_token_id", None),
+        getattr(config, "mask_token_id", None),
+    ):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError(
+        "No mask token: neither the tokenizer (mask_token) nor the model config (mask_token_id) defines one. "
+        "Masked diffusion needs it: pass --mask_token_id ID (LLaDA uses 126336) or add `mask_token_id` to the "
+        "model's config.json."
+    )
+
+
+def load_config(name_or_path: str | Path, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's config (cheap: no weights), used to validate settings before loading."""
+    return _from_pretrained(AutoConfig, name_or_path, trust_remote_code=trust_remote_code)
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is unknown; use one of {sorted(DTYPES)} or 'auto'.")
+    return DTYPES[dtype]
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+    load_in_4bit: bool = False,
+    mask_token_id: int | None = None,
+    **kwargs: Any,
+) -> PreTrainedModel:
+    """Load a masked diffusion LM; `model(input_ids, attention_mask).logits` is [B, L, vocab] and
+    `model.config.mask_token_id` is set (tokenizer's, else config's, else `mask_token_id`)."""
+    config = load_config(name_or_path, trust_remote_code)
+    tokenizer = None
+    if mask_token_id is None:
+        try:
+            tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError):
+            tokenizer = None
+    resolved_mask = resolve_mask_token_id(tokenizer, config, mask_token_id)
+    if load_in_4bit:
+        kwargs["quantization_config"] = bnb_4bit_config()
+        kwargs.setdefault("device_map", {"": torch.cuda.current_device()})
+    model = _from_pretrained(
+        AutoModel, name_or_path, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
+    )
+    model.config.mask_token_id = resolved_mask
+    if device is not None and not load_in_4bit:
+        model = model.to(device)
+    return model
+
+
+def bnb_4bit_config() -> Any:
+    """NF4 4-bit quantisation (d1's RL set-up); CUDA only, with a clear error elsewhere."""
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "load_in_4bit needs a CUDA GPU (bitsandbytes); none is available here. Drop --load_in_4bit to load "
+            "in bfloat16/float32 on this machine."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise RuntimeError("load_in_4bit needs bitsandbytes: pip install 'd1[cuda]'.") from err
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_use_double_quant=True,
+    )
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """The distinct leaf names of the model's Linear layers: the valid LoRA `target_modules`."""
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
+    )
+
+
+def check_lora_targets(model: nn.Module, target_modules: Sequence[str]) -> None:
+    """Fail before training when a LoRA target names no Linear layer of the model."""
+    available = linear_module_names(model)
+    missing = [t for t in target_modules if t not in available]
+    if missing:
+        raise ValueError(
+            f"lora_target_modules={list(target_modules)}: {missing} match no Linear layer of this model. "
+            f"Its Linear layers are named {available}; pass --lora_target_modules with some of those."
+        )
+
+
+def apply_lora(
+    model: PreTrainedModel,
+    r: int = SFT_LORA["r"],
+    lora_alpha: int = SFT_LORA["lora_alpha"],
+    lora_dropout: float = SFT_LORA["lora_dropout"],
+    target_modules: Sequence[str] = tuple(SFT_LORA["target_modules"]),
+) -> PreTrainedModel:
+    """Wrap `model` with a peft LoRA adapter (d1's SFT defaults); k-bit models are prepared for training first."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    check_lora_targets(model, target_modules)
+    if getattr(model, "is_loaded_in_4bit", False):
+        model = prepare_model_for_kbit_training(model)
+    config = LoraConfig(
+        r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules)
+    )
+    return get_peft_model(model, config)

@@ -1,0 +1,103 @@
+"""`SFTConfig`: every `TrainingArguments` field plus d1's SFT options, with d1's defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import TrainingArguments
+
+from d1.models.loading import SFT_LORA
+
+
+def bf16_available() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class SFTConfig(TrainingArguments):
+    """Masked SFT options. The defaults are d1's `sft_train.py` (LLaDA-8B-Instruct on s1K, LoRA r 128).
+
+    Checkpoints and the final model go to `output_dir/job_name`.
+    """
+
+    model_name: str = field(
+        default="GSAI-ML/LLaDA-8B-Instruct", metadata={"help": "Hub name or local folder."}
+    )
+    train_data: str = field(
+        default="simplescaling/s1K",
+        metadata={"help": "Hub dataset name or a local json/jsonl/csv/parquet file."},
+    )
+    job_name: str = field(
+        default="llada-s1k", metadata={"help": "Run name; outputs go to output_dir/job_name."}
+    )
+    preset: str | None = field(
+        default=None,
+        metadata={"help": "s1k, numina-lean or generic; default: detected from train_data, else generic."},
+    )
+    prompt_field: str | None = field(default=None, metadata={"help": "Generic preset: the prompt column."})
+    response_field: str | None = field(
+        default=None, metadata={"help": "Generic preset: the response column."}
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "Generic preset: optional system message."}
+    )
+    dataset_split: str = field(default="train", metadata={"help": "Split of a Hub dataset."})
+    max_length: int = field(
+        default=4096, metadata={"help": "Sequence length; rows are padded with EOS to it."}
+    )
+    truncation: str = field(
+        default="truncate", metadata={"help": "truncate: cut rows longer than max_length; drop: skip them."}
+    )
+    eval_fraction: float = field(
+        default=0.01, metadata={"help": "Held-out fraction (d1: 1%), scored with fixed t."}
+    )
+    lora: bool = field(
+        default=True, metadata={"help": "Train a LoRA adapter (d1's default) instead of all weights."}
+    )
+    lora_r: int = field(default=SFT_LORA["r"], metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=SFT_LORA["lora_alpha"], metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=SFT_LORA["lora_dropout"], metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(SFT_LORA["target_modules"]), metadata={"help": "Linear layers to adapt."}
+    )
+    mask_token_id: int | None = field(
+        default=None, metadata={"help": "Mask token id when neither tokenizer nor config defines one."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16 or float32."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "4-bit base weights (CUDA + bitsandbytes)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow the checkpoint's own model code."}
+    )
+    debugging: bool = field(default=False, metadata={"help": "d1's flag: turn wandb off."})
+
+    # d1's TrainingArguments choices
+    output_dir: str = field(default="sft_output", metadata={"help": "Parent folder of output_dir/job_name."})
+    learning_rate: float = 1e-5
+    num_train_epochs: float = 20.0
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 4
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+    eval_strategy: str = "steps"
+    eval_steps: float | None = 100
+    save_steps: float = 100
+    save_total_limit: int | None = 20
+    logging_steps: float = 2
+    report_to: None | str | list[str] = "tensorboard"
+    remove_unused_columns: bool = False
+    label_names: list[str] | None = field(default_factory=lambda: ["labels"])
+    bf16: bool = field(default_factory=bf16_available)
+
+    def __post_init__(self) -> None:
+        if not os.path.basename(os.path.normpath(self.output_dir)) == self.job_name:
+            self.output_dir = os.path.join(self.output_dir, self.job_name)
+        if self.truncation not in ("truncate", "drop"):
+            raise ValueError(f"truncation={self.truncation!r} is unknown; use 'truncate' or 'drop'.")
+        if self.debugging:
+            reports = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
+            self.report_to = [r for r in reports if r not in ("wandb", "all")] or "none"
+        if self.eval_fraction <= 0:
+            self.eval_strategy = "no"
+        super().__post_init__()

@@ -1,0 +1,100 @@
+"""`run_sft`: validate everything cheap first (output dir, tokenizer, mask token, data, LoRA targets), then
+load the model and train with `MaskedSFTTrainer`."""
+
+from __future__ import annotations
+
+import datasets
+import torch
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+
+from d1.data.sft import SFTDataReport, detect_preset, eval_split, examples_from_rows, tokenize_examples
+from d1.data.sources import load_rows
+from d1.models.loading import (
+    apply_lora,
+    check_lora_targets,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_mask_token_id,
+)
+from d1.sft.collator import MaskedDiffusionCollator
+from d1.sft.config import SFTConfig
+from d1.sft.trainer import MaskedSFTTrainer
+from d1.utils import check_writable, resolve_checkpoint, say
+
+
+def prepare_sft_data(
+    config: SFTConfig, tokenizer: PreTrainedTokenizerBase
+) -> tuple[datasets.Dataset, datasets.Dataset | None, SFTDataReport]:
+    """Load, format, tokenise and split the training data; every data error surfaces here, before the model."""
+    preset = detect_preset(config.train_data, config.preset)
+    rows = load_rows(config.train_data, split=config.dataset_split)
+    examples, skipped = examples_from_rows(
+        rows, preset, config.train_data, config.prompt_field, config.response_field, config.system_prompt
+    )
+    report = SFTDataReport(rows=len(rows), skipped_no_response=skipped)
+    items = tokenize_examples(examples, tokenizer, config.max_length, config.truncation, report)
+    if not items:
+        raise ValueError(f"No usable rows in {config.train_data!r} ({report.summary()}).")
+    train, held_out = eval_split(items, config.eval_fraction, config.seed)
+    eval_set = datasets.Dataset.from_list(held_out) if held_out else None
+    return datasets.Dataset.from_list(train), eval_set, report
+
+
+def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
+    """Train; returns the trainer (its `state.log_history` holds the loss curve)."""
+    check_writable(config.output_dir, "output_dir")
+    tokenizer = load_tokenizer(config.model_name, trust_remote_code=config.trust_remote_code)
+    model_config = load_config(config.model_name, config.trust_remote_code)
+    mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
+    train_set, eval_set, report = prepare_sft_data(config, tokenizer)
+    say(
+        f"SFT data {config.train_data}: {report.summary()}; {len(train_set)} train, "
+        f"{len(eval_set) if eval_set is not None else 0} held out"
+    )
+    if eval_set is None and config.eval_strategy != "no":
+        config.eval_strategy = "no"
+    if config.lora:
+        with torch.device("meta"):
+            check_lora_targets(
+                AutoModel.from_config(model_config, trust_remote_code=config.trust_remote_code),
+                config.lora_target_modules,
+            )
+
+    model: PreTrainedModel = load_model(
+        config.model_name,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+        load_in_4bit=config.load_in_4bit,
+        mask_token_id=mask_token_id,
+    )
+    if config.lora:
+        model = apply_lora(
+            model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules
+        )
+    collator = MaskedDiffusionCollator(
+        tokenizer.eos_token_id, mask_token_id, config.max_length, seed=config.seed
+    )
+    trainer = MaskedSFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        data_collator=collator,
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=resolve_checkpoint(config.resume_from_checkpoint, config.output_dir))
+    trainer.save_model(config.output_dir)
+    tokenizer.save_pretrained(config.output_dir)
+    return trainer
+
+
+def loss_table(log_history: list[dict]) -> str:
+    """The training loss curve as a plain text table (step, loss, unscaled masked CE, learning rate)."""
+    rows = [h for h in log_history if "loss" in h]
+    lines = [f"{'step':>6} {'loss':>10} {'unscaled':>10} {'lr':>10}"]
+    lines += [
+        f"{h['step']:>6} {h['loss']:>10.4f} {h.get('unscaled_loss', float('nan')):>10.4f} {h.get('learning_rate', 0):>10.2e}"
+        for h in rows
+    ]
+    return "\n".join(lines)
