@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
+import torch
+from accelerate import PartialState
 from transformers.trainer_utils import get_last_checkpoint
 
 
@@ -42,3 +46,20 @@ def say(message: str) -> None:
     """Print a progress line for the person running the command (main process only)."""
     if is_main_process():
         print(message, flush=True)
+
+
+def cpu_only_launch() -> bool:
+    """True under a multi-process launcher (torchrun, `accelerate launch --multi_gpu`) on a machine without
+    CUDA: accelerate then needs `cpu=True` to join the processes with gloo instead of running each alone."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def distributed_state() -> PartialState:
+    """accelerate's process state, initialised so that CPU-only multi-process launches use gloo."""
+    return PartialState(cpu=cpu_only_launch())
+
+
+def derive_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from printable parts (same parts, same seed, in every process, run and resume)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)

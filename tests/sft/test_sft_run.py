@@ -166,11 +166,13 @@ def test_two_process_accelerate_cpu_run(tiny_model_dir, arithmetic_jsonl, tmp_pa
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--cpu",
+        "--multi_gpu",  # torchrun underneath; on a machine without CUDA d1 joins the processes with gloo
         "--num_processes",
         "2",
         "--num_machines",
         "1",
+        "--main_process_port",
+        "0",
         "--mixed_precision",
         "no",
         "--dynamo_backend",
@@ -185,3 +187,5 @@ def test_two_process_accelerate_cpu_run(tiny_model_dir, arithmetic_jsonl, tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "run" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and len([h for h in state["log_history"] if "loss" in h]) == 3
+    # 64 rows, 2 processes x batch 4 x accumulation 4 = 32 a step: epoch 1.5 after 3 steps (one process: 0.75)
+    assert state["epoch"] == pytest.approx(1.5), result.stdout[-2000:]

@@ -3,7 +3,6 @@ the masked-diffusion forward process to the completion."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,12 +10,7 @@ import torch
 
 from d1.diffusion.losses import IGNORE_INDEX
 from d1.diffusion.masking import noise_completion
-
-
-def batch_seed(*parts: Any) -> int:
-    """A stable 63-bit seed from any printable parts (same parts, same seed, in every process and run)."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+from d1.utils import derive_seed
 
 
 @dataclass
@@ -45,7 +39,7 @@ class MaskedDiffusionCollator:
         prompt_lengths = torch.tensor([f["prompt_length"] for f in features], dtype=torch.long)
         t = torch.tensor([float(f["t"]) for f in features]) if all("t" in f for f in features) else None
         generator = torch.Generator().manual_seed(
-            batch_seed(self.seed, self.epoch, [f.get("index", i) for i, f in enumerate(features)])
+            derive_seed(self.seed, self.epoch, [f.get("index", i) for i, f in enumerate(features)])
         )
         noisy, masked, t = noise_completion(
             clean, prompt_lengths, self.mask_token_id, t=t, generator=generator

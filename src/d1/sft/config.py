@@ -9,6 +9,7 @@ import torch
 from transformers import TrainingArguments
 
 from d1.models.loading import SFT_LORA
+from d1.utils import cpu_only_launch
 
 
 def bf16_available() -> bool:
@@ -100,4 +101,5 @@ class SFTConfig(TrainingArguments):
             self.report_to = [r for r in reports if r not in ("wandb", "all")] or "none"
         if self.eval_fraction <= 0:
             self.eval_strategy = "no"
+        self.use_cpu = self.use_cpu or cpu_only_launch()
         super().__post_init__()

@@ -126,6 +126,11 @@ class Task:
     def _train_rows(self, path: str | Path | None) -> list[dict[str, Any]]:
         raise NotImplementedError
 
+    def eval_item(self, train_row: dict[str, Any]) -> dict[str, Any]:
+        """A training row as an evaluation item ``{"question", "ground_truth"}``, so rows held out of RL
+        training can score checkpoints the way the test set does (without touching the test set)."""
+        raise NotImplementedError
+
     def parse(self, text: str, ground_truth: Any, question: str = "") -> ParsedAnswer:
         """Extract the answer from a generation and grade it exactly as d1's ``parse_and_get_acc``."""
         raise NotImplementedError
@@ -147,17 +152,23 @@ class Task:
         return rows if seed is None else shuffle_and_hold_out(rows, seed, self.train_holdout)
 
     def build_messages(
-        self, question: str, few_shot: int = 0, examples: Sequence[tuple[str, str]] | None = None
+        self,
+        question: str,
+        few_shot: int = 0,
+        examples: Sequence[tuple[str, str]] | None = None,
+        system_prompt: str | None = None,
     ) -> list[dict[str, str]]:
         """The single user message of d1's eval: system prompt, blank line, question.
 
         With ``few_shot`` > 0 the question is wrapped as d1 does; d1's GSM8K/Sudoku loaders never fill
-        the examples, so ``examples=None`` reproduces their empty few-shot block.
+        the examples, so ``examples=None`` reproduces their empty few-shot block. ``system_prompt``
+        replaces d1's (``""``: the question alone, e.g. for tiny models that cannot afford long prompts).
         """
         if few_shot > 0 and self.few_shot_supported:
             shots = "\n\n".join(f"Question: {q}\nAnswer:\n{a}" for q, a in list(examples or [])[:few_shot])
             question = f"{shots}\n\nQuestion: {question}\nAnswer:\n"
-        return [{"role": "user", "content": self.system_prompt + "\n\n" + question}]
+        prefix = self.system_prompt if system_prompt is None else system_prompt
+        return [{"role": "user", "content": f"{prefix}\n\n{question}" if prefix else question}]
 
     def build_prompt(
         self,
@@ -165,9 +176,10 @@ class Task:
         question: str,
         few_shot: int = 0,
         examples: Sequence[tuple[str, str]] | None = None,
+        system_prompt: str | None = None,
     ) -> str:
         """Prompt text for generation: chat template with generation prompt, then ``<reasoning>``."""
-        messages = self.build_messages(question, few_shot, examples)
+        messages = self.build_messages(question, few_shot, examples, system_prompt)
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text + REASONING_PREFILL
 

@@ -143,6 +143,10 @@ class CountdownTask(Task):
             )
         return out
 
+    def eval_item(self, train_row: dict[str, Any]) -> dict[str, Any]:
+        numbers, target = list(train_row["numbers"]), train_row["target"]
+        return {"question": countdown_question(numbers, target), "ground_truth": [numbers, target]}
+
     def parse(self, text: str, ground_truth: Any, question: str = "") -> ParsedAnswer:
         """d1's Countdown verdict: numbers used exactly once and the value within 1e-5 of the target."""
         numbers, target = _numbers_and_target(ground_truth, question)

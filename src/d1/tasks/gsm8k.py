@@ -159,6 +159,9 @@ class GSM8KTask(Task):
             for row in self._raw_rows(path, "train")
         ]
 
+    def eval_item(self, train_row: dict[str, Any]) -> dict[str, Any]:
+        return {"question": train_row["question"], "ground_truth": train_row["answer"]}
+
     def parse(self, text: str, ground_truth: Any, question: str = "") -> ParsedAnswer:
         """d1's GSM8K verdict: the parsed float equals the ground truth exactly."""
         value = parse_gsm8k_answer(text)

@@ -123,6 +123,9 @@ class Math500Task(Task):
             for row in rows
         ]
 
+    def eval_item(self, train_row: dict[str, Any]) -> dict[str, Any]:
+        return {"question": train_row["problem"], "ground_truth": extract_boxed_answer(train_row["answer"])}
+
     def parse(self, text: str, ground_truth: Any, question: str = "") -> ParsedAnswer:
         """d1's MATH500 verdict: ``is_equiv`` of the extracted answer and the reference answer."""
         extracted = parse_math_answer(text)

@@ -137,6 +137,9 @@ class SudokuTask(Task):
             for row in _puzzle_rows(path)
         ]
 
+    def eval_item(self, train_row: dict[str, Any]) -> dict[str, Any]:
+        return {"question": sudoku_question(train_row["puzzle"]), "ground_truth": train_row["solution"]}
+
     def parse(self, text: str, ground_truth: Any, question: str = "") -> ParsedAnswer:
         """d1's Sudoku grading: correct digits among the empty cells of the puzzle in ``question``."""
         puzzle = puzzle_from_question(question)
