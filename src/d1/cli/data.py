@@ -1,0 +1,25 @@
+"""`d1 data make sudoku|countdown --n N --seed S --output FILE [--split test|train]`: synthetic data in
+d1's file formats (Sudoku CSV `Puzzle,Solution`, Countdown JSONL `{"input", "output"}`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from d1.tasks.synthetic import make_dataset
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="d1 data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    make = commands.add_parser("make", help="write a synthetic Sudoku or Countdown set")
+    make.add_argument("task", choices=["sudoku", "countdown"])
+    make.add_argument("--n", type=int, required=True, help="Number of items.")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument(
+        "--output", required=True, help="File to write (.csv for sudoku, .jsonl for countdown)."
+    )
+    make.add_argument("--split", choices=["test", "train"], default="test")
+    args = parser.parse_args(argv)
+    path = make_dataset(args.task, args.n, args.seed, args.output, split=args.split)
+    print(f"wrote {args.n} {args.split} {args.task} items to {path}")
+    return 0
