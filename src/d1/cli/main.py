@@ -8,7 +8,11 @@ import sys
 
 COMMANDS = {
     "sft": ("d1.cli.sft", "masked SFT (completion-only, LLaDA's algorithm)"),
+    "grpo": ("d1.cli.grpo", "diffu-GRPO reinforcement learning with verifiable rewards"),
     "init-model": ("d1.cli.init_model", "write a tiny random LLaDA model + tokenizer for CPU runs"),
+    "eval": ("d1.cli.eval", "generate answers for a task's test set (d1's eval.py files)"),
+    "score": ("d1.cli.score", "d1's accuracy table of generation files"),
+    "data": ("d1.cli.data", "write synthetic Sudoku/Countdown sets in d1's formats"),
 }
 
 

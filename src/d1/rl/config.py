@@ -1,0 +1,180 @@
+"""`DiffuGRPOConfig`: every `TrainingArguments` field plus diffu-GRPO's, with d1's defaults (`train.yaml`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from d1.sft.config import bf16_available
+from d1.utils import cpu_only_launch
+
+GRPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"]
+"""All of LLaDA's projection layers (d1 adapts every projection in RL)."""
+
+
+@dataclass
+class DiffuGRPOConfig(TrainingArguments):
+    """diffu-GRPO options. Names follow d1 (`num_generations`, `p_mask_prompt`, `num_iterations`, ...).
+
+    One optimizer step is one inner update; a rollout happens every `num_iterations` steps and its
+    completions are reused for those `num_iterations` updates, each with its own prompt mask.
+    """
+
+    # model
+    model_path: str = field(
+        default="GSAI-ML/LLaDA-8B-Instruct", metadata={"help": "Hub name or local folder."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16 or float32."})
+    load_in_4bit: bool = field(
+        default=False, metadata={"help": "4-bit base weights (d1's RL set-up; CUDA only)."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow the checkpoint's own model code."}
+    )
+    mask_token_id: int | None = field(
+        default=None, metadata={"help": "When neither tokenizer nor config has one."}
+    )
+    lora: bool = field(default=True, metadata={"help": "Train a LoRA adapter (d1) instead of all weights."})
+    lora_r: int = field(default=128, metadata={"help": "LoRA rank (d1: 128)."})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha (d1: 64)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (d1: 0.05)."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(GRPO_LORA_TARGETS), metadata={"help": "Linear layers to adapt."}
+    )
+    # data
+    dataset: str = field(default="gsm8k", metadata={"help": "Task: gsm8k, math, countdown or sudoku."})
+    data_path: str | None = field(
+        default=None,
+        metadata={"help": "Local training file in d1's format; default: d1's source for the task."},
+    )
+    synthetic_train_size: int = field(
+        default=0, metadata={"help": "Countdown/Sudoku: generate this many training items offline instead."}
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={
+            "help": "Replace d1's prompts (RL and validation) by this system prompt + the question; '' = the "
+            "question alone (for tiny models, which cannot afford d1's long prompts)."
+        },
+    )
+    validation_size: int = field(
+        default=0,
+        metadata={"help": "Training items held out for checkpoint selection (never the test set); 0 = none."},
+    )
+    # rollout (names as d1)
+    num_generations: int = field(default=6, metadata={"help": "Completions per prompt (G)."})
+    max_prompt_length: int = field(
+        default=200, metadata={"help": "Prompts longer than this keep their last tokens."}
+    )
+    max_completion_length: int = field(default=256, metadata={"help": "Generated tokens per completion."})
+    block_length: int = field(default=32, metadata={"help": "Semi-autoregressive block size of the sampler."})
+    diffusion_steps: int = field(default=128, metadata={"help": "Sampler steps over the whole completion."})
+    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of rollouts."})
+    remasking: str = field(default="low_confidence", metadata={"help": "low_confidence or random."})
+    cfg_scale: float = field(default=0.0, metadata={"help": "Classifier-free guidance scale (0 = off)."})
+    generation_batch_size: int = field(
+        default=6, metadata={"help": "Completions generated per sampler call."}
+    )
+    # objective
+    p_mask_prompt: float = field(
+        default=0.15, metadata={"help": "Prompt-token masking probability for log-probs."}
+    )
+    num_iterations: int | None = field(
+        default=None,
+        metadata={"help": "Inner updates per rollout (mu); default 12, or 8 for countdown/sudoku."},
+    )
+    random_masking: bool = field(
+        default=True,
+        metadata={"help": "A fresh prompt mask per iteration (else one fixed mask, as d1's off)."},
+    )
+    beta: float = field(
+        default=0.04, metadata={"help": "KL penalty weight (k3 estimator) against the reference."}
+    )
+    epsilon: float = field(default=0.5, metadata={"help": "PPO clip range of the per-token ratio."})
+    scale_rewards: str = field(
+        default="none", metadata={"help": "none (d1: reward - group mean) or group (also / group std)."}
+    )
+    loss_normalization: str = field(
+        default="token",
+        metadata={"help": "token (d1's code: mean over batch tokens) or sequence (the paper)."},
+    )
+    reward_funcs: list[str] | None = field(
+        default=None, metadata={"help": "Reward function names; default: the task's (d1's reward_func.py)."}
+    )
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward function."}
+    )
+    log_completions: bool = field(
+        default=True, metadata={"help": "Print sample completions every logging_steps."}
+    )
+    # d1's optimisation choices
+    output_dir: str = field(default="grpo_output", metadata={"help": "Checkpoints and logs."})
+    learning_rate: float = 3e-6
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    weight_decay: float = 0.1
+    max_grad_norm: float = 0.2
+    per_device_train_batch_size: int = 6
+    gradient_accumulation_steps: int = 2
+    num_train_epochs: float = 1.0
+    save_steps: float = 100
+    logging_steps: float = 1
+    eval_strategy: str = "no"
+    report_to: None | str | list[str] = "tensorboard"
+    remove_unused_columns: bool = False
+    bf16: bool = field(default_factory=bf16_available)
+
+    def __post_init__(self) -> None:
+        if self.num_iterations is None:
+            self.num_iterations = 8 if self.dataset in ("countdown", "sudoku") else 12
+        if self.validation_size > 0 and self.eval_strategy == "no":
+            self.eval_strategy = "steps"
+        self.use_cpu = self.use_cpu or cpu_only_launch()
+        super().__post_init__()
+
+    def validate(self, world_size: int) -> None:
+        """Cheap checks that need no model; each error names the option, the value and a fix."""
+        global_batch = self.per_device_train_batch_size * world_size
+        if global_batch % self.num_generations:
+            working = [g for g in range(2, global_batch + 1) if global_batch % g == 0]
+            raise ValueError(
+                f"num_generations={self.num_generations} does not divide the global batch per_device_train_batch_size"
+                f" x processes = {self.per_device_train_batch_size} x {world_size} = {global_batch}. Values that "
+                f"work: {working}; or change per_device_train_batch_size."
+            )
+        if self.max_completion_length % self.block_length:
+            raise ValueError(
+                f"max_completion_length={self.max_completion_length} is not a multiple of block_length="
+                f"{self.block_length}; use e.g. max_completion_length="
+                f"{(self.max_completion_length // self.block_length + 1) * self.block_length}."
+            )
+        blocks = self.max_completion_length // self.block_length
+        if self.diffusion_steps % blocks:
+            raise ValueError(
+                f"diffusion_steps={self.diffusion_steps} is not a multiple of the number of blocks {blocks} "
+                f"(max_completion_length / block_length); use e.g. {max(blocks, self.diffusion_steps // blocks * blocks)}."
+            )
+        if self.generation_batch_size < 1 or self.num_iterations < 1:
+            raise ValueError("generation_batch_size and num_iterations must be >= 1.")
+        if self.scale_rewards not in ("none", "group"):
+            raise ValueError(f"scale_rewards={self.scale_rewards!r} is unknown; use 'none' or 'group'.")
+        if self.loss_normalization not in ("token", "sequence"):
+            raise ValueError(
+                f"loss_normalization={self.loss_normalization!r} is unknown; use 'token' or 'sequence'."
+            )
+        if self.beta > 0 and not self.lora and self.load_in_4bit:
+            raise ValueError(
+                "beta > 0 needs a reference policy, but a 4-bit model can only be trained with LoRA (whose disabled "
+                "adapter is the reference). Use --lora, or --beta 0."
+            )
+        if (
+            self.beta > 0
+            and not self.lora
+            and self.deepspeed
+            and "zero3" in str(self.deepspeed).replace("_", "")
+        ):
+            raise ValueError(
+                "beta > 0 with full fine-tuning under DeepSpeed ZeRO-3: d1 cannot build the frozen reference copy "
+                "from sharded weights. Use --lora (the reference is the base with the adapter disabled), or --beta 0."
+            )

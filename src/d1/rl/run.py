@@ -1,0 +1,121 @@
+"""`run_grpo`: validate options, data and rewards before any model loads, then train with `DiffuGRPOTrainer`."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModel
+
+from d1.models.loading import (
+    apply_lora,
+    check_lora_targets,
+    load_config,
+    load_model,
+    load_tokenizer,
+    resolve_mask_token_id,
+)
+from d1.rl.config import DiffuGRPOConfig
+from d1.rl.trainer import DiffuGRPOTrainer
+from d1.tasks import Task, get_task
+from d1.tasks.synthetic import make_dataset
+from d1.utils import check_writable, distributed_state, resolve_checkpoint, say
+
+SYNTHETIC_SUFFIX = {"sudoku": ".csv", "countdown": ".jsonl"}
+
+
+def resolve_rewards(
+    task: Task, names: list[str] | None, weights: list[float] | None
+) -> tuple[list[Callable], list[float]]:
+    """The task's reward functions (all, or those named) and one weight each; unknown names list the known ones."""
+    known = {f.__name__: f for f in task.reward_funcs}
+    names = names or list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(
+            f"reward_funcs {unknown} are not rewards of task {task.name!r}; its rewards are {list(known)}."
+        )
+    weights = list(weights) if weights is not None else [1.0] * len(names)
+    if len(weights) != len(names):
+        raise ValueError(f"reward_weights has {len(weights)} values for {len(names)} reward_funcs {names}.")
+    return [known[n] for n in names], weights
+
+
+def training_rows(config: DiffuGRPOConfig, task: Task) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, validation) rows: d1's training source (or synthetic data) shuffled with d1's hold-out, then
+    `validation_size` rows set aside for checkpoint selection."""
+    path, holdout_seed = config.data_path, config.seed
+    if config.synthetic_train_size > 0:  # test grids/problems are generated disjoint: no d1 hold-out needed
+        holdout_seed = None
+        if task.name not in SYNTHETIC_SUFFIX:
+            raise ValueError(
+                f"synthetic_train_size needs a task with a generator {list(SYNTHETIC_SUFFIX)}, not {task.name!r}."
+            )
+        path = str(Path(config.output_dir) / "data" / f"{task.name}_train{SYNTHETIC_SUFFIX[task.name]}")
+        with distributed_state().main_process_first():
+            if not Path(path).exists():
+                make_dataset(task.name, config.synthetic_train_size, config.seed, path, split="train")
+    rows = task.load_train(path, seed=holdout_seed)
+    if holdout_seed is None:
+        random.Random(config.seed).shuffle(rows)
+    if config.system_prompt is not None:
+        for row in rows:
+            row["prompt"] = task.build_messages(
+                task.eval_item(row)["question"], system_prompt=config.system_prompt
+            )
+    validation, train = rows[: config.validation_size], rows[config.validation_size :]
+    if not train:
+        raise ValueError(
+            f"No training rows for {task.name!r} after d1's hold-out of {task.train_holdout} rows and "
+            f"validation_size={config.validation_size}: add data or lower validation_size."
+        )
+    return train, validation
+
+
+def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
+    """Train; returns the trainer (its `state.log_history` holds every logged metric)."""
+    check_writable(config.output_dir, "output_dir")
+    config.validate(distributed_state().num_processes)
+    task = get_task(config.dataset)
+    reward_funcs, reward_weights = resolve_rewards(task, config.reward_funcs, config.reward_weights)
+    tokenizer = load_tokenizer(config.model_path, trust_remote_code=config.trust_remote_code)
+    model_config = load_config(config.model_path, config.trust_remote_code)
+    mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
+    train, validation = training_rows(config, task)
+    say(
+        f"diffu-GRPO on {task.name}: {len(train)} training prompts, {len(validation)} held out for validation; "
+        f"rewards {[f.__name__ for f in reward_funcs]} x {reward_weights}"
+    )
+    if config.lora:
+        with torch.device("meta"):
+            meta = AutoModel.from_config(model_config, trust_remote_code=config.trust_remote_code)
+        check_lora_targets(meta, config.lora_target_modules)
+
+    model = load_model(
+        config.model_path,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+        load_in_4bit=config.load_in_4bit,
+        mask_token_id=mask_token_id,
+    )
+    if config.lora:
+        model = apply_lora(
+            model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules
+        )
+    trainer = DiffuGRPOTrainer(
+        model=model,
+        args=config,
+        task=task,
+        reward_funcs=reward_funcs,
+        reward_weights=reward_weights,
+        train_dataset=train,
+        eval_dataset=validation or None,
+        processing_class=tokenizer,
+    )
+    trainer.train(resume_from_checkpoint=resolve_checkpoint(config.resume_from_checkpoint, config.output_dir))
+    trainer.save_model(config.output_dir)
+    tokenizer.save_pretrained(config.output_dir)
+    return trainer

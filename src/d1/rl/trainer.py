@@ -1,0 +1,385 @@
+"""`DiffuGRPOTrainer`: diffu-GRPO on top of `transformers.Trainer`'s public extension points.
+
+Overridden: `get_train_dataloader` (prompt groups repeated for the inner updates), `training_step` (a rollout
+every `num_iterations` steps, then reuse), `compute_loss` (one-pass log-probs under this iteration's prompt
+mask, clipped objective with KL), `evaluate` (accuracy on held-out training items) and `log`. Optimizers,
+schedulers, accelerate/DeepSpeed/FSDP, LoRA, checkpointing and resume stay the Trainer's.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+
+from d1.diffusion.likelihood import per_token_logps
+from d1.diffusion.losses import grpo_loss
+from d1.diffusion.sampling import generate
+from d1.evaluation.runner import generate_answers
+from d1.rl.advantages import combine_rewards, group_advantages
+from d1.rl.config import DiffuGRPOConfig
+from d1.rl.rollout import RewardError, completion_mask, encode_prompts, score_completions
+from d1.rl.sampler import RepeatSampler
+from d1.tasks import Task
+from d1.utils import derive_seed, say
+
+BUFFER_FILE = "rollout_buffer.pt"
+BEST_FILE = "best_checkpoint.json"
+
+
+def _rows(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return batch
+
+
+class RolloutBufferCallback(TrainerCallback):
+    """Saves the current rollouts into each checkpoint, so a run resumed between two inner updates of a
+    rollout continues with exactly the same completions, advantages and old log-probs."""
+
+    def __init__(self, trainer: DiffuGRPOTrainer):
+        self.trainer = trainer
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir() and self.trainer.rollout_buffer:
+            rank = self.trainer.accelerator.process_index
+            torch.save(self.trainer.rollout_buffer, folder / f"{rank}_{BUFFER_FILE}")
+
+
+class DiffuGRPOTrainer(Trainer):
+    """diffu-GRPO (d1): rollouts with the diffusion sampler, verifiable rewards, group-relative advantages,
+    `num_iterations` inner updates per rollout with one-pass log-probabilities."""
+
+    loss_is_scaled_for_ga = False  # per-micro-batch mean loss: the Trainer divides by accumulation steps
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        args: DiffuGRPOConfig,
+        task: Task,
+        reward_funcs: Sequence[Callable[..., list]],
+        reward_weights: Sequence[float],
+        train_dataset: list[dict[str, Any]],
+        processing_class: PreTrainedTokenizerBase,
+        eval_dataset: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            data_collator=_rows,
+            **kwargs,
+        )
+        self.task = task
+        self.reward_funcs = list(reward_funcs)
+        self.reward_weights = torch.tensor(list(reward_weights), dtype=torch.float32)
+        self.rollout_buffer: dict[int, dict[str, Any]] = {}
+        self._resume_from: str | None = None
+        self._micro_step = 0
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._best: dict[str, Any] | None = None
+        self._last_log_step = 0
+        config = self.accelerator.unwrap_model(model).config
+        self.mask_token_id = int(config.mask_token_id)
+        self.eos_token_id = int(processing_class.eos_token_id)
+        self.ref_model = None
+        if args.beta > 0 and not getattr(
+            model, "peft_config", None
+        ):  # LoRA uses the disabled adapter instead
+            self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(model)).eval().requires_grad_(False)
+        self.add_callback(RolloutBufferCallback(self))
+
+    # ----- data -----
+    def get_train_dataloader(self) -> DataLoader:
+        """Each prompt `num_generations` times, one step's prompts repeated `num_iterations` times, sharded by
+        accelerate so that every group sits inside one global micro-batch."""
+        args = self.args
+        per_step = (
+            args.per_device_train_batch_size
+            * self.accelerator.num_processes
+            * args.gradient_accumulation_steps
+        )
+        sampler = RepeatSampler(
+            len(self.train_dataset),
+            args.num_generations,
+            per_step // args.num_generations,
+            args.num_iterations,
+            args.seed,
+        )
+        loader = DataLoader(
+            self.train_dataset,
+            batch_size=args.per_device_train_batch_size,
+            sampler=sampler,
+            collate_fn=_rows,
+        )
+        return self.accelerator.prepare(loader)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        self._resume_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    # ----- rollout -----
+    def _generator(self, device: torch.device, *parts: Any) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(derive_seed(self.args.seed, *parts))
+
+    def _mask_seed_parts(self, rollout_step: int, micro: int, iteration: int) -> tuple:
+        rank = self.accelerator.process_index
+        return (
+            ("mask", rollout_step, micro, iteration, rank)
+            if self.args.random_masking
+            else ("mask-fixed", rank)
+        )
+
+    def _logps(self, model: Any, batch: dict[str, Any], iteration: int) -> torch.Tensor:
+        ids = batch["input_ids"]
+        generator = self._generator(
+            ids.device, *self._mask_seed_parts(batch["rollout_step"], batch["micro"], iteration)
+        )
+        return per_token_logps(
+            model,
+            ids,
+            completion_length=batch["completion_mask"].shape[1],
+            mask_token_id=self.mask_token_id,
+            p_mask_prompt=self.args.p_mask_prompt,
+            generator=generator,
+            attention_mask=batch["attention_mask"],
+        )
+
+    @torch.no_grad()
+    def _rollout(self, model: Any, rows: list[dict[str, Any]], micro: int) -> dict[str, Any]:
+        """Generate, reward, compute advantages and the old/reference log-probs for every iteration's mask."""
+        args, tokenizer, device = self.args, self.processing_class, self.accelerator.device
+        rollout_step = self.state.global_step
+        unwrapped = self.accelerator.unwrap_model(model)
+        start = time.perf_counter()
+        texts = [
+            tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
+            for r in rows
+        ]
+        prompts = encode_prompts(tokenizer, texts, args.max_prompt_length)
+        if prompts.truncated:
+            say(
+                f"warning: {prompts.truncated} prompt(s) longer than max_prompt_length={args.max_prompt_length} "
+                "were cut from the left"
+            )
+        self._metrics["prompts_truncated"].append(prompts.truncated)
+        prompt_ids, prompt_mask = prompts.input_ids.to(device), prompts.attention_mask.to(device)
+        generator = self._generator(device, "rollout", rollout_step, micro, self.accelerator.process_index)
+        outputs = []
+        for lo in range(0, len(rows), args.generation_batch_size):
+            hi = lo + args.generation_batch_size
+            outputs.append(
+                generate(
+                    unwrapped,
+                    prompt_ids[lo:hi],
+                    attention_mask=prompt_mask[lo:hi],
+                    gen_length=args.max_completion_length,
+                    block_length=args.block_length,
+                    steps=args.diffusion_steps,
+                    temperature=args.temperature,
+                    remasking=args.remasking,
+                    cfg_scale=args.cfg_scale,
+                    mask_token_id=self.mask_token_id,
+                    generator=generator,
+                )
+            )
+        completion_ids = torch.cat(outputs)[:, prompt_ids.shape[1] :]
+        mask = completion_mask(completion_ids, self.eos_token_id)
+        completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        self._metrics["time/rollout"].append(time.perf_counter() - start)
+
+        columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
+        try:
+            per_func = score_completions(self.reward_funcs, [r["prompt"] for r in rows], completions, columns)
+        except RewardError:
+            self.save_model(str(Path(args.output_dir) / f"checkpoint-{rollout_step}-reward-error"))
+            raise
+        rewards = combine_rewards(per_func, self.reward_weights)
+        all_rewards = self.accelerator.gather(rewards.to(device)).float().cpu()
+        all_per_func = self.accelerator.gather(per_func.to(device)).float().cpu()
+        advantages, stats = group_advantages(all_rewards, args.num_generations, args.scale_rewards)
+        rank, size = self.accelerator.process_index, len(rows)
+        for key, value in stats.items():
+            self._metrics[key].append(value)
+        for j, func in enumerate(self.reward_funcs):
+            self._metrics[f"rewards/{func.__name__}"].append(torch.nanmean(all_per_func[:, j]).item())
+        self._metrics["completion_length"].append(mask.sum(1).float().mean().item())
+        self._log_samples(texts, completions, rewards)
+
+        start = time.perf_counter()
+        batch = {
+            "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
+            "attention_mask": torch.cat([prompt_mask, torch.ones_like(completion_ids)], dim=1),
+            "completion_mask": mask,
+            "advantages": advantages[rank * size : (rank + 1) * size].to(device),
+            "rollout_step": rollout_step,
+            "micro": micro,
+        }
+        iterations = range(args.num_iterations)
+        if args.num_iterations > 1:
+            batch["old_logps"] = torch.stack([self._logps(unwrapped, batch, i) for i in iterations])
+        if args.beta > 0:
+            with self._reference(unwrapped) as ref:
+                batch["ref_logps"] = torch.stack([self._logps(ref, batch, i) for i in iterations])
+        self._metrics["time/old_logps"].append(time.perf_counter() - start)
+        return batch
+
+    @contextmanager
+    def _reference(self, unwrapped: Any) -> Iterator[Any]:
+        """The reference policy: the frozen copy, or the policy with its LoRA adapter disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model.to(self.accelerator.device)
+        else:
+            with unwrapped.disable_adapter():
+                yield unwrapped
+
+    def _log_samples(self, prompts: list[str], completions: list[str], rewards: torch.Tensor) -> None:
+        every = max(1, math.ceil(self.args.logging_steps))
+        if (
+            not self.args.log_completions
+            or self.state.global_step % every
+            or not self.is_world_process_zero()
+        ):
+            return
+        path = Path(self.args.output_dir) / "completions.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            for p, c, r in zip(prompts[:4], completions[:4], rewards[:4].tolist(), strict=True):
+                f.write(
+                    json.dumps({"step": self.state.global_step, "prompt": p, "completion": c, "reward": r})
+                    + "\n"
+                )
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"step {self.state.global_step}: sample completions", show_lines=True)
+        for name in ("completion", "reward"):
+            table.add_column(name)
+        for c, r in zip(completions[:2], rewards[:2].tolist(), strict=True):
+            table.add_row(c[-300:], f"{r:.3f}")
+        Console().print(table)
+
+    # ----- training -----
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
+        micro = self._micro_step % self.args.gradient_accumulation_steps
+        self._micro_step += 1
+        iteration = self.state.global_step % self.args.num_iterations
+        if iteration == 0:
+            self.rollout_buffer[micro] = self._rollout(model, inputs, micro)
+        elif micro not in self.rollout_buffer:
+            self._load_buffer()
+        batch = {**self.rollout_buffer[micro], "iteration": iteration}
+        start = time.perf_counter()
+        loss = super().training_step(model, batch, num_items_in_batch)
+        self._metrics["time/update"].append(time.perf_counter() - start)
+        return loss
+
+    def _load_buffer(self) -> None:
+        path = Path(self._resume_from or "") / f"{self.accelerator.process_index}_{BUFFER_FILE}"
+        if not path.is_file():
+            raise RuntimeError(
+                f"Resuming between inner updates needs the rollouts saved with the checkpoint ({path} is missing). "
+                "Resume from a checkpoint saved by d1 grpo, or from one at a multiple of num_iterations."
+            )
+        self.rollout_buffer = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> torch.Tensor:
+        iteration = inputs["iteration"]
+        logps = self._logps(model, inputs, iteration)
+        old = inputs["old_logps"][iteration] if "old_logps" in inputs else logps.detach()
+        ref = inputs["ref_logps"][iteration] if "ref_logps" in inputs else None
+        loss, stats = grpo_loss(
+            logps,
+            old,
+            ref,
+            inputs["advantages"],
+            inputs["completion_mask"],
+            self.args.epsilon,
+            self.args.beta,
+            self.args.loss_normalization,
+        )
+        for key, value in stats.items():
+            self._metrics[key].append(self.accelerator.gather(value.detach()).mean().item())
+        return loss
+
+    # ----- validation and logging -----
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval"
+    ) -> dict:
+        """Greedy accuracy on held-out training items (never the test set); records the best step in
+        `best_checkpoint.json` and asks the Trainer to save a checkpoint there."""
+        items = [self.task.eval_item(r) for r in (eval_dataset or self.eval_dataset or [])]
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        args = self.args
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()  # greedy answers without dropout
+        try:
+            records = generate_answers(
+                model,
+                self.processing_class,
+                self.task,
+                items[rank::world],
+                gen_length=args.max_completion_length,
+                block_length=args.block_length,
+                steps=args.diffusion_steps,
+                batch_size=args.generation_batch_size,
+                system_prompt=args.system_prompt,
+                mask_token_id=self.mask_token_id,
+            )
+        finally:
+            model.train(was_training)
+        verdicts = [self.task.parse(r["generations"], r["ground_truth"], r["question"]) for r in records]
+        counts = torch.tensor(
+            [
+                sum(v.n_correct for v in verdicts),
+                sum(v.n_total for v in verdicts),
+                sum(v.correct for v in verdicts),
+                len(verdicts),
+            ],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )
+        counts = self.accelerator.reduce(counts, reduction="sum").cpu()
+        metrics = {
+            f"{metric_key_prefix}_accuracy": 100 * counts[0].item() / max(counts[1].item(), 1),
+            f"{metric_key_prefix}_solved": 100 * counts[2].item() / max(counts[3].item(), 1),
+        }
+        step = self.state.global_step
+        if self._best is None or metrics[f"{metric_key_prefix}_accuracy"] > self._best["accuracy"]:
+            self._best = {
+                "step": step,
+                "accuracy": metrics[f"{metric_key_prefix}_accuracy"],
+                "checkpoint": str(Path(args.output_dir) / f"checkpoint-{step}"),
+            }
+            self.control.should_save = True
+            if self.is_world_process_zero():
+                Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+                (Path(args.output_dir) / BEST_FILE).write_text(json.dumps(self._best, indent=2))
+        self.log(metrics)
+        return metrics
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """Adds the means of the rollout/loss metrics gathered since the last log."""
+        if "loss" in logs:
+            steps = max(1, self.state.global_step - self._last_log_step)
+            for key, values in self._metrics.items():
+                per_step = key.startswith("time/") or key == "prompts_truncated"  # totals per step, not means
+                logs[key] = sum(values) / (steps if per_step else len(values))
+            self._metrics.clear()
+            self._last_log_step = self.state.global_step
+        super().log(logs, *args, **kwargs)

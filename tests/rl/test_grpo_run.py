@@ -1,0 +1,260 @@
+"""`d1 grpo` end to end on the tiny model: it trains and logs every metric, resumes exactly between inner
+updates, keeps prompt masks consistent, fails early on bad input, and runs under a 2-process launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from d1.cli.args import parse_config
+from d1.cli.grpo import ALIASES
+from d1.rl.config import DiffuGRPOConfig
+from d1.rl.run import run_grpo
+
+
+def grpo_argv(model_dir, out, *extra: str) -> list[str]:
+    return [
+        "--model_path",
+        str(model_dir),
+        "--output_dir",
+        str(out),
+        "--dataset",
+        "sudoku",
+        "--synthetic_train_size",
+        "64",
+        "--system_prompt",
+        "",
+        "--no-lora",
+        "--dtype",
+        "float32",
+        "--num_generations",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--generation_batch_size",
+        "4",
+        "--num_iterations",
+        "2",
+        "--max_prompt_length",
+        "96",
+        "--max_completion_length",
+        "16",
+        "--block_length",
+        "8",
+        "--diffusion_steps",
+        "4",
+        "--temperature",
+        "1.0",
+        "--learning_rate",
+        "1e-3",
+        "--beta",
+        "0.04",
+        "--max_steps",
+        "4",
+        "--logging_steps",
+        "1",
+        "--save_steps",
+        "100",
+        "--report_to",
+        "none",
+        "--log_completions",
+        "false",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "5",
+        *extra,
+    ]
+
+
+def config_of(*argv: str) -> DiffuGRPOConfig:
+    return parse_config(DiffuGRPOConfig, list(argv), ALIASES)
+
+
+METRICS = [
+    "loss",
+    "reward",
+    "rewards/sudoku_reward_func",
+    "reward_std",
+    "zero_std_ratio",
+    "completion_length",
+    "kl",
+    "clip_ratio",
+    "learning_rate",
+    "time/rollout",
+    "time/old_logps",
+    "time/update",
+]
+
+
+def test_grpo_trains_and_logs_every_metric(tiny_model_dir, tmp_path) -> None:
+    before = load_file(tiny_model_dir / "model.safetensors")
+    trainer = run_grpo(
+        config_of(*grpo_argv(tiny_model_dir, tmp_path, "--validation_size", "4", "--eval_steps", "2"))
+    )
+    logs = trainer.state.log_history
+    rollout_logs = [h for h in logs if "reward" in h]
+    assert len(rollout_logs) == 2  # one rollout every num_iterations=2 steps
+    assert all(key in rollout_logs[0] for key in METRICS), sorted(rollout_logs[0])
+    assert all("kl" in h and "clip_ratio" in h for h in logs if "loss" in h)
+    evals = [h for h in logs if "eval_accuracy" in h]
+    assert [h["step"] for h in evals][:2] == [2, 4]
+    best = json.loads((tmp_path / "best_checkpoint.json").read_text())
+    assert best["step"] in (2, 4) and (tmp_path / f"checkpoint-{best['step']}").is_dir()
+    after = load_file(tmp_path / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_lora_reference_is_the_base_with_adapter_disabled(tiny_model_dir, tmp_path) -> None:
+    argv = [a for a in grpo_argv(tiny_model_dir, tmp_path, "--max_steps", "2") if a != "--no-lora"]
+    trainer = run_grpo(config_of(*argv, "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"))
+    assert trainer.ref_model is None
+    assert (tmp_path / "adapter_model.safetensors").exists()
+    first = trainer.state.log_history[0]
+    assert first["kl"] == pytest.approx(0.0, abs=1e-7)  # the adapter starts at zero: policy == reference
+
+
+def test_masks_shared_by_old_current_and_reference(tiny_model_dir, tmp_path) -> None:
+    from d1.rl.trainer import DiffuGRPOTrainer
+
+    seen: list[torch.Tensor] = []
+    original = DiffuGRPOTrainer._logps
+
+    def recording(self, model, batch, iteration):
+        generator = self._generator(
+            batch["input_ids"].device,
+            *self._mask_seed_parts(batch["rollout_step"], batch["micro"], iteration),
+        )
+        seen.append((iteration, torch.rand(batch["input_ids"].shape, generator=generator)))
+        return original(self, model, batch, iteration)
+
+    DiffuGRPOTrainer._logps = recording
+    try:
+        run_grpo(
+            config_of(
+                *grpo_argv(tiny_model_dir, tmp_path, "--max_steps", "2", "--gradient_accumulation_steps", "1")
+            )
+        )
+    finally:
+        DiffuGRPOTrainer._logps = original
+    # rollout: old(it0), old(it1), ref(it0), ref(it1); then updates: current(it0), current(it1)
+    by_iteration: dict[int, list[torch.Tensor]] = {}
+    for iteration, draw in seen:
+        by_iteration.setdefault(iteration, []).append(draw)
+    assert all(len(v) == 3 for v in by_iteration.values())
+    assert all(torch.equal(v[0], w) for v in by_iteration.values() for w in v)
+    assert not torch.equal(by_iteration[0][0], by_iteration[1][0])  # random_masking: iterations differ
+
+
+def test_fixed_masking_reuses_one_mask(tiny_model_dir, tmp_path) -> None:
+    config = config_of(*grpo_argv(tiny_model_dir, tmp_path, "--random_masking", "false"))
+    from d1.rl.trainer import DiffuGRPOTrainer
+
+    parts = DiffuGRPOTrainer._mask_seed_parts
+    holder = type("T", (), {"args": config, "accelerator": type("A", (), {"process_index": 0})()})()
+    assert parts(holder, 0, 0, 0) == parts(holder, 4, 1, 3)
+    config.random_masking = True
+    assert parts(holder, 0, 0, 0) != parts(holder, 0, 0, 1)
+
+
+def test_resume_between_inner_updates_matches_uninterrupted(tiny_model_dir, tmp_path) -> None:
+    extra = ("--save_steps", "1", "--beta", "0.0")
+    run_grpo(config_of(*grpo_argv(tiny_model_dir, tmp_path / "a", *extra)))
+    (tmp_path / "b").mkdir()
+    shutil.copytree(tmp_path / "a" / "checkpoint-3", tmp_path / "b" / "checkpoint-3")  # 3 % 2: mid-rollout
+    trainer = run_grpo(
+        config_of(*grpo_argv(tiny_model_dir, tmp_path / "b", *extra), "--resume_from_checkpoint", "auto")
+    )
+    assert trainer.state.global_step == 4
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.parametrize(
+    "extra, error, message",
+    [
+        (
+            ["--num_generations", "3"],
+            ValueError,
+            r"num_generations=3 does not divide.*Values that work: \[2, 4\]",
+        ),
+        (["--dataset", "chess"], ValueError, "unknown task 'chess'"),
+        (["--reward_funcs", "xmlcount_reward_func"], ValueError, "sudoku_reward_func"),
+        (["--max_completion_length", "20"], ValueError, "not a multiple of block_length=8"),
+        (["--reward_weights", "1.0", "2.0"], ValueError, "reward_weights has 2 values"),
+    ],
+)
+def test_bad_input_fails_before_the_model_loads(tiny_model_dir, tmp_path, extra, error, message) -> None:
+    with pytest.raises(error, match=message):
+        run_grpo(config_of(*grpo_argv(tiny_model_dir, tmp_path / "out", *extra)))
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_without_mask_token(tiny_model_dir, tmp_path) -> None:
+    folder = tmp_path / "nomask"
+    shutil.copytree(tiny_model_dir, folder)
+    for name in ("config.json", "tokenizer_config.json"):
+        data = json.loads((folder / name).read_text())
+        data.pop("mask_token", None)
+        data["mask_token_id"] = None if name == "config.json" else data.get("mask_token_id")
+        (folder / name).write_text(json.dumps(data))
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    for added in tokenizer["added_tokens"]:
+        added["special"] = added["special"] and added["content"] != "<|mdm_mask|>"
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ValueError, match="--mask_token_id"):
+        run_grpo(config_of(*grpo_argv(folder, tmp_path / "out")))
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run(tiny_model_dir, tmp_path) -> None:
+    # per-device batch 2 with groups of 4: every group spans both processes, so rewards must be gathered
+    argv = grpo_argv(
+        tiny_model_dir,
+        tmp_path,
+        "--per_device_train_batch_size",
+        "2",
+        "--num_generations",
+        "4",
+        "--generation_batch_size",
+        "2",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "2",
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        "0",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "d1",
+        "grpo",
+        *argv,
+    ]
+    result = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and "reward" in state["log_history"][0]
