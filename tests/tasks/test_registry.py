@@ -8,7 +8,7 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from d1.tasks import TASKS, Task, get_task, register_task
+from d1.tasks import TASKS, Task, get_task, register_task, unregister_task
 from d1.tasks.base import ParsedAnswer, read_records, subsample_indices
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
@@ -65,7 +65,9 @@ def test_register_task() -> None:
         assert get_task("echo") is task
         assert get_task("echo-test").parse("a", "a").correct
     finally:
-        TASKS.pop("echo-test")
+        unregister_task("echo-test")
+    with pytest.raises(ValueError, match="known tasks: countdown, gsm8k, math, math500, sudoku$"):
+        get_task("echo")
 
 
 @pytest.mark.parametrize("name", ["gsm8k", "math500", "countdown", "sudoku"])

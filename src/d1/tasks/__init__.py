@@ -17,6 +17,13 @@ def register_task(task: Task) -> Task:
     return task
 
 
+def unregister_task(name: str) -> None:
+    """Remove a task and its aliases (e.g. a temporary task in a test)."""
+    TASKS.pop(name, None)
+    for alias in [a for a, target in _ALIASES.items() if target == name]:
+        del _ALIASES[alias]
+
+
 def get_task(name: str) -> Task:
     """The registered task called ``name`` (or an alias such as ``math``); ``ValueError`` if unknown."""
     key = name.strip().lower()
@@ -30,4 +37,4 @@ def get_task(name: str) -> Task:
 for _module in (gsm8k, math500, countdown, sudoku):
     register_task(_module.TASK)
 
-__all__ = ["TASKS", "ParsedAnswer", "Task", "get_task", "register_task"]
+__all__ = ["TASKS", "ParsedAnswer", "Task", "get_task", "register_task", "unregister_task"]

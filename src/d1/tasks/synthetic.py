@@ -250,32 +250,49 @@ def make_dataset(task_name: str, n: int, seed: int, output_path: str | Path, spl
 
 
 def _completion(reasoning: list[str], answer: str) -> str:
-    return "<reasoning>\n" + "\n".join(reasoning) + "\n</reasoning>\n<answer>\n" + answer + "\n</answer>"
+    thoughts = "".join(line + "\n" for line in reasoning)
+    return "<reasoning>\n" + thoughts + "</reasoning>\n<answer>\n" + answer + "\n</answer>"
 
 
-def _sudoku_trace(puzzle: str, solution: str) -> list[str]:
-    cells = list(puzzle)
-    lines = [f"Empty cells are filled one at a time; the puzzle has {cells.count('0')} of them."]
+def _sudoku_fill_order(puzzle: str, solution: str) -> list[tuple[int, str]]:
+    """Empty cells in solving order: a cell with a single candidate first, else the first empty cell."""
+    cells, order = list(puzzle), []
     while "0" in cells:
         empty = [i for i, c in enumerate(cells) if c == "0"]
         forced = [i for i in empty if _candidates(cells, i) == [solution[i]]]
         index = forced[0] if forced else empty[0]
-        reason = "only candidate" if forced else "by elimination"
         cells[index] = solution[index]
-        lines.append(f"Row {index // 4 + 1}, column {index % 4 + 1}: {solution[index]} ({reason})")
+        order.append((index, "only candidate" if forced else "by elimination"))
+    return order
+
+
+SUDOKU_TRACES = ("steps", "cells", "none")
+
+
+def _sudoku_trace(puzzle: str, solution: str, trace: str = "steps") -> list[str]:
+    if trace not in SUDOKU_TRACES:
+        raise ValueError(f"trace={trace!r} is unknown; use one of {SUDOKU_TRACES}.")
+    if trace == "none":
+        return []
+    order = _sudoku_fill_order(puzzle, solution)
+    if trace == "cells":  # one short line, e.g. "r1c3=2 r2c1=4 ...": cheap enough for tiny CPU models
+        return [" ".join(f"r{i // 4 + 1}c{i % 4 + 1}={solution[i]}" for i, _ in order)]
+    lines = [f"Empty cells are filled one at a time; the puzzle has {puzzle.count('0')} of them."]
+    lines += [f"Row {i // 4 + 1}, column {i % 4 + 1}: {solution[i]} ({reason})" for i, reason in order]
     lines.append(f"The completed grid is {solution}.")
     return lines
 
 
-def format_sft_example(item: dict[str, Any]) -> dict[str, str]:
+def format_sft_example(item: dict[str, Any], trace: str = "steps") -> dict[str, str]:
     """Question text plus a d1-format completion (reasoning trace and answer) for a synthetic item.
 
     Sudoku items have ``puzzle``/``solution``; Countdown items ``numbers``/``target`` (the answer is
-    ``\\boxed{expression}``, which d1's eval parser reads).
+    ``\\boxed{expression}``, which d1's eval parser reads). Sudoku's ``trace``: ``steps`` (a line per cell
+    with its reason), ``cells`` (one line of ``r{row}c{col}={digit}``) or ``none`` (the answer alone).
     """
     if "puzzle" in item:
         puzzle, solution = item["puzzle"], item["solution"]
-        completion = _completion(_sudoku_trace(puzzle, solution), solution)
+        completion = _completion(_sudoku_trace(puzzle, solution, trace), solution)
         return {"prompt": sudoku_question(puzzle), "completion": completion}
     numbers, target = list(item["numbers"]), int(item["target"])
     found = _countdown_solution(numbers, target)
