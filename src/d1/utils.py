@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import PartialState
-from transformers.trainer_utils import get_last_checkpoint
 
 
 def check_writable(path: str | Path, field: str) -> None:
@@ -24,17 +24,50 @@ def check_writable(path: str | Path, field: str) -> None:
         )
 
 
+TRAINER_STATE_NAME = "trainer_state.json"  # as transformers.trainer names it (not imported: heavy)
+
+
+def checkpoint_problem(folder: str | Path) -> str | None:
+    """Why `folder` is not a complete Trainer checkpoint (None when it is). The Trainer writes
+    `trainer_state.json` last, after the weights, optimizer, scheduler and RNG states, so a folder without a
+    readable one for its own step was cut off mid-write."""
+    state_file = Path(folder) / TRAINER_STATE_NAME
+    if not state_file.is_file():
+        return f"no {TRAINER_STATE_NAME}"
+    try:
+        step = json.loads(state_file.read_text()).get("global_step")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return f"{TRAINER_STATE_NAME} is truncated"
+    expected = Path(folder).name.rsplit("-", 1)[-1]
+    return None if str(step) == expected else f"{TRAINER_STATE_NAME} says step {step}"
+
+
+def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
+    """The `checkpoint-N` folder of `output_dir` with the highest N that is complete; says which it skipped."""
+    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder)
+        say(f"skipping {folder}: incomplete checkpoint ({problem}), probably interrupted while saving")
+    return None
+
+
 def resolve_checkpoint(resume: str | bool | None, output_dir: str | Path) -> str | bool | None:
     """`auto`/`True` -> the latest complete `checkpoint-N` under output_dir (None when there is none); a path as is."""
     if resume in (None, False, "", "none", "None", "false", "False"):
         return None
     if resume in (True, "auto", "true", "True", "latest"):
-        return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
-    if not Path(resume).is_dir():
+        found = latest_complete_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    elif not Path(resume).is_dir():
         raise FileNotFoundError(
             f"resume_from_checkpoint={resume!r} is not a folder; pass a checkpoint-N folder or auto."
         )
-    return str(resume)
+    else:
+        found = str(resume)
+    if found:
+        say(f"resuming from {found}")
+    return found
 
 
 def is_main_process() -> bool:
@@ -63,3 +96,9 @@ def derive_seed(*parts: Any) -> int:
     """A stable 63-bit seed from printable parts (same parts, same seed, in every process, run and resume)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def shutdown_distributed() -> None:
+    """Tear down the process group a multi-process run created, so processes exit cleanly (gloo aborts otherwise)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -18,7 +18,7 @@ Messages = list[dict[str, str]]
 Example = tuple[Messages, str]  # (prompt messages, assistant response)
 
 PRESET_BY_SOURCE = {"simplescaling/s1k": "s1k", "ai-mo/numinamath-lean": "numina-lean"}
-PRESETS = ("s1k", "numina-lean", "generic")
+PRESETS = ("s1k", "numina-lean", "generic", "text")
 
 
 def detect_preset(train_data: str, preset: str | None) -> str:
@@ -166,6 +166,28 @@ def tokenize_examples(
             ids = ids[:max_length]
             report.truncated += 1
         out.append({"input_ids": ids, "prompt_length": prompt_length, "index": len(out)})
+    return out
+
+
+def tokenize_texts(
+    texts: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    truncation: Literal["truncate", "drop"] = "truncate",
+    report: SFTDataReport | None = None,
+) -> list[dict[str, Any]]:
+    """The `text` preset (masked-diffusion pre-training): raw text + EOS, no chat template, no prompt, so
+    every token can be masked."""
+    report = report if report is not None else SFTDataReport()
+    out = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        ids = [*ids, tokenizer.eos_token_id]
+        if len(ids) > max_length:
+            if truncation == "drop":
+                report.dropped_too_long += 1
+                continue
+            ids, report.truncated = ids[:max_length], report.truncated + 1
+        out.append({"input_ids": ids, "prompt_length": 0, "index": len(out)})
     return out
 
 

@@ -58,6 +58,16 @@ class DiffuGRPOConfig(TrainingArguments):
             "question alone (for tiny models, which cannot afford d1's long prompts)."
         },
     )
+    train_holdout: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rows dropped after shuffling (d1 keeps 500 countdown/sudoku rows out); default: d1's "
+            "for the task, 0 for synthetic data."
+        },
+    )
+    validation_path: str | None = field(
+        default=None, metadata={"help": "Training-format file of held-out rows for checkpoint selection."}
+    )
     validation_size: int = field(
         default=0,
         metadata={"help": "Training items held out for checkpoint selection (never the test set); 0 = none."},
@@ -128,7 +138,7 @@ class DiffuGRPOConfig(TrainingArguments):
     def __post_init__(self) -> None:
         if self.num_iterations is None:
             self.num_iterations = 8 if self.dataset in ("countdown", "sudoku") else 12
-        if self.validation_size > 0 and self.eval_strategy == "no":
+        if (self.validation_size > 0 or self.validation_path) and self.eval_strategy == "no":
             self.eval_strategy = "steps"
         self.use_cpu = self.use_cpu or cpu_only_launch()
         super().__post_init__()

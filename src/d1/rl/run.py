@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 from transformers import AutoModel
 
+from d1.cluster import PreemptionCallback
 from d1.models.loading import (
     apply_lora,
     check_lora_targets,
@@ -21,6 +21,7 @@ from d1.models.loading import (
 from d1.rl.config import DiffuGRPOConfig
 from d1.rl.trainer import DiffuGRPOTrainer
 from d1.tasks import Task, get_task
+from d1.tasks.base import shuffle_and_hold_out
 from d1.tasks.synthetic import make_dataset
 from d1.utils import check_writable, distributed_state, resolve_checkpoint, say
 
@@ -45,32 +46,35 @@ def resolve_rewards(
 
 
 def training_rows(config: DiffuGRPOConfig, task: Task) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(train, validation) rows: d1's training source (or synthetic data) shuffled with d1's hold-out, then
-    `validation_size` rows set aside for checkpoint selection."""
-    path, holdout_seed = config.data_path, config.seed
-    if config.synthetic_train_size > 0:  # test grids/problems are generated disjoint: no d1 hold-out needed
-        holdout_seed = None
+    """(train, validation) rows: the training source (d1's, a local file, or synthetic data) shuffled with the
+    hold-out (d1: the last 500 countdown/sudoku rows; none for synthetic data, whose test set is generated
+    disjoint), then validation rows: `validation_path`, else the first `validation_size` training rows."""
+    path, holdout = config.data_path, config.train_holdout
+    if config.synthetic_train_size > 0:
         if task.name not in SYNTHETIC_SUFFIX:
             raise ValueError(
                 f"synthetic_train_size needs a task with a generator {list(SYNTHETIC_SUFFIX)}, not {task.name!r}."
             )
         path = str(Path(config.output_dir) / "data" / f"{task.name}_train{SYNTHETIC_SUFFIX[task.name]}")
+        holdout = 0 if holdout is None else holdout
         with distributed_state().main_process_first():
             if not Path(path).exists():
                 make_dataset(task.name, config.synthetic_train_size, config.seed, path, split="train")
-    rows = task.load_train(path, seed=holdout_seed)
-    if holdout_seed is None:
-        random.Random(config.seed).shuffle(rows)
+    holdout = task.train_holdout if holdout is None else holdout
+    rows = shuffle_and_hold_out(task.load_train(path), config.seed, holdout)
+    if config.validation_path:
+        validation, train = task.load_train(config.validation_path)[: config.validation_size or None], rows
+    else:
+        validation, train = rows[: config.validation_size], rows[config.validation_size :]
     if config.system_prompt is not None:
-        for row in rows:
+        for row in train + validation:
             row["prompt"] = task.build_messages(
                 task.eval_item(row)["question"], system_prompt=config.system_prompt
             )
-    validation, train = rows[: config.validation_size], rows[config.validation_size :]
     if not train:
         raise ValueError(
-            f"No training rows for {task.name!r} after d1's hold-out of {task.train_holdout} rows and "
-            f"validation_size={config.validation_size}: add data or lower validation_size."
+            f"No training rows for {task.name!r} after a hold-out of {holdout} rows and "
+            f"validation_size={config.validation_size}: add data or lower them."
         )
     return train, validation
 
@@ -114,6 +118,7 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
         train_dataset=train,
         eval_dataset=validation or None,
         processing_class=tokenizer,
+        callbacks=[PreemptionCallback()],
     )
     trainer.train(resume_from_checkpoint=resolve_checkpoint(config.resume_from_checkpoint, config.output_dir))
     trainer.save_model(config.output_dir)

@@ -35,7 +35,10 @@ class SFTConfig(TrainingArguments):
     )
     preset: str | None = field(
         default=None,
-        metadata={"help": "s1k, numina-lean or generic; default: detected from train_data, else generic."},
+        metadata={
+            "help": "s1k, numina-lean, generic (prompt/response or messages) or text (raw `text` column, every "
+            "token maskable: masked-diffusion pre-training); default: detected from train_data, else generic."
+        },
     )
     prompt_field: str | None = field(default=None, metadata={"help": "Generic preset: the prompt column."})
     response_field: str | None = field(

@@ -7,8 +7,16 @@ import datasets
 import torch
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from d1.data.sft import SFTDataReport, detect_preset, eval_split, examples_from_rows, tokenize_examples
-from d1.data.sources import load_rows
+from d1.cluster import PreemptionCallback
+from d1.data.sft import (
+    SFTDataReport,
+    detect_preset,
+    eval_split,
+    examples_from_rows,
+    tokenize_examples,
+    tokenize_texts,
+)
+from d1.data.sources import load_rows, require_columns
 from d1.models.loading import (
     apply_lora,
     check_lora_targets,
@@ -29,11 +37,16 @@ def prepare_sft_data(
     """Load, format, tokenise and split the training data; every data error surfaces here, before the model."""
     preset = detect_preset(config.train_data, config.preset)
     rows = load_rows(config.train_data, split=config.dataset_split)
-    examples, skipped = examples_from_rows(
-        rows, preset, config.train_data, config.prompt_field, config.response_field, config.system_prompt
-    )
-    report = SFTDataReport(rows=len(rows), skipped_no_response=skipped)
-    items = tokenize_examples(examples, tokenizer, config.max_length, config.truncation, report)
+    if preset == "text":
+        require_columns(rows, ["text"], config.train_data, "The 'text' preset trains on a `text` column.")
+        report = SFTDataReport(rows=len(rows))
+        items = tokenize_texts(list(rows["text"]), tokenizer, config.max_length, config.truncation, report)
+    else:
+        examples, skipped = examples_from_rows(
+            rows, preset, config.train_data, config.prompt_field, config.response_field, config.system_prompt
+        )
+        report = SFTDataReport(rows=len(rows), skipped_no_response=skipped)
+        items = tokenize_examples(examples, tokenizer, config.max_length, config.truncation, report)
     if not items:
         raise ValueError(f"No usable rows in {config.train_data!r} ({report.summary()}).")
     train, held_out = eval_split(items, config.eval_fraction, config.seed)
@@ -82,6 +95,7 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
         eval_dataset=eval_set,
         data_collator=collator,
         processing_class=tokenizer,
+        callbacks=[PreemptionCallback()],
     )
     trainer.train(resume_from_checkpoint=resolve_checkpoint(config.resume_from_checkpoint, config.output_dir))
     trainer.save_model(config.output_dir)
