@@ -7,12 +7,18 @@ import os
 import sys
 
 COMMANDS = {
+    "demo": (
+        "d1.cli.demo",
+        "the embedded default: pre-train, SFT, diffu-GRPO and evaluate a tiny model on CPU",
+    ),
     "sft": ("d1.cli.sft", "masked SFT (completion-only, LLaDA's algorithm)"),
     "grpo": ("d1.cli.grpo", "diffu-GRPO reinforcement learning with verifiable rewards"),
     "init-model": ("d1.cli.init_model", "write a tiny random LLaDA model + tokenizer for CPU runs"),
     "eval": ("d1.cli.eval", "generate answers for a task's test set (d1's eval.py files)"),
     "score": ("d1.cli.score", "d1's accuracy table of generation files"),
     "data": ("d1.cli.data", "write synthetic Sudoku/Countdown sets in d1's formats"),
+    "merge": ("d1.cli.merge", "merge a LoRA adapter into its base model and save a model folder"),
+    "launch-check": ("d1.cli.launch_check", "check that an accelerate config fits this machine"),
 }
 
 
@@ -38,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     try:
-        return module.main(rest) or 0
+        code = module.main(rest) or 0
+        from d1.utils import shutdown_distributed
+
+        shutdown_distributed()
+        return code
     except (ValueError, FileNotFoundError, PermissionError, OSError, RuntimeError) as err:
         if os.environ.get("D1_TRACEBACK"):
             raise
