@@ -30,9 +30,9 @@ CHAT_TEMPLATE = (
 
 PRESETS: dict[str, dict[str, int]] = {
     "tiny": {"d_model": 64, "n_heads": 4, "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 192},
-    "small": {"d_model": 256, "n_heads": 8, "n_kv_heads": 8, "n_layers": 4, "mlp_hidden_size": 768},
+    "small": {"d_model": 128, "n_heads": 4, "n_kv_heads": 4, "n_layers": 4, "mlp_hidden_size": 384},
 }
-"""Toy sizes of the LLaDA architecture: tiny (~0.1M parameters) for tests, small (~3.2M) for the demo."""
+"""Toy sizes of the LLaDA architecture: tiny (~0.12M parameters) for tests, small (~0.9M) for the demo."""
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

@@ -1,0 +1,363 @@
+"""`d1 demo`: the paper's Table 1 at tiny scale on a laptop CPU, in resumable stages.
+
+base (generic masked-diffusion pre-training) -> +SFT, +diffu-GRPO (from base), d1 (SFT then diffu-GRPO); each
+row evaluated with `d1 eval` at several generation lengths and scored with `d1 score`'s code, then reported.
+A stage that finished leaves `stages/<name>.json`; a run started again skips it, and a stage interrupted
+mid-training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from d1.demo.data import DemoData, make_demo_data
+from d1.utils import check_writable, say
+
+ROWS = ("base", "sft", "rl_base", "d1")
+ROW_NAMES = {
+    "base": "base (pre-trained)",
+    "sft": "+SFT",
+    "rl_base": "+diffu-GRPO",
+    "d1": "d1 (SFT + diffu-GRPO)",
+}
+MIN_FREE_BYTES = 500 * 2**20
+
+
+@dataclass
+class DemoConfig:
+    """Every knob of the demo; `--quick` shrinks the budgets so the same pipeline runs in about 2 minutes."""
+
+    output_dir: str = "runs/demo"
+    seed: int = 0
+    quick: bool = False
+    preset: str = "small"
+    trace: str = "cells"
+    n_sft: int = 800
+    n_rl: int = 2000
+    n_validation: int = 48
+    n_test: int = 200
+    pretrain_steps: int = 300
+    sft_steps: int = 150
+    rl_steps: int = 96
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    rl_learning_rate: float = 1e-4
+    num_generations: int = 8
+    rl_prompts_per_step: int = 8
+    num_iterations: int = 4
+    rl_gen_length: int = 96
+    rl_diffusion_steps: int = 24
+    temperature: float = 1.0
+    eval_gen_lengths: list[int] = field(default_factory=lambda: [64, 96, 128])
+    eval_batch_size: int = 50
+    block_length: int = 32
+    max_length: int = 192
+
+    def __post_init__(self) -> None:
+        if self.quick:
+            self.n_sft, self.n_rl, self.n_validation, self.n_test = 200, 200, 16, 48
+            self.pretrain_steps, self.sft_steps, self.rl_steps = 40, 30, 8
+            self.eval_gen_lengths = [64, 96]
+            self.preset = "tiny"
+
+
+@dataclass
+class Stage:
+    name: str
+    what: str
+    seconds_estimate: Callable[[DemoConfig], float]
+    run: Callable[[DemoConfig, DemoData], dict[str, Any]]
+
+
+def _models(config: DemoConfig) -> Path:
+    return Path(config.output_dir) / "models"
+
+
+def _common_train_args(config: DemoConfig) -> list[str]:
+    return [
+        "--dtype",
+        "float32",
+        "--no-lora",
+        "--report_to",
+        "none",
+        "--seed",
+        str(config.seed),
+        "--resume_from_checkpoint",
+        "auto",
+        "--save_total_limit",
+        "2",
+        "--logging_steps",
+        "5",
+    ]
+
+
+def _sft(config: DemoConfig, model: Path, data: Path, job: str, steps: int, preset: str) -> dict[str, Any]:
+    from d1.cli.args import parse_config
+    from d1.cli.sft import ALIASES
+    from d1.sft.config import SFTConfig
+    from d1.sft.run import run_sft
+
+    argv = [
+        "--model_name",
+        str(model),
+        "--train_data",
+        str(data),
+        "--preset",
+        preset,
+        "--output_dir",
+        str(_models(config)),
+        "--job_name",
+        job,
+        "--max_length",
+        str(config.max_length),
+        "--batch_size",
+        str(config.batch_size),
+        "--grad_accum_steps",
+        "1",
+        "--max_steps",
+        str(steps),
+        "--learning_rate",
+        str(config.learning_rate),
+        "--eval_fraction",
+        "0",
+        "--save_steps",
+        str(max(steps // 3, 1)),
+        "--lr_scheduler_type",
+        "cosine",
+        "--warmup_steps",
+        str(min(20, steps // 10)),
+        "--debugging",
+        *_common_train_args(config),
+    ]
+    trainer = run_sft(parse_config(SFTConfig, argv, ALIASES))
+    return {"model": str(_models(config) / job), "log_history": trainer.state.log_history}
+
+
+def _grpo(config: DemoConfig, data: DemoData, start: Path, job: str) -> dict[str, Any]:
+    from d1.cli.args import parse_config
+    from d1.rl.config import DiffuGRPOConfig
+    from d1.rl.run import run_grpo
+
+    batch = config.rl_prompts_per_step * config.num_generations
+    out = _models(config) / job
+    argv = [
+        "--model_path",
+        str(start),
+        "--output_dir",
+        str(out),
+        "--dataset",
+        "sudoku",
+        "--data_path",
+        str(data.rl),
+        "--validation_path",
+        str(data.validation),
+        "--train_holdout",
+        "0",
+        "--system_prompt",
+        "",
+        "--num_generations",
+        str(config.num_generations),
+        "--per_device_train_batch_size",
+        str(batch),
+        "--gradient_accumulation_steps",
+        "1",
+        "--generation_batch_size",
+        str(batch),
+        "--num_iterations",
+        str(config.num_iterations),
+        "--max_prompt_length",
+        "128",
+        "--max_completion_length",
+        str(config.rl_gen_length),
+        "--block_length",
+        str(config.block_length),
+        "--diffusion_steps",
+        str(config.rl_diffusion_steps),
+        "--temperature",
+        str(config.temperature),
+        "--learning_rate",
+        str(config.rl_learning_rate),
+        "--beta",
+        "0.0",
+        "--max_steps",
+        str(config.rl_steps),
+        "--eval_steps",
+        str(max(config.rl_steps // 4, config.num_iterations)),
+        "--save_steps",
+        str(max(config.rl_steps // 4, config.num_iterations)),
+        "--log_completions",
+        "false",
+        "--warmup_steps",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
+        *_common_train_args(config),
+    ]
+    trainer = run_grpo(parse_config(DiffuGRPOConfig, argv))
+    best_file = out / "best_checkpoint.json"
+    best = json.loads(best_file.read_text()) if best_file.exists() else None
+    model = best["checkpoint"] if best and Path(best["checkpoint"]).is_dir() else str(out)
+    return {"model": model, "best": best, "log_history": trainer.state.log_history}
+
+
+def _evaluate(config: DemoConfig, data: DemoData, models: dict[str, str]) -> dict[str, Any]:
+    from d1.evaluation.runner import EvalConfig, run_eval
+    from d1.evaluation.score import score_paths, scores_to_json
+
+    out = Path(config.output_dir) / "eval"
+    results: dict[str, dict[int, Any]] = {}
+    for row in ROWS:
+        for length in config.eval_gen_lengths:
+            run_eval(
+                EvalConfig(
+                    model_path=models[row],
+                    dataset="sudoku",
+                    data_path=str(data.test),
+                    gen_length=length,
+                    block_length=config.block_length,
+                    diffusion_steps=length // 2,
+                    batch_size=config.eval_batch_size,
+                    subsample=-1,
+                    output_dir=str(out),
+                    model_name=row,
+                    system_prompt="",
+                    seed=config.seed,
+                    dtype="float32",
+                )
+            )
+    scores = score_paths([out])
+    as_json = scores_to_json(scores)
+    for row in ROWS:
+        results[row] = {}
+        for length in config.eval_gen_lengths:
+            setup = f"sudoku_{row}_{length}_{length // 2}"
+            solved = [item.correct for item in scores[setup].items]
+            results[row][length] = {**as_json[setup], "solved": 100 * sum(solved) / len(solved)}
+    return {"scores": results}
+
+
+def _stages() -> list[Stage]:
+    def base_model(config: DemoConfig) -> Path:
+        return _models(config) / "base"
+
+    def run_init(config: DemoConfig, data: DemoData) -> dict[str, Any]:
+        from d1.models.presets import init_model
+
+        return {"model": str(init_model(config.preset, _models(config) / "init", config.seed))}
+
+    return [
+        Stage("init", "a fresh random LLaDA-architecture model and tokenizer", lambda c: 2, run_init),
+        Stage(
+            "pretrain",
+            "generic masked-diffusion pre-training on mixed synthetic text -> base",
+            lambda c: 0.25 * c.pretrain_steps,
+            lambda c, d: _sft(c, _models(c) / "init", d.pretrain, "base", c.pretrain_steps, "text"),
+        ),
+        Stage(
+            "sft",
+            "masked SFT on Sudoku reasoning traces -> +SFT",
+            lambda c: 0.25 * c.sft_steps,
+            lambda c, d: _sft(c, base_model(c), d.sft, "sft", c.sft_steps, "generic"),
+        ),
+        Stage(
+            "rl_base",
+            "diffu-GRPO from the base model -> +diffu-GRPO",
+            lambda c: 2.5 * c.rl_steps,
+            lambda c, d: _grpo(c, d, base_model(c), "rl_base"),
+        ),
+        Stage(
+            "d1",
+            "diffu-GRPO from the SFT model -> d1",
+            lambda c: 2.5 * c.rl_steps,
+            lambda c, d: _grpo(c, d, _models(c) / "sft", "d1"),
+        ),
+    ]
+
+
+def _chat_renderer() -> Callable[[str, str], str]:
+    from d1.models.presets import build_tokenizer
+
+    tokenizer = build_tokenizer()
+
+    def render(question: str, answer: str) -> str:
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return tokenizer.apply_chat_template(messages, tokenize=False).removeprefix(tokenizer.bos_token)
+
+    return render
+
+
+def preflight(config: DemoConfig) -> None:
+    """Fail before any training on an unwritable output folder or a nearly full disk."""
+    check_writable(config.output_dir, "output_dir")
+    probe = Path(config.output_dir).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < MIN_FREE_BYTES:
+        raise OSError(
+            f"output_dir={config.output_dir!r}: only {free / 2**20:.0f} MiB free on its disk; the demo needs about "
+            f"{MIN_FREE_BYTES / 2**20:.0f} MiB. Free some space or choose another --output_dir."
+        )
+
+
+def run_demo(config: DemoConfig) -> Path:
+    """Run (or resume) every stage, then write the report; returns the report's path."""
+    from d1.demo.report import write_report
+
+    preflight(config)
+    out = Path(config.output_dir)
+    marks = out / "stages"
+    marks.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    started = time.perf_counter()
+    data = make_demo_data(
+        out / "data",
+        config.seed,
+        config.n_sft,
+        config.n_rl,
+        config.n_validation,
+        config.n_test,
+        _chat_renderer(),
+        config.trace,
+    )
+    done: dict[str, dict[str, Any]] = {}
+    stages = _stages()
+    stages.append(
+        Stage(
+            "eval",
+            f"d1 eval of the 4 rows at gen_length {config.eval_gen_lengths} on {config.n_test} test puzzles",
+            lambda c: 0.02 * c.n_test * len(c.eval_gen_lengths) * 4,
+            lambda c, d: _evaluate(
+                c,
+                d,
+                {
+                    "base": done["pretrain"]["model"],
+                    "sft": done["sft"]["model"],
+                    "rl_base": done["rl_base"]["model"],
+                    "d1": done["d1"]["model"],
+                },
+            ),
+        )
+    )
+    for index, stage in enumerate(stages, 1):
+        mark = marks / f"{stage.name}.json"
+        if mark.exists():
+            done[stage.name] = json.loads(mark.read_text())
+            say(
+                f"[{index}/{len(stages)}] {stage.name}: already done ({done[stage.name]['seconds']:.0f} s), skipped"
+            )
+            continue
+        say(f"[{index}/{len(stages)}] {stage.name}: {stage.what} (~{stage.seconds_estimate(config):.0f} s)")
+        began = time.perf_counter()
+        result = stage.run(config, data)
+        result["seconds"] = time.perf_counter() - began
+        mark.write_text(json.dumps(result, indent=1, default=str))
+        done[stage.name] = result
+    report = write_report(config, done, time.perf_counter() - started)
+    return report

@@ -1,0 +1,61 @@
+"""`d1 demo --quick`: every stage runs, the report has its parts, a second run resumes instead of starting over,
+and bad output folders fail before any training."""
+
+from __future__ import annotations
+
+import json
+from collections import namedtuple
+
+import pytest
+
+from d1.demo import pipeline
+from d1.demo.pipeline import ROWS, DemoConfig, run_demo
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage_and_reports(tmp_path, capsys) -> None:
+    config = DemoConfig(quick=True, output_dir=str(tmp_path / "demo"), seed=1)
+    report = run_demo(config)
+    out = tmp_path / "demo"
+    stages = ["init", "pretrain", "sft", "rl_base", "d1", "eval"]
+    assert all((out / "stages" / f"{s}.json").exists() for s in stages)
+    text = report.read_text()
+    for part in (
+        "| model |",
+        "+SFT",
+        "d1 (SFT + diffu-GRPO)",
+        "## Why this task",
+        "## Wall time",
+        "## Hyperparameters",
+    ):
+        assert part in text
+    for plot in ("sft_loss.png", "rl_curves.png", "accuracy_by_length.png"):
+        assert (out / plot).stat().st_size > 1000 and f"]({plot})" in text
+    summary = json.loads((out / "report.json").read_text())
+    assert set(summary["scores"]) == set(ROWS)
+    assert all(set(summary["scores"][r]) == {"64", "96"} for r in ROWS)
+    assert set(summary["stage_seconds"]) == set(stages)
+    generations = sorted(p.name for p in (out / "eval").glob("*_generations.json"))
+    assert len(generations) == len(ROWS) * 2
+    printed = capsys.readouterr().out
+    assert "report:" in printed and "| d1 (SFT + diffu-GRPO) |" in printed
+
+    run_demo(config)  # a second run skips every finished stage and says so
+    again = capsys.readouterr().out
+    assert all(f"{s}: already done" in again for s in stages)
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(PermissionError, match="output_dir"):
+        run_demo(DemoConfig(quick=True, output_dir=str(blocker / "demo")))
+    assert not (blocker.parent / "demo").exists()
+
+
+def test_full_disk_fails_before_training(tmp_path, monkeypatch) -> None:
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(pipeline.shutil, "disk_usage", lambda _: usage(10, 10, 1024))
+    with pytest.raises(OSError, match="MiB free"):
+        run_demo(DemoConfig(quick=True, output_dir=str(tmp_path / "demo")))
+    assert not (tmp_path / "demo").exists()
