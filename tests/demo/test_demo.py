@@ -33,10 +33,10 @@ def test_quick_demo_runs_every_stage_and_reports(tmp_path, capsys) -> None:
         assert (out / plot).stat().st_size > 1000 and f"]({plot})" in text
     summary = json.loads((out / "report.json").read_text())
     assert set(summary["scores"]) == set(ROWS)
-    assert all(set(summary["scores"][r]) == {"64", "96"} for r in ROWS)
+    assert all(set(summary["scores"][r]) == {str(n) for n in config.eval_gen_lengths} for r in ROWS)
     assert set(summary["stage_seconds"]) == set(stages)
     generations = sorted(p.name for p in (out / "eval").glob("*_generations.json"))
-    assert len(generations) == len(ROWS) * 2
+    assert len(generations) == len(ROWS) * len(config.eval_gen_lengths)
     printed = capsys.readouterr().out
     assert "report:" in printed and "| d1 (SFT + diffu-GRPO) |" in printed
 

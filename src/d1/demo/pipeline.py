@@ -37,33 +37,32 @@ class DemoConfig:
     seed: int = 0
     quick: bool = False
     preset: str = "small"
-    trace: str = "cells"
-    n_sft: int = 800
+    trace: str = "none"
+    n_sft: int = 2000
     n_rl: int = 2000
-    n_validation: int = 48
+    n_validation: int = 100
     n_test: int = 200
     pretrain_steps: int = 300
-    sft_steps: int = 150
-    rl_steps: int = 96
-    batch_size: int = 32
+    sft_steps: int = 600
+    rl_steps: int = 64
+    batch_size: int = 64
     learning_rate: float = 1e-3
     rl_learning_rate: float = 1e-4
     num_generations: int = 8
-    rl_prompts_per_step: int = 8
+    rl_prompts_per_step: int = 16
     num_iterations: int = 4
-    rl_gen_length: int = 96
-    rl_diffusion_steps: int = 24
+    rl_gen_length: int = 32
+    rl_diffusion_steps: int = 16
     temperature: float = 1.0
-    eval_gen_lengths: list[int] = field(default_factory=lambda: [64, 96, 128])
-    eval_batch_size: int = 50
+    eval_gen_lengths: list[int] = field(default_factory=lambda: [32, 64])
+    eval_batch_size: int = 100
     block_length: int = 32
-    max_length: int = 192
+    max_length: int = 96
 
     def __post_init__(self) -> None:
         if self.quick:
             self.n_sft, self.n_rl, self.n_validation, self.n_test = 200, 200, 16, 48
             self.pretrain_steps, self.sft_steps, self.rl_steps = 40, 30, 8
-            self.eval_gen_lengths = [64, 96]
             self.preset = "tiny"
 
 

@@ -11,13 +11,13 @@ from typing import Any
 from d1.demo.pipeline import ROW_NAMES, ROWS, DemoConfig
 
 TASK_CHOICE = (
-    "The task is 4x4 Sudoku with 8 empty cells (as in d1's test set), answered after a one-line reasoning trace "
-    "that fills the cells one by one (`r1c3=2 r2c1=4 ...`) in d1's `<reasoning>`/`<answer>` format. A plain "
-    "puzzle-to-solution mapping is learned almost perfectly by SFT alone, so it cannot show what RL adds; with "
-    "the trace, a short SFT teaches the format but leaves many cells wrong, and diffu-GRPO's reward (the fraction "
-    "of empty cells right, d1's Sudoku reward) has room to raise it. Countdown was not chosen because d1's "
-    "Countdown evaluation parser (last `\\boxed{}`) and its RL reward (plain expression in `<answer>`) expect "
-    "different answer formats. Test puzzles use solution grids that never appear in any training data."
+    "The task is 4x4 Sudoku with 8 empty cells (as in d1's test set), in d1's `<reasoning>`/`<answer>` format; "
+    "`--trace` picks the reasoning written in the SFT data: `none` (the answer alone, the default), `cells` (one "
+    "line `r1c3=2 r2c1=4 ...`) or `steps` (a line per cell). diffu-GRPO's reward is d1's Sudoku reward (the "
+    "fraction of empty cells right) and the table's metric is d1's cell accuracy, with puzzles fully solved "
+    "beside it. Countdown was not chosen because d1's Countdown evaluation parser (last `\\boxed{}`) and its RL "
+    "reward (plain expression in `<answer>`) expect different answer formats. Test puzzles use solution grids "
+    "that never appear in any training data, and RL checkpoints are chosen on validation puzzles, not the test."
 )
 
 
