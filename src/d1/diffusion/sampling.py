@@ -4,16 +4,30 @@ Reproduces `generate` from LLaDA's `generate.py` (low-confidence or random remas
 float64, optional classifier-free guidance and EOS/EoT suppression), batched. Randomness comes from
 `generator`, else torch's global RNG, drawn in LLaDA's order and shapes (same seed, same samples).
 Each step is "logits -> (x0, confidence) -> transfer mask"; those pieces are separate functions so other
-decoding schedules can reuse them.
+decoding schedules can reuse them. The exact path asks the model only for the logits it needs (from the first
+masked column to the block's end; the whole sequence when random numbers are drawn, to keep LLaDA's stream).
+
+Fast-dLLM's approximations (opt-in): a block KV cache, refreshed by a full forward at each block's first
+step; later steps feed the block plus everything after it on the cached prefix ("prefix", as Fast-dLLM's
+`generate_with_prefix_cache`) or only the block, written over its slots of the full cache ("dual").
+Parallel unmasking ("threshold", "factor", Fast-dLLM's `get_transfer_index(_dynamic)`) commits every
+confident enough token, at least one a step and as many as needed to finish within `steps`.
 """
 
 from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 REMASKING = ("low_confidence", "random")
+CACHES = (None, "prefix", "dual")
+UNMASKS = ("schedule", "threshold", "factor")
 
 
 def resolve_token_id(model: nn.Module, token_id: int | None, field: str) -> int:
@@ -91,6 +105,29 @@ def select_transfer(confidence: torch.Tensor, candidates: torch.Tensor, k: torch
     return torch.zeros_like(candidates).scatter(-1, top, keep) & candidates
 
 
+def parallel_unmask_count(
+    confidence: torch.Tensor, candidates: torch.Tensor, unmask: str, threshold: float, factor: float
+) -> torch.Tensor:
+    """Tokens each row unmasks [B] under Fast-dLLM's parallel rules, at least one while candidates remain.
+
+    threshold: every candidate with confidence >= `threshold`. factor: the longest run of the n most confident
+    with the n-th's confidence >= 1 - factor / (n + 1), n = 1, 2, ...
+    """
+    ranked = confidence.masked_fill(~candidates, float("-inf")).sort(dim=-1, descending=True).values
+    if unmask == "threshold":
+        passes = ranked >= threshold
+    else:
+        n = torch.arange(1, ranked.shape[-1] + 1, device=ranked.device)
+        passes = ranked >= 1 - factor / (n + 1)
+    run = passes.long().cumprod(dim=-1).sum(dim=-1)
+    return torch.minimum(run.clamp(min=1), candidates.sum(dim=-1))
+
+
+def _accepts(model: nn.Module, argument: str) -> bool:
+    """Whether `model.forward` takes `argument` by name."""
+    return argument in inspect.signature(model.forward).parameters
+
+
 def _validate(
     prompt_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
@@ -100,6 +137,10 @@ def _validate(
     temperature: float,
     remasking: str,
     cfg_scale: float,
+    cache: str | None = None,
+    unmask: str = "schedule",
+    threshold: float = 0.9,
+    factor: float = 1.0,
 ) -> None:
     """Reject bad settings before any forward pass, saying which values would work."""
     if prompt_ids.dim() != 2:
@@ -132,6 +173,114 @@ def _validate(
         raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy).")
     if not cfg_scale >= 0:
         raise ValueError(f"cfg_scale={cfg_scale} must be >= 0 (0 = no classifier-free guidance).")
+    if cache not in CACHES:
+        raise ValueError(f"cache={cache!r} is not one of {CACHES} (None = exact decoding, no cache).")
+    if unmask not in UNMASKS:
+        raise ValueError(f"unmask={unmask!r} is not one of {UNMASKS}.")
+    if not math.isfinite(threshold):
+        raise ValueError(
+            f"threshold={threshold} must be a finite number (values > 1 unmask one token a step)."
+        )
+    if not (math.isfinite(factor) and factor > 0):
+        raise ValueError(f"factor={factor} must be a finite number > 0 (Fast-dLLM uses about 1).")
+
+
+@dataclass
+class _Decoder:
+    """The settings every denoising step shares; decodes one block at a time, in place."""
+
+    model: nn.Module
+    mask_id: int
+    attention_mask: torch.Tensor | None
+    prompt_index: torch.Tensor
+    cfg_scale: float
+    forbidden_id: int | None
+    temperature: float
+    remasking: str
+    generator: torch.Generator | None
+    suppress_ids: tuple[int, ...]
+    cache: str | None
+    unmask: str
+    threshold: float
+    factor: float
+
+    @property
+    def exact_rng(self) -> bool:
+        """Exact decoding that draws random numbers: they are drawn over the whole sequence, as LLaDA does."""
+        sampled = self.temperature > 0 or self.remasking == "random"
+        return sampled and self.cache is None and self.unmask == "schedule"
+
+    def logits(self, x: torch.Tensor, inputs: slice, keep: slice, **cache_args) -> tuple[torch.Tensor, Any]:
+        """Guided logits of the input columns `inputs` of x, kept at `keep` (relative to `inputs`), and the
+        model's cache when asked for one."""
+        ids = x[:, inputs]
+        if self.cfg_scale > 0:
+            ids = torch.cat([ids, x.masked_fill(self.prompt_index, self.mask_id)[:, inputs]])
+        if _accepts(self.model, "logits_to_keep"):
+            out = self.model(ids, attention_mask=self.attention_mask, logits_to_keep=keep, **cache_args)
+            logits = out.logits
+        else:
+            out = self.model(ids, attention_mask=self.attention_mask, **cache_args)
+            logits = out.logits[:, keep]
+        if self.cfg_scale > 0:
+            logits, un_logits = logits.chunk(2)
+            logits = un_logits + (self.cfg_scale + 1) * (logits - un_logits)
+        if self.forbidden_id is not None:
+            logits[:, :, self.forbidden_id] = float("-inf")
+        return logits, getattr(out, "cache", None)
+
+    def step_logits(
+        self, x: torch.Tensor, step: int, start: int, end: int, cache: Any
+    ) -> tuple[torch.Tensor, slice, Any]:
+        """Logits of this step over the window of x they cover, and the block's cache. Exact decoding and the
+        first step of a cached block run the full sequence; later cached steps run only the current block
+        (dual) or the block and the masked suffix after it (prefix), like Fast-dLLM."""
+        if step == 0 or self.cache is None:
+            masked_columns = (x[:, :end] == self.mask_id).any(dim=0).nonzero()
+            first = int(masked_columns[0]) if len(masked_columns) else end
+            window = slice(0, x.shape[1]) if self.exact_rng else slice(first, end)
+            cache_args = {"use_cache": True} if self.cache is not None else {}
+            logits, cache = self.logits(x, slice(None), window, **cache_args)
+            if self.cache == "prefix":
+                cache = tuple((k[:, :, :start], v[:, :, :start]) for k, v in cache)
+            return logits, window, cache
+        block = slice(0, end - start)
+        if self.cache == "prefix":
+            logits, _ = self.logits(x, slice(start, None), block, cache=cache)
+        else:
+            position = torch.arange(start, end, device=x.device)
+            logits, _ = self.logits(x, slice(start, end), block, cache=cache, cache_position=position)
+        return logits, slice(start, end), cache
+
+    def decode_block(self, x: torch.Tensor, start: int, end: int, steps: int) -> int:
+        """Unmask x[:, start:end] in place in at most `steps` steps (exactly `steps` for LLaDA's schedule);
+        returns the number of model forward passes."""
+        schedule = num_transfer_tokens(x[:, start:end] == self.mask_id, steps)
+        cache = None
+        for step in range(steps):
+            if not self.exact_rng and not (x[:, :end] == self.mask_id).any():
+                return step
+            logits, window, cache = self.step_logits(x, step, start, end, cache)
+            positions = torch.arange(window.start, window.stop, device=x.device)
+            candidates = (x[:, window] == self.mask_id) & (positions < end)
+            x0, confidence = predict_tokens(
+                logits,
+                candidates,
+                temperature=self.temperature,
+                remasking=self.remasking,
+                generator=self.generator,
+                suppress_ids=self.suppress_ids,
+            )
+            k = schedule[:, step]
+            if self.unmask != "schedule":
+                count = parallel_unmask_count(
+                    confidence, candidates, self.unmask, self.threshold, self.factor
+                )
+                steps_left = steps - step
+                k = torch.maximum(count, (candidates.sum(dim=-1) + steps_left - 1) // steps_left)
+            transfer = select_transfer(confidence, candidates, k)
+            x[:, window] = torch.where(transfer, x0, x[:, window])
+        return steps
 
 
 @torch.no_grad()
@@ -152,26 +301,48 @@ def generate(
     confidence_eos_eot_inf: bool = False,
     eos_token_id: int | None = None,
     eot_token_id: int | None = None,
+    cache: str | None = None,
+    unmask: str = "schedule",
+    threshold: float = 0.9,
+    factor: float = 1.0,
+    early_stop: bool = False,
     stats: dict | None = None,
 ) -> torch.Tensor:
     """Prompt plus `gen_length` generated tokens [B, P + gen_length], decoded in blocks of `block_length`
     with `steps` model calls in total (LLaDA's `generate`).
 
     `attention_mask` [B, P] marks left padding (1 real, 0 pad). `logits_eos_inf` forbids EOS;
-    `confidence_eos_eot_inf` commits EOS/EoT predictions last. `stats`, when given, receives
-    "forward_passes" and "steps".
+    `confidence_eos_eot_inf` commits EOS/EoT predictions last. Fast-dLLM's approximations:
+    `cache` "prefix" | "dual" (block KV cache, needs a model taking `cache`), `unmask` "threshold" |
+    "factor" (parallel unmasking; `steps` becomes a cap), `early_stop` (stop once every row's decoded
+    blocks end in EOS, filling the rest with EOS). `stats`, when given, receives "forward_passes" and "steps".
     """
-    _validate(prompt_ids, attention_mask, gen_length, block_length, steps, temperature, remasking, cfg_scale)
+    _validate(
+        prompt_ids,
+        attention_mask,
+        gen_length,
+        block_length,
+        steps,
+        temperature,
+        remasking,
+        cfg_scale,
+        cache,
+        unmask,
+        threshold,
+        factor,
+    )
+    if cache is not None and not _accepts(model, "cache"):
+        raise ValueError(f"cache={cache!r} needs a model whose forward takes `cache` (d1's native LLaDA).")
     mask_id = resolve_token_id(model, mask_token_id, "mask_token_id")
     suppress_ids: tuple[int, ...] = ()
-    if logits_eos_inf or confidence_eos_eot_inf:
+    eos_id = None
+    if logits_eos_inf or confidence_eos_eot_inf or early_stop:
         eos_id = resolve_token_id(model, eos_token_id, "eos_token_id")
         if confidence_eos_eot_inf:
             suppress_ids = (eos_id,) if eot_token_id is None else (eos_id, eot_token_id)
 
     b, prompt_length = prompt_ids.shape
-    device = prompt_ids.device
-    x = torch.full((b, prompt_length + gen_length), mask_id, dtype=torch.long, device=device)
+    x = torch.full((b, prompt_length + gen_length), mask_id, dtype=torch.long, device=prompt_ids.device)
     x[:, :prompt_length] = prompt_ids
     prompt_index = x != mask_id  # padding too, as in LLaDA; the attention mask hides it either way
     if attention_mask is not None:
@@ -179,38 +350,33 @@ def generate(
         attention_mask = torch.cat([attention_mask, ones], dim=1)
         if cfg_scale > 0:
             attention_mask = torch.cat([attention_mask, attention_mask])
+    decoder = _Decoder(
+        model,
+        mask_id,
+        attention_mask,
+        prompt_index,
+        cfg_scale,
+        eos_id if logits_eos_inf else None,
+        temperature,
+        remasking,
+        generator,
+        suppress_ids,
+        cache,
+        unmask,
+        threshold,
+        factor,
+    )
 
     num_blocks = gen_length // block_length
-    steps_per_block = steps // num_blocks
-    positions = torch.arange(x.shape[1], device=device)
     forward_passes = 0
     for block in range(num_blocks):
-        block_end = prompt_length + (block + 1) * block_length
-        block_masked = x[:, block_end - block_length : block_end] == mask_id
-        schedule = num_transfer_tokens(block_masked, steps_per_block)
-        for step in range(steps_per_block):
-            if cfg_scale > 0:
-                unconditional = x.masked_fill(prompt_index, mask_id)
-                logits, un_logits = model(
-                    torch.cat([x, unconditional]), attention_mask=attention_mask
-                ).logits.chunk(2)
-                logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
-            else:
-                logits = model(x, attention_mask=attention_mask).logits
-            forward_passes += 1
-            if logits_eos_inf:
-                logits[:, :, eos_id] = float("-inf")
-            candidates = (x == mask_id) & (positions < block_end)
-            x0, confidence = predict_tokens(
-                logits,
-                candidates,
-                temperature=temperature,
-                remasking=remasking,
-                generator=generator,
-                suppress_ids=suppress_ids,
-            )
-            transfer = select_transfer(confidence, candidates, schedule[:, step])
-            x = torch.where(transfer, x0, x)
+        end = prompt_length + (block + 1) * block_length
+        forward_passes += decoder.decode_block(x, end - block_length, end, steps // num_blocks)
+        if early_stop:
+            finished = x[:, end - 1] == eos_id
+            x[finished, end:] = eos_id
+            if finished.all():
+                break
     if stats is not None:
-        stats.update(forward_passes=forward_passes, steps=num_blocks * steps_per_block)
+        stats.update(forward_passes=forward_passes, steps=forward_passes)
     return x

@@ -7,6 +7,7 @@ The parameter names follow the official `LLaDAModelLM` layout (`model.transforme
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,18 @@ from transformers import (
     PreTrainedModel,
 )
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import MaskedLMOutput
+from transformers.utils import ModelOutput
+
+KVCache = tuple[tuple[torch.Tensor, torch.Tensor], ...]
+"""Per layer (keys, values), each [B, n_kv_heads, T, head_dim], keys already rotated: the block KV cache."""
+
+
+@dataclass
+class LLaDAOutput(ModelOutput):
+    """Logits [B, L, embedding_size] and, with `use_cache=True`, the keys/values of every position attended to."""
+
+    logits: torch.Tensor | None = None
+    cache: KVCache | None = None
 
 
 class LLaDAConfig(PretrainedConfig):
@@ -150,20 +162,50 @@ class LLaDABlock(GradientCheckpointingLayer):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache_position: torch.Tensor | None = None,
+        keep: slice | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """New hidden states (only at the positions `keep`, when given) and the keys/values attended to
+        (`past` merged in). Attention runs for every query either way, so kept positions are bit-identical."""
         b, length, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if self.n_kv_heads != self.n_heads:
-            repeats = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=False)
-        x = x + self.attn_out(att.transpose(1, 2).reshape(b, length, -1))
+        if past is not None:
+            k, v = merge_cache(past, k, v, cache_position)
+        att = F.scaled_dot_product_attention(q, *self._repeat_kv(k, v), attn_mask=attn_mask, is_causal=False)
+        att = att.transpose(1, 2).reshape(b, length, -1)
+        if keep is not None:
+            x, att = x[:, keep], att[:, keep].contiguous()
+        x = x + self.attn_out(att)
         h = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h)), (k, v)
+
+    def _repeat_kv(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys/values expanded from `n_kv_heads` to `n_heads` (grouped-query attention)."""
+        if self.n_kv_heads == self.n_heads:
+            return k, v
+        repeats = self.n_heads // self.n_kv_heads
+        return k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+
+
+def merge_cache(
+    past: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor, cache_position: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached keys/values with the new ones appended (`cache_position` starts at the cache length) or
+    written over the cached slots `cache_position` (dual cache: the current block replaced)."""
+    past_k, past_v = past
+    if int(cache_position[0]) == past_k.shape[2]:
+        return torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+    if int(cache_position[-1]) >= past_k.shape[2]:
+        raise ValueError(
+            f"cache_position {cache_position.tolist()} must either start at the cache length "
+            f"{past_k.shape[2]} (append) or lie inside the cache (replace)."
+        )
+    return past_k.index_copy(2, cache_position, k), past_v.index_copy(2, cache_position, v)
 
 
 class LLaDAPreTrainedModel(PreTrainedModel):
@@ -202,29 +244,59 @@ class LLaDAModel(LLaDAPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        cache: KVCache | None = None,
+        use_cache: bool = False,
+        cache_position: torch.Tensor | None = None,
+        logits_to_keep: int | slice = 0,
+    ) -> LLaDAOutput:
         """Logits [B, L, embedding_size]. Padding keys are hidden through `attention_mask`; positions count
-        only real tokens, so a left-padded row sees exactly the rotations it would see alone."""
+        only real tokens, so a left-padded row sees exactly the rotations it would see alone.
+
+        With `cache`, `input_ids` sit at the cache slots `cache_position` (default: appended after
+        the cache) and `attention_mask`, when given, covers every key (cache and input). `logits_to_keep`
+        (int: the last N, 0 = all; or a slice of the input) also limits the last block's queries and MLP
+        to those positions. `use_cache=True` returns the merged keys/values of every layer.
+        """
         b, length = input_ids.shape
+        if cache_position is None and cache is not None:
+            past_length = cache[0][0].shape[2]
+            cache_position = torch.arange(past_length, past_length + length, device=input_ids.device)
         attn_mask = None
         if attention_mask is not None:
-            keep = attention_mask.bool()
+            real = attention_mask.bool()
             if position_ids is None:
-                position_ids = (keep.long().cumsum(-1) - 1).clamp(min=0)
-            if not keep.all():
-                attn_mask = keep[:, None, None, :]
+                position_ids = (real.long().cumsum(-1) - 1).clamp(min=0)
+                if cache_position is not None:
+                    position_ids = position_ids[:, cache_position]
+            if not real.all():
+                attn_mask = real[:, None, None, :]
         if position_ids is None:
-            position_ids = torch.arange(length, device=input_ids.device).expand(b, length)
+            position_ids = (
+                torch.arange(length, device=input_ids.device) if cache_position is None else cache_position
+            ).expand(b, length)
         x = self.transformer.wte(input_ids)
         cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
-        for block in self.transformer.blocks:
-            x = block(x, cos, sin, attn_mask)
+        last = len(self.transformer.blocks) - 1
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        new_cache = []
+        for i, block in enumerate(self.transformer.blocks):
+            past = cache[i] if cache is not None else None
+            x, kv = block(
+                x,
+                cos,
+                sin,
+                attn_mask,
+                past,
+                cache_position,
+                keep if i == last and keep != slice(0, None) else None,
+            )
+            new_cache.append(kv)
         x = self.transformer.ln_f(x)
         head = self.transformer.wte.weight if self.config.weight_tying else self.transformer.ff_out.weight
         logits = F.linear(x, head)
         if self.config.scale_logits:
             logits = logits * (1.0 / math.sqrt(self.config.d_model))
-        return logits
+        return LLaDAOutput(logits=logits, cache=tuple(new_cache) if use_cache else None)
 
 
 class LLaDAModelLM(LLaDAPreTrainedModel):
@@ -246,10 +318,21 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        use_cache: bool = False,
+        cache_position: torch.Tensor | None = None,
+        logits_to_keep: int | slice = 0,
         **kwargs,
-    ) -> MaskedLMOutput:
-        return MaskedLMOutput(
-            logits=self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+    ) -> LLaDAOutput:
+        """`LLaDAModel.forward`: logits, and with `use_cache=True` the block KV cache."""
+        return self.model(
+            input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            cache_position=cache_position,
+            logits_to_keep=logits_to_keep,
         )
 
 
