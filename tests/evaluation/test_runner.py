@@ -248,3 +248,17 @@ def test_default_model_name() -> None:
         output_path(EvalConfig(dataset="math", model_name="m"), 2).name
         == "math500_m_128_64_2_generations.json"
     )
+
+
+def test_cached_parallel_eval_options_reach_the_sampler(tiny_model_dir, tmp_path) -> None:
+    from d1.evaluation.runner import EvalConfig, check_generation_settings
+
+    config = EvalConfig(model_path=str(tiny_model_dir), cache="dual", unmask="threshold", threshold=0.5)
+    assert config.generation_args()["decoding"] == {
+        "cache": "dual",
+        "unmask": "threshold",
+        "threshold": 0.5,
+        "early_stop": False,
+    }
+    with pytest.raises(ValueError, match="cache='kv'"):
+        check_generation_settings(EvalConfig(model_path=str(tiny_model_dir), cache="kv"))

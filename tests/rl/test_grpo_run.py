@@ -258,3 +258,17 @@ def test_two_process_cpu_run(tiny_model_dir, tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and "reward" in state["log_history"][0]
+
+
+@pytest.mark.parametrize("sampler", ["cached", "parallel"])
+def test_fast_rollout_samplers_train(tiny_model_dir, tmp_path, sampler, capsys) -> None:
+    trainer = run_grpo(
+        config_of(*grpo_argv(tiny_model_dir, tmp_path, "--max_steps", "2", "--rollout_sampler", sampler))
+    )
+    assert trainer.state.global_step == 2 and "reward" in trainer.state.log_history[0]
+    assert ("destabilised" in capsys.readouterr().out) == (sampler == "parallel")
+
+
+def test_unknown_rollout_sampler(tiny_model_dir, tmp_path) -> None:
+    with pytest.raises(ValueError, match="rollout_sampler='fast' is unknown"):
+        run_grpo(config_of(*grpo_argv(tiny_model_dir, tmp_path / "out", "--rollout_sampler", "fast")))

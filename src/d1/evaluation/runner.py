@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from d1.diffusion.sampling import REMASKING, generate
+from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, generate
 from d1.evaluation.score import load_generation_file
 from d1.models.loading import load_config, load_model, load_tokenizer, resolve_mask_token_id
 from d1.tasks import Task, get_task
@@ -91,6 +91,20 @@ class EvalConfig:
             "(false: drop them)."
         },
     )
+    cache: str | None = field(
+        default=None,
+        metadata={"help": "Block KV cache: prefix or dual (Fast-dLLM's approximations); none = exact."},
+    )
+    unmask: str = field(
+        default="schedule",
+        metadata={
+            "help": "schedule (LLaDA's fixed count per step), threshold or factor (parallel decoding)."
+        },
+    )
+    threshold: float = field(default=0.9, metadata={"help": "unmask=threshold: confidence to unmask at."})
+    early_stop: bool = field(
+        default=False, metadata={"help": "Stop a row once its decoded text ends in EOS."}
+    )
     system_prompt: str | None = field(
         default=None,
         metadata={"help": "Replace the task's d1 system prompt ('' = the question alone, for tiny models)."},
@@ -118,6 +132,12 @@ class EvalConfig:
             "seed": self.seed,
             "keep_special_tokens": self.keep_special_tokens,
             "system_prompt": self.system_prompt,
+            "decoding": {
+                "cache": self.cache,
+                "unmask": self.unmask,
+                "threshold": self.threshold,
+                "early_stop": self.early_stop,
+            },
         }
 
 
@@ -142,6 +162,7 @@ def generate_answers(
     keep_special_tokens: bool = True,
     system_prompt: str | None = None,
     generator: torch.Generator | None = None,
+    decoding: dict[str, Any] | None = None,
     progress: Progress | None = None,
     stats: dict[str, float] | None = None,
 ) -> list[dict[str, Any]]:
@@ -189,6 +210,7 @@ def generate_answers(
             attention_mask=None if bool(attention_mask.all()) else attention_mask,
             generator=batch_generator,
             stats=call_stats,
+            **(decoding or {}),
         )
         texts = tokenizer.batch_decode(
             output[:, prompt_ids.shape[1] :], skip_special_tokens=not keep_special_tokens
@@ -241,6 +263,12 @@ def check_generation_settings(config: EvalConfig) -> None:
         )
     if config.remasking not in REMASKING:
         raise ValueError(f"remasking={config.remasking!r} is not one of {REMASKING}.")
+    if config.cache not in CACHES:
+        raise ValueError(
+            f"cache={config.cache!r} is not one of {CACHES[1:]} (leave it unset for exact decoding)."
+        )
+    if config.unmask not in UNMASKS:
+        raise ValueError(f"unmask={config.unmask!r} is not one of {UNMASKS}.")
     for name in ("temperature", "cfg_scale", "few_shot"):
         if not getattr(config, name) >= 0:
             raise ValueError(f"{name}={getattr(config, name)} must be >= 0.")

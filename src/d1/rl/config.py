@@ -13,6 +13,14 @@ GRPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_pr
 """All of LLaDA's projection layers (d1 adapts every projection in RL)."""
 
 
+ROLLOUT_SAMPLERS = {
+    "exact": {},
+    "cached": {"cache": "dual"},
+    "parallel": {"cache": "dual", "unmask": "threshold"},
+}
+"""`d1.generate` options of each rollout sampler (Fast-dLLM's approximations for the last two)."""
+
+
 @dataclass
 class DiffuGRPOConfig(TrainingArguments):
     """diffu-GRPO options. Names follow d1 (`num_generations`, `p_mask_prompt`, `num_iterations`, ...).
@@ -83,6 +91,16 @@ class DiffuGRPOConfig(TrainingArguments):
     temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of rollouts."})
     remasking: str = field(default="low_confidence", metadata={"help": "low_confidence or random."})
     cfg_scale: float = field(default=0.0, metadata={"help": "Classifier-free guidance scale (0 = off)."})
+    rollout_sampler: str = field(
+        default="exact",
+        metadata={
+            "help": "exact (LLaDA's sampler), cached (dual KV cache) or parallel (cache + confidence-threshold "
+            "unmasking, which is known to destabilise RL: watch the reward trend)."
+        },
+    )
+    rollout_threshold: float = field(
+        default=0.9, metadata={"help": "rollout_sampler=parallel: unmask threshold."}
+    )
     generation_batch_size: int = field(
         default=6, metadata={"help": "Completions generated per sampler call."}
     )
@@ -143,6 +161,13 @@ class DiffuGRPOConfig(TrainingArguments):
         self.use_cpu = self.use_cpu or cpu_only_launch()
         super().__post_init__()
 
+    def decoding(self) -> dict[str, object]:
+        """Keyword arguments of `d1.generate` for rollouts (empty for the exact sampler)."""
+        options = dict(ROLLOUT_SAMPLERS[self.rollout_sampler])
+        if options.get("unmask") == "threshold":
+            options["threshold"] = self.rollout_threshold
+        return options
+
     def validate(self, world_size: int) -> None:
         """Cheap checks that need no model; each error names the option, the value and a fix."""
         global_batch = self.per_device_train_batch_size * world_size
@@ -167,6 +192,10 @@ class DiffuGRPOConfig(TrainingArguments):
             )
         if self.generation_batch_size < 1 or self.num_iterations < 1:
             raise ValueError("generation_batch_size and num_iterations must be >= 1.")
+        if self.rollout_sampler not in ROLLOUT_SAMPLERS:
+            raise ValueError(
+                f"rollout_sampler={self.rollout_sampler!r} is unknown; use one of {list(ROLLOUT_SAMPLERS)}."
+            )
         if self.scale_rewards not in ("none", "group"):
             raise ValueError(f"scale_rewards={self.scale_rewards!r} is unknown; use 'none' or 'group'.")
         if self.loss_normalization not in ("token", "sequence"):

@@ -89,6 +89,11 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
     model_config = load_config(config.model_path, config.trust_remote_code)
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
     train, validation = training_rows(config, task)
+    if config.rollout_sampler == "parallel":
+        say(
+            "warning: rollout_sampler=parallel (confidence-threshold decoding) has destabilised GRPO after a few "
+            "hundred steps in published runs; watch the logged reward trend"
+        )
     say(
         f"diffu-GRPO on {task.name}: {len(train)} training prompts, {len(validation)} held out for validation; "
         f"rewards {[f.__name__ for f in reward_funcs]} x {reward_weights}"

@@ -193,6 +193,7 @@ class DiffuGRPOTrainer(Trainer):
                     cfg_scale=args.cfg_scale,
                     mask_token_id=self.mask_token_id,
                     generator=generator,
+                    **args.decoding(),
                 )
             )
         completion_ids = torch.cat(outputs)[:, prompt_ids.shape[1] :]
