@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -167,6 +167,43 @@ def check_lora_targets(model: nn.Module, target_modules: Sequence[str]) -> None:
             f"lora_target_modules={list(target_modules)}: {missing} match no Linear layer of this model. "
             f"Its Linear layers are named {available}; pass --lora_target_modules with some of those."
         )
+
+
+class TrainableModelArgs(Protocol):
+    """The model options `SFTConfig` and `DiffuGRPOConfig` share."""
+
+    dtype: str
+    trust_remote_code: bool
+    load_in_4bit: bool
+    lora: bool
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    lora_target_modules: list[str]
+
+
+def check_lora_before_loading(model_config: Any, args: TrainableModelArgs) -> None:
+    """Check the LoRA targets on a weightless (meta-device) copy of the model, before any weight is read."""
+    if args.lora:
+        with torch.device("meta"):
+            skeleton = AutoModel.from_config(model_config, trust_remote_code=args.trust_remote_code)
+        check_lora_targets(skeleton, args.lora_target_modules)
+
+
+def load_trainable_model(
+    name_or_path: str | Path, args: TrainableModelArgs, mask_token_id: int
+) -> PreTrainedModel:
+    """The model to train: loaded with the shared options, wrapped with LoRA when `args.lora`."""
+    model = load_model(
+        name_or_path,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        load_in_4bit=args.load_in_4bit,
+        mask_token_id=mask_token_id,
+    )
+    if args.lora:
+        model = apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+    return model
 
 
 def apply_lora(

@@ -6,16 +6,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import AutoModel
-
 from d1.cluster import PreemptionCallback
 from d1.models.loading import (
-    apply_lora,
-    check_lora_targets,
+    check_lora_before_loading,
     load_config,
-    load_model,
     load_tokenizer,
+    load_trainable_model,
     resolve_mask_token_id,
 )
 from d1.rl.config import DiffuGRPOConfig
@@ -98,22 +94,9 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
         f"diffu-GRPO on {task.name}: {len(train)} training prompts, {len(validation)} held out for validation; "
         f"rewards {[f.__name__ for f in reward_funcs]} x {reward_weights}"
     )
-    if config.lora:
-        with torch.device("meta"):
-            meta = AutoModel.from_config(model_config, trust_remote_code=config.trust_remote_code)
-        check_lora_targets(meta, config.lora_target_modules)
+    check_lora_before_loading(model_config, config)
 
-    model = load_model(
-        config.model_path,
-        dtype=config.dtype,
-        trust_remote_code=config.trust_remote_code,
-        load_in_4bit=config.load_in_4bit,
-        mask_token_id=mask_token_id,
-    )
-    if config.lora:
-        model = apply_lora(
-            model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules
-        )
+    model = load_trainable_model(config.model_path, config, mask_token_id)
     trainer = DiffuGRPOTrainer(
         model=model,
         args=config,

@@ -4,8 +4,7 @@ load the model and train with `MaskedSFTTrainer`."""
 from __future__ import annotations
 
 import datasets
-import torch
-from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from d1.cluster import PreemptionCallback
 from d1.data.sft import (
@@ -18,11 +17,10 @@ from d1.data.sft import (
 )
 from d1.data.sources import load_rows, require_columns
 from d1.models.loading import (
-    apply_lora,
-    check_lora_targets,
+    check_lora_before_loading,
     load_config,
-    load_model,
     load_tokenizer,
+    load_trainable_model,
     resolve_mask_token_id,
 )
 from d1.sft.collator import MaskedDiffusionCollator
@@ -67,24 +65,9 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
     )
     if eval_set is None and config.eval_strategy != "no":
         config.eval_strategy = "no"
-    if config.lora:
-        with torch.device("meta"):
-            check_lora_targets(
-                AutoModel.from_config(model_config, trust_remote_code=config.trust_remote_code),
-                config.lora_target_modules,
-            )
+    check_lora_before_loading(model_config, config)
 
-    model: PreTrainedModel = load_model(
-        config.model_name,
-        dtype=config.dtype,
-        trust_remote_code=config.trust_remote_code,
-        load_in_4bit=config.load_in_4bit,
-        mask_token_id=mask_token_id,
-    )
-    if config.lora:
-        model = apply_lora(
-            model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules
-        )
+    model = load_trainable_model(config.model_name, config, mask_token_id)
     collator = MaskedDiffusionCollator(
         tokenizer.eos_token_id, mask_token_id, config.max_length, seed=config.seed
     )
