@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -39,3 +42,16 @@ def arithmetic_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 }
                 f.write(json.dumps(row) + "\n")
     return path
+
+
+def run_on_two_cpu_processes(*d1_args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch --config_file configs/accelerate/cpu.yaml -m d1 ARGS` with 2 processes (gloo), as a
+    user would; fails the test with the end of stderr when the run fails."""
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO_ROOT / "configs/accelerate/cpu.yaml"),
+        "--num_processes", "2", "--main_process_port", "0", "-m", "d1", *d1_args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +10,7 @@ import pytest
 from d1.cli.main import main
 from d1.evaluation.score import score_paths, scores_to_json
 from d1.tasks.synthetic import make_dataset
-from tests.conftest import reference_path
+from tests.conftest import reference_path, run_on_two_cpu_processes
 
 TINY_SETTINGS = ["--gen_length", "16", "--block_length", "8", "--diffusion_steps", "8"]
 
@@ -133,18 +130,11 @@ def test_data_make(tmp_path: Path, capsys) -> None:
 def test_two_processes_match_one(tiny_model_dir: Path, sudoku_csv: Path, tmp_path: Path) -> None:
     """Two CPU processes (gloo) write rank files whose aggregate equals the single-process result.
 
-    accelerate's `--cpu` flag selects its single-process launcher (multi-CPU needs MPI), so the two
-    processes come from `--multi_gpu` (torchrun underneath) with CUDA hidden.
+    Launched with configs/accelerate/cpu.yaml (torchrun underneath; accelerate's `--cpu` flag would start one
+    process, since its multi-CPU launcher needs MPI).
     """
     assert main(_eval_args(tiny_model_dir, sudoku_csv, tmp_path / "one")) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
-        "-m", "d1", *_eval_args(tiny_model_dir, sudoku_csv, tmp_path / "two"),
-    ]  # fmt: skip
-    result = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_on_two_cpu_processes(*_eval_args(tiny_model_dir, sudoku_csv, tmp_path / "two"))
     rank_files = sorted(p.name for p in (tmp_path / "two").glob("*_generations.json"))
     assert [name.rsplit("_", 2)[1] for name in rank_files] == ["0", "1"]
     one, two = score_paths([tmp_path / "one"]), score_paths([tmp_path / "two"])

@@ -57,12 +57,15 @@ def test_full_forward_with_cache_is_the_uncached_forward(n_kv_heads: int) -> Non
 
 
 @torch.no_grad()
-def test_logits_to_keep_is_exact() -> None:
+def test_logits_to_keep_matches_full_logits() -> None:
+    """Same values as the full forward (bit-identical on one thread; a multi-threaded BLAS may block the
+    smaller matmuls differently and change the last bits, hence the float32-rounding tolerance)."""
     model, (ids, attention_mask) = model_with(2), left_padded()
     full = model(ids, attention_mask=attention_mask).logits
-    assert torch.equal(model(ids, attention_mask=attention_mask, logits_to_keep=4).logits, full[:, -4:])
+    kept_last = model(ids, attention_mask=attention_mask, logits_to_keep=4).logits
+    assert kept_last.shape == full[:, -4:].shape and (kept_last - full[:, -4:]).abs().max() < 1e-5
     kept = model(ids, attention_mask=attention_mask, logits_to_keep=slice(7, 12)).logits
-    assert torch.equal(kept, full[:, 7:12])
+    assert kept.shape == full[:, 7:12].shape and (kept - full[:, 7:12]).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("n_kv_heads, padded", [(6, False), (2, True), (1, True)])

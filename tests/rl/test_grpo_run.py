@@ -4,10 +4,7 @@ updates, keeps prompt masks consistent, fails early on bad input, and runs under
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,6 +14,7 @@ from d1.cli.args import parse_config
 from d1.cli.grpo import ALIASES
 from d1.rl.config import DiffuGRPOConfig
 from d1.rl.run import run_grpo
+from tests.conftest import run_on_two_cpu_processes
 
 
 def grpo_argv(model_dir, out, *extra: str) -> list[str]:
@@ -232,30 +230,7 @@ def test_two_process_cpu_run(tiny_model_dir, tmp_path) -> None:
         "--save_steps",
         "2",
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        "0",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "d1",
-        "grpo",
-        *argv,
-    ]
-    result = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_on_two_cpu_processes("grpo", *argv)
     state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and "reward" in state["log_history"][0]
 

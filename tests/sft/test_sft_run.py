@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,6 +15,7 @@ from d1.cli.args import parse_config
 from d1.cli.sft import ALIASES
 from d1.sft.config import SFTConfig
 from d1.sft.run import run_sft
+from tests.conftest import run_on_two_cpu_processes
 
 
 def sft_argv(model_dir, data, out, *extra: str) -> list[str]:
@@ -162,29 +161,9 @@ def test_unwritable_output_dir(tiny_model_dir, arithmetic_jsonl, tmp_path) -> No
 
 @pytest.mark.slow
 def test_two_process_accelerate_cpu_run(tiny_model_dir, arithmetic_jsonl, tmp_path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",  # torchrun underneath; on a machine without CUDA d1 joins the processes with gloo
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--main_process_port",
-        "0",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "d1",
-        "sft",
-        *sft_argv(tiny_model_dir, arithmetic_jsonl, tmp_path, "--max_steps", "3", "--batch_size", "4"),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_on_two_cpu_processes(
+        "sft", *sft_argv(tiny_model_dir, arithmetic_jsonl, tmp_path, "--max_steps", "3", "--batch_size", "4")
+    )
     state = json.loads((tmp_path / "run" / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and len([h for h in state["log_history"] if "loss" in h]) == 3
     # 64 rows, 2 processes x batch 4 x accumulation 4 = 32 a step: epoch 1.5 after 3 steps (one process: 0.75)

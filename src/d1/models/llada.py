@@ -167,7 +167,7 @@ class LLaDABlock(GradientCheckpointingLayer):
         keep: slice | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """New hidden states (only at the positions `keep`, when given) and the keys/values attended to
-        (`past` merged in). Attention runs for every query either way, so kept positions are bit-identical."""
+        (`past` merged in). Attention runs for every query either way, so kept positions match the full forward (bit-identical on one thread)."""
         b, length, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
