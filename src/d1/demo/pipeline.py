@@ -57,7 +57,7 @@ class DemoConfig:
     eval_gen_lengths: list[int] = field(default_factory=lambda: [32, 64])
     eval_batch_size: int = 100
     block_length: int = 32
-    max_length: int = 96
+    max_length: int = 128
 
     def __post_init__(self) -> None:
         if self.quick:

@@ -63,6 +63,11 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
         f"SFT data {config.train_data}: {report.summary()}; {len(train_set)} train, "
         f"{len(eval_set) if eval_set is not None else 0} held out"
     )
+    if report.truncated > report.rows // 10:
+        say(
+            f"warning: {report.truncated} of {report.rows} rows are longer than max_length={config.max_length} and "
+            "lose their end, so the model never sees where answers stop; raise --max_length (or --truncation drop)"
+        )
     if eval_set is None and config.eval_strategy != "no":
         config.eval_strategy = "no"
     check_lora_before_loading(model_config, config)
