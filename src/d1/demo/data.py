@@ -48,7 +48,7 @@ def _snippet(kind: int, train_grids: list[str], rng: random.Random, chat: Chat) 
 
 
 def _pretraining_text(
-    train_grids: list[str], n: int, rng: random.Random, chat: Chat, chars: int = 160
+    train_grids: list[str], n: int, rng: random.Random, chat: Chat, chars: int = 90
 ) -> list[str]:
     """Documents of mixed generic snippets (valid grids, arithmetic, chat-formatted answers to *other*
     questions), about `chars` long, so the base model knows digits, grid structure, the chat format and the

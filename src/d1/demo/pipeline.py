@@ -43,21 +43,21 @@ class DemoConfig:
     n_validation: int = 100
     n_test: int = 200
     pretrain_steps: int = 300
-    sft_steps: int = 600
-    rl_steps: int = 64
+    sft_steps: int = 500
+    rl_steps: int = 160
     batch_size: int = 64
     learning_rate: float = 1e-3
-    rl_learning_rate: float = 1e-4
+    rl_learning_rate: float = 3e-4
     num_generations: int = 8
     rl_prompts_per_step: int = 16
     num_iterations: int = 4
-    rl_gen_length: int = 32
-    rl_diffusion_steps: int = 16
+    rl_gen_length: int = 28
+    rl_diffusion_steps: int = 14
     temperature: float = 1.0
-    eval_gen_lengths: list[int] = field(default_factory=lambda: [32, 64])
+    eval_gen_lengths: list[int] = field(default_factory=lambda: [28, 56])
     eval_batch_size: int = 100
-    block_length: int = 32
-    max_length: int = 128
+    block_length: int = 28
+    max_length: int = 104
 
     def __post_init__(self) -> None:
         if self.quick:
