@@ -255,25 +255,25 @@ def _stages() -> list[Stage]:
         Stage(
             "pretrain",
             "generic masked-diffusion pre-training on mixed synthetic text -> base",
-            lambda c: 0.25 * c.pretrain_steps,
+            lambda c: 0.35 * c.pretrain_steps,
             lambda c, d: _sft(c, _models(c) / "init", d.pretrain, "base", c.pretrain_steps, "text"),
         ),
         Stage(
             "sft",
-            "masked SFT on Sudoku reasoning traces -> +SFT",
-            lambda c: 0.25 * c.sft_steps,
+            "masked SFT on Sudoku answers in d1's format (--trace) -> +SFT",
+            lambda c: 0.4 * c.sft_steps,
             lambda c, d: _sft(c, base_model(c), d.sft, "sft", c.sft_steps, "generic"),
         ),
         Stage(
             "rl_base",
             "diffu-GRPO from the base model -> +diffu-GRPO",
-            lambda c: 2.5 * c.rl_steps,
+            lambda c: 1.1 * c.rl_steps,
             lambda c, d: _grpo(c, d, base_model(c), "rl_base"),
         ),
         Stage(
             "d1",
             "diffu-GRPO from the SFT model -> d1",
-            lambda c: 2.5 * c.rl_steps,
+            lambda c: 1.1 * c.rl_steps,
             lambda c, d: _grpo(c, d, _models(c) / "sft", "d1"),
         ),
     ]
