@@ -47,7 +47,7 @@ class DemoConfig:
     rl_steps: int = 160
     batch_size: int = 64
     learning_rate: float = 1e-3
-    rl_learning_rate: float = 3e-4
+    rl_learning_rate: float = 1e-4
     num_generations: int = 8
     rl_prompts_per_step: int = 16
     num_iterations: int = 4

@@ -158,6 +158,8 @@ class DiffuGRPOConfig(TrainingArguments):
             self.num_iterations = 8 if self.dataset in ("countdown", "sudoku") else 12
         if (self.validation_size > 0 or self.validation_path) and self.eval_strategy == "no":
             self.eval_strategy = "steps"
+        if self.eval_strategy != "no":
+            self.eval_on_start = True  # the starting model is a candidate for the best checkpoint too
         self.use_cpu = self.use_cpu or cpu_only_launch()
         super().__post_init__()
 

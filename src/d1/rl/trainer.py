@@ -362,12 +362,13 @@ class DiffuGRPOTrainer(Trainer):
         }
         step = self.state.global_step
         if self._best is None or metrics[f"{metric_key_prefix}_accuracy"] > self._best["accuracy"]:
+            start = step == 0  # the starting model itself: a run that only degrades keeps it
             self._best = {
                 "step": step,
                 "accuracy": metrics[f"{metric_key_prefix}_accuracy"],
-                "checkpoint": str(Path(args.output_dir) / f"checkpoint-{step}"),
+                "checkpoint": args.model_path if start else str(Path(args.output_dir) / f"checkpoint-{step}"),
             }
-            self.control.should_save = True
+            self.control.should_save = not start
             if self.is_world_process_zero():
                 Path(args.output_dir).mkdir(parents=True, exist_ok=True)
                 (Path(args.output_dir) / BEST_FILE).write_text(json.dumps(self._best, indent=2))
