@@ -70,6 +70,15 @@ def resolve_checkpoint(resume: str | bool | None, output_dir: str | Path) -> str
     return found
 
 
+def train_and_save(trainer: Any, resume_from_checkpoint: str | None) -> None:
+    """`trainer.train`, resuming from `resume_from_checkpoint` (a folder, "auto" for the latest complete
+    checkpoint in output_dir, or None), then save the final model and tokenizer to output_dir."""
+    output_dir = trainer.args.output_dir
+    trainer.train(resume_from_checkpoint=resolve_checkpoint(resume_from_checkpoint, output_dir))
+    trainer.save_model(output_dir)
+    trainer.processing_class.save_pretrained(output_dir)
+
+
 def is_main_process() -> bool:
     """True on rank 0 (or without a launcher); used to print once per run, not once per process."""
     return int(os.environ.get("RANK", "0")) == 0

@@ -128,6 +128,31 @@ def _accepts(model: nn.Module, argument: str) -> bool:
     return argument in inspect.signature(model.forward).parameters
 
 
+def check_block_schedule(
+    gen_length: int,
+    block_length: int,
+    steps: int,
+    names: tuple[str, str, str] = ("gen_length", "block_length", "steps"),
+) -> None:
+    """Blocks must tile the generation and every block gets the same number of steps; the error names the
+    fields as the caller's config calls them (`names`) and says which values would work."""
+    length_name, block_name, steps_name = names
+    if gen_length % block_length:
+        divisors = [d for d in range(1, gen_length + 1) if gen_length % d == 0]
+        raise ValueError(
+            f"{length_name}={gen_length} must be a multiple of {block_name}={block_length}; "
+            f"{block_name} values that divide it: {divisors}."
+        )
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        lower, upper = steps // num_blocks * num_blocks, (steps // num_blocks + 1) * num_blocks
+        nearby = [s for s in (lower, upper) if s > 0]
+        raise ValueError(
+            f"{steps_name}={steps} must be a multiple of the number of blocks {num_blocks} ({length_name}="
+            f"{gen_length} / {block_name}={block_length}); e.g. {steps_name}={' or '.join(map(str, nearby))}."
+        )
+
+
 def _validate(
     prompt_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
@@ -153,20 +178,7 @@ def _validate(
         raise ValueError(
             f"gen_length={gen_length}, block_length={block_length}, steps={steps} must all be positive."
         )
-    if gen_length % block_length:
-        divisors = [d for d in range(1, gen_length + 1) if gen_length % d == 0]
-        raise ValueError(
-            f"gen_length={gen_length} must be a multiple of block_length={block_length}; "
-            f"block lengths that divide it: {divisors}."
-        )
-    num_blocks = gen_length // block_length
-    if steps % num_blocks:
-        lower, upper = steps // num_blocks * num_blocks, (steps // num_blocks + 1) * num_blocks
-        nearby = [s for s in (lower, upper) if s > 0]
-        raise ValueError(
-            f"steps={steps} must be a multiple of the number of blocks {num_blocks} (gen_length={gen_length} / "
-            f"block_length={block_length}); e.g. steps={' or '.join(map(str, nearby))}."
-        )
+    check_block_schedule(gen_length, block_length, steps)
     if remasking not in REMASKING:
         raise ValueError(f"remasking={remasking!r} is not one of {REMASKING}.")
     if not temperature >= 0:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, generate
+from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, check_block_schedule, generate
 from d1.evaluation.score import load_generation_file
 from d1.models.loading import load_config, load_model, load_tokenizer, resolve_mask_token_id
 from d1.tasks import Task, get_task
@@ -249,18 +249,12 @@ def check_generation_settings(config: EvalConfig) -> None:
             raise ValueError(f"{name}={getattr(config, name)} must be at least 1.")
     if config.steps < 1:
         raise ValueError(f"diffusion_steps={config.steps} must be at least 1.")
-    if config.gen_length % config.block_length:
-        divisors = [d for d in range(1, config.gen_length + 1) if config.gen_length % d == 0]
-        raise ValueError(
-            f"gen_length={config.gen_length} must be a multiple of block_length={config.block_length}; "
-            f"block lengths that divide it: {divisors}."
-        )
-    blocks = config.gen_length // config.block_length
-    if config.steps % blocks:
-        raise ValueError(
-            f"diffusion_steps={config.steps} must be a multiple of the number of blocks {blocks} "
-            f"(gen_length / block_length); e.g. {max(blocks, config.steps // blocks * blocks)}."
-        )
+    check_block_schedule(
+        config.gen_length,
+        config.block_length,
+        config.steps,
+        ("gen_length", "block_length", "diffusion_steps"),
+    )
     if config.remasking not in REMASKING:
         raise ValueError(f"remasking={config.remasking!r} is not one of {REMASKING}.")
     if config.cache not in CACHES:

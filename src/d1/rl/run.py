@@ -19,7 +19,7 @@ from d1.rl.trainer import DiffuGRPOTrainer
 from d1.tasks import Task, get_task
 from d1.tasks.base import shuffle_and_hold_out
 from d1.tasks.synthetic import make_dataset
-from d1.utils import check_writable, distributed_state, resolve_checkpoint, say
+from d1.utils import check_writable, distributed_state, say, train_and_save
 
 SYNTHETIC_SUFFIX = {"sudoku": ".csv", "countdown": ".jsonl"}
 
@@ -108,7 +108,5 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
         processing_class=tokenizer,
         callbacks=[PreemptionCallback()],
     )
-    trainer.train(resume_from_checkpoint=resolve_checkpoint(config.resume_from_checkpoint, config.output_dir))
-    trainer.save_model(config.output_dir)
-    tokenizer.save_pretrained(config.output_dir)
+    train_and_save(trainer, config.resume_from_checkpoint)
     return trainer

@@ -26,7 +26,7 @@ from d1.models.loading import (
 from d1.sft.collator import MaskedDiffusionCollator
 from d1.sft.config import SFTConfig
 from d1.sft.trainer import MaskedSFTTrainer
-from d1.utils import check_writable, resolve_checkpoint, say
+from d1.utils import check_writable, say, train_and_save
 
 
 def prepare_sft_data(
@@ -85,9 +85,7 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
         processing_class=tokenizer,
         callbacks=[PreemptionCallback()],
     )
-    trainer.train(resume_from_checkpoint=resolve_checkpoint(config.resume_from_checkpoint, config.output_dir))
-    trainer.save_model(config.output_dir)
-    tokenizer.save_pretrained(config.output_dir)
+    train_and_save(trainer, config.resume_from_checkpoint)
     return trainer
 
 
