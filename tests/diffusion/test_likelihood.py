@@ -1,4 +1,5 @@
-"""d1's one-step per-token log-probabilities: the reference fixture, gradients, masking and padding."""
+"""Per-token log-probabilities: d1's one-step estimate (the reference fixture, gradients, masking, padding) and
+the coupled estimate (complementary completion masks)."""
 
 from __future__ import annotations
 
@@ -128,6 +129,40 @@ def test_left_padded_row_equals_row_alone():
         )
         alone = per_token_logps(model, row, completion_length=4, p_mask_prompt=0.0)
     torch.testing.assert_close(batch, alone.expand(2, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_coupled_scores_each_token_once_under_complementary_masks():
+    recorder = Recorder(tiny_model(4))
+    ids = random_ids(4, 6, 30)
+    with torch.no_grad():
+        coupled = per_token_logps(
+            recorder,
+            ids,
+            completion_length=10,
+            generator=torch.Generator().manual_seed(3),
+            estimator="coupled",
+        )
+        per_token_logps(recorder, ids, completion_length=10, generator=torch.Generator().manual_seed(3))
+    both, one_step = recorder.inputs
+    first, second = both[:6], both[6:]
+    # the same prompt mask as d1's estimate drawn from the same seed, in both halves
+    assert torch.equal(first[:, :20], one_step[:, :20]) and torch.equal(second[:, :20], one_step[:, :20])
+    chosen = first[:, 20:] == MASK
+    assert torch.equal(second[:, 20:] == MASK, ~chosen)  # complementary: every token masked exactly once
+    assert torch.equal(first[:, 20:][~chosen], ids[:, 20:][~chosen])
+    assert 0 < chosen.sum() < chosen.numel()
+    model = recorder.model
+    expected = torch.where(
+        chosen,
+        model(first).logits[:, 20:].log_softmax(-1).gather(-1, ids[:, 20:, None]).squeeze(-1),
+        model(second).logits[:, 20:].log_softmax(-1).gather(-1, ids[:, 20:, None]).squeeze(-1),
+    )
+    torch.testing.assert_close(coupled, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_estimator_raises():
+    with pytest.raises(ValueError, match="estimator='two_step'"):
+        per_token_logps(tiny_model(0), random_ids(0, 1, 8), completion_length=4, estimator="two_step")
 
 
 @pytest.mark.parametrize("completion_length", [0, 13])

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from d1.diffusion.sampling import check_block_schedule
 from d1.sft.config import bf16_available
 from d1.utils import cpu_only_launch
 
@@ -108,6 +109,14 @@ class DiffuGRPOConfig(TrainingArguments):
     p_mask_prompt: float = field(
         default=0.15, metadata={"help": "Prompt-token masking probability for log-probs."}
     )
+    logp_estimator: str = field(
+        default="one_step",
+        metadata={
+            "help": "one_step (d1: completion fully masked, one pass) or coupled (two complementary random "
+            "completion masks in one doubled batch: each token scored with part of the completion visible; "
+            "2x the log-prob cost, trains the conditionals the sampler uses)."
+        },
+    )
     num_iterations: int | None = field(
         default=None,
         metadata={"help": "Inner updates per rollout (mu); default 12, or 8 for countdown/sudoku."},
@@ -180,23 +189,21 @@ class DiffuGRPOConfig(TrainingArguments):
                 f" x processes = {self.per_device_train_batch_size} x {world_size} = {global_batch}. Values that "
                 f"work: {working}; or change per_device_train_batch_size."
             )
-        if self.max_completion_length % self.block_length:
-            raise ValueError(
-                f"max_completion_length={self.max_completion_length} is not a multiple of block_length="
-                f"{self.block_length}; use e.g. max_completion_length="
-                f"{(self.max_completion_length // self.block_length + 1) * self.block_length}."
-            )
-        blocks = self.max_completion_length // self.block_length
-        if self.diffusion_steps % blocks:
-            raise ValueError(
-                f"diffusion_steps={self.diffusion_steps} is not a multiple of the number of blocks {blocks} "
-                f"(max_completion_length / block_length); use e.g. {max(blocks, self.diffusion_steps // blocks * blocks)}."
-            )
+        check_block_schedule(
+            self.max_completion_length,
+            self.block_length,
+            self.diffusion_steps,
+            ("max_completion_length", "block_length", "diffusion_steps"),
+        )
         if self.generation_batch_size < 1 or self.num_iterations < 1:
             raise ValueError("generation_batch_size and num_iterations must be >= 1.")
         if self.rollout_sampler not in ROLLOUT_SAMPLERS:
             raise ValueError(
                 f"rollout_sampler={self.rollout_sampler!r} is unknown; use one of {list(ROLLOUT_SAMPLERS)}."
+            )
+        if self.logp_estimator not in ("one_step", "coupled"):
+            raise ValueError(
+                f"logp_estimator={self.logp_estimator!r} is unknown; use 'one_step' (d1) or 'coupled'."
             )
         if self.scale_rewards not in ("none", "group"):
             raise ValueError(f"scale_rewards={self.scale_rewards!r} is unknown; use 'none' or 'group'.")

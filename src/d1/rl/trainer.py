@@ -155,6 +155,7 @@ class DiffuGRPOTrainer(Trainer):
             p_mask_prompt=self.args.p_mask_prompt,
             generator=generator,
             attention_mask=batch["attention_mask"],
+            estimator=self.args.logp_estimator,
         )
 
     @torch.no_grad()
