@@ -2,10 +2,12 @@
 parallel modes, in one process on the same model and prompts (interleaved repeats, median times).
 
     python benchmarks/sampler.py [--quick] [--repeats N] [--model DIR --task sudoku|countdown]
+    python benchmarks/sampler.py --device cuda --shape llada-8b   # on a GPU: LLaDA-8B's shape in bfloat16
 
-Speed is measured on a random-init native LLaDA (d_model 512, 6 layers, ~20M parameters; --quick: a
-smaller one) with the tiny tokenizer's vocabulary. Accuracy needs a trained model (`--model DIR`, e.g. from
-`d1 sft` on synthetic data); without one the column says so.
+Speed is measured on a random-init native LLaDA (default shape: d_model 512, 6 layers, ~20M parameters, the
+tiny tokenizer's vocabulary; `--shape llada-8b`: LLaDA-8B-Instruct's layer sizes and vocabulary). On the CPU
+times are this process's CPU seconds; on CUDA, synchronised wall time. Accuracy needs a trained model
+(`--model DIR`, e.g. from `d1 sft` on synthetic data); without one the column says so.
 """
 
 from __future__ import annotations
@@ -38,10 +40,11 @@ def llada_reference(model, prompt, attention_mask, *, steps, gen_length, block_l
     """LLaDA's `generate.py` as written (greedy, low-confidence remasking): per-row schedule and topk loops,
     float64 softmax over every position."""
     b = prompt.shape[0]
-    x = torch.full((b, prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    x = torch.full((b, prompt.shape[1] + gen_length), mask_id, dtype=torch.long, device=prompt.device)
     x[:, : prompt.shape[1]] = prompt.clone()
     if attention_mask is not None:
-        attention_mask = torch.cat([attention_mask, torch.ones(b, gen_length, dtype=attention_mask.dtype)], 1)
+        ones = torch.ones(b, gen_length, dtype=attention_mask.dtype, device=prompt.device)
+        attention_mask = torch.cat([attention_mask, ones], 1)
     num_blocks = gen_length // block_length
     steps = steps // num_blocks
     for num_block in range(num_blocks):
@@ -69,22 +72,37 @@ def llada_reference(model, prompt, attention_mask, *, steps, gen_length, block_l
     return x
 
 
-def speed_model(quick: bool, vocab: int, tokenizer) -> LLaDAModelLM:
-    sizes = (
-        dict(d_model=256, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=768)
-        if quick
-        else dict(d_model=512, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=1536)
-    )
+SHAPES: dict[str, dict] = {
+    "quick": dict(d_model=256, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=768),
+    "20m": dict(d_model=512, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=1536),
+    "llada-8b": dict(
+        d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464
+    ),
+}
+
+
+def speed_model(shape: str, tokenizer, device: torch.device) -> LLaDAModelLM:
+    """A random-init native LLaDA of `shape`, float32 on the CPU and bfloat16 on a GPU."""
+    sizes = {"vocab_size": len(tokenizer), **SHAPES[shape]}
     config = LLaDAConfig(
         **sizes,
-        vocab_size=vocab,
-        embedding_size=vocab,
+        embedding_size=sizes["vocab_size"],
         mask_token_id=tokenizer.mask_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
-    return LLaDAModelLM(config).eval()
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    with device:
+        return LLaDAModelLM(config).to(dtype).eval()
+
+
+def clock(device: torch.device) -> float:
+    """Process CPU seconds on the CPU (robust to other jobs); synchronised wall seconds on a GPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return time.perf_counter()
+    return time.process_time()
 
 
 def runner(
@@ -107,14 +125,14 @@ def runner(
 
 
 def measure(model, prompt, attention_mask, settings: dict, repeats: int) -> dict[str, dict]:
-    """Per mode: median CPU seconds of this process (robust to other jobs on a shared machine), forward
-    passes and the generated tokens, modes interleaved per repeat."""
+    """Per mode: median seconds (see `clock`), forward passes and the generated tokens, modes interleaved
+    per repeat."""
     results: dict[str, dict] = {mode: {"times": []} for mode in MODES}
     for _ in range(repeats):
         for mode in MODES:
-            start = time.process_time()
+            start = clock(prompt.device)
             out, passes = runner(model, prompt, attention_mask, mode, settings)()
-            results[mode]["times"].append(time.process_time() - start)
+            results[mode]["times"].append(clock(prompt.device) - start)
             results[mode].update(tokens=out[:, prompt.shape[1] :], passes=passes)
     return results
 
@@ -139,6 +157,8 @@ def accuracy(model, tokenizer, task_name: str, n: int, settings: dict) -> dict[s
 
     task = get_task(task_name)
     prompt, attention_mask, items = task_prompts(task_name, tokenizer, n)
+    device = next(model.parameters()).device
+    prompt, attention_mask = prompt.to(device), attention_mask.to(device)
     scores = {}
     for mode in MODES:
         out, _ = runner(model, prompt, attention_mask, mode, settings)()
@@ -175,6 +195,12 @@ def table_rows(
     return "\n".join(lines)
 
 
+def where(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small model and lengths (a smoke run)")
@@ -182,31 +208,41 @@ def main() -> None:
     parser.add_argument("--model", help="a trained d1/LLaDA model folder for the accuracy column")
     parser.add_argument("--task", default="sudoku", choices=["sudoku", "countdown"])
     parser.add_argument("--accuracy-items", type=int, default=32)
+    parser.add_argument("--device", default="cpu", help="cpu (2 threads) or cuda")
+    parser.add_argument(
+        "--shape", choices=sorted(SHAPES), help="model shape (default 20m; quick with --quick)"
+    )
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(2)
     tokenizer = build_tokenizer()
     batch, prompt_length = (4, 32) if args.quick else (8, 64)
     gen_length, block_length = (64, 16) if args.quick else (256, 32)
-    model = speed_model(args.quick, len(tokenizer), tokenizer)
+    shape = args.shape or ("quick" if args.quick else "20m")
+    model = speed_model(shape, tokenizer, device)
     printable = torch.tensor(
         tokenizer.convert_tokens_to_ids(list("abcdefghijklmnopqrstuvwxyz0123456789 +-*="))
     )
     prompt = printable[
         torch.randint(0, len(printable), (batch, prompt_length), generator=torch.Generator().manual_seed(0))
-    ]
+    ].to(device)
     trained = None
     if args.model:
         from d1.models.loading import load_model, load_tokenizer
 
-        trained = (load_model(args.model, dtype=torch.float32).eval(), load_tokenizer(args.model))
+        trained = (
+            load_model(args.model, dtype=torch.float32, device=device).eval(),
+            load_tokenizer(args.model),
+        )
     warmup = dict(steps=block_length, gen_length=block_length, block_length=block_length)
     measure(model, prompt, None, warmup, 1)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(
-        f"model: random-init native LLaDA, {params:.1f}M parameters, vocabulary {len(tokenizer)}; batch {batch}, "
-        f"prompt {prompt_length}, gen_length {gen_length}, block_length {block_length}; torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats} interleaved repeat(s) "
-        "of process CPU time; tokens/s = generated tokens / CPU seconds of both threads"
+        f"model: random-init native LLaDA ({shape}), {params:.1f}M parameters, {next(model.parameters()).dtype}; "
+        f"batch {batch}, prompt {prompt_length}, gen_length {gen_length}, block_length {block_length}; torch "
+        f"{torch.__version__}, {where(device)}; median of {args.repeats} interleaved repeat(s) of "
+        + ("synchronised wall time" if device.type == "cuda" else "process CPU time (all threads)")
     )
     print(HEADER, flush=True)
     for steps in (gen_length, gen_length // 2):
