@@ -18,6 +18,8 @@ from torch import nn
 from d1.diffusion.masking import _uniform, mask_prompt
 from d1.diffusion.sampling import resolve_token_id
 
+ESTIMATORS = ("one_step", "coupled")
+
 
 def per_token_logps(
     model: nn.Module,
@@ -40,7 +42,7 @@ def per_token_logps(
         raise ValueError(
             f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape {tuple(input_ids.shape)}."
         )
-    if estimator not in ("one_step", "coupled"):
+    if estimator not in ESTIMATORS:
         raise ValueError(f"estimator={estimator!r} is unknown; use 'one_step' (d1) or 'coupled'.")
     mask_id = resolve_token_id(model, mask_token_id, "mask_token_id")
     noisy = mask_prompt(input_ids, completion_length, mask_id, p_mask_prompt, generator, attention_mask)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from d1.diffusion.likelihood import ESTIMATORS
 from d1.diffusion.sampling import check_block_schedule
 from d1.sft.config import bf16_available
 from d1.utils import cpu_only_launch
@@ -201,7 +202,7 @@ class DiffuGRPOConfig(TrainingArguments):
             raise ValueError(
                 f"rollout_sampler={self.rollout_sampler!r} is unknown; use one of {list(ROLLOUT_SAMPLERS)}."
             )
-        if self.logp_estimator not in ("one_step", "coupled"):
+        if self.logp_estimator not in ESTIMATORS:
             raise ValueError(
                 f"logp_estimator={self.logp_estimator!r} is unknown; use 'one_step' (d1) or 'coupled'."
             )
