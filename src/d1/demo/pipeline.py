@@ -43,10 +43,13 @@ class DemoConfig:
     n_validation: int = 100
     n_test: int = 200
     pretrain_steps: int = 300
-    sft_steps: int = 500
+    sft_steps: int = 250
     rl_steps: int = 160
     batch_size: int = 64
     learning_rate: float = 1e-3
+    # no decay: a checkpoint whose learning rate was annealed to 0 loses accuracy under any small-batch update
+    # at RL's learning rate, ground-truth SFT included (docs/rl-at-tiny-scale.md)
+    lr_scheduler_type: str = "constant_with_warmup"
     rl_learning_rate: float = 1e-4
     num_generations: int = 8
     rl_prompts_per_step: int = 16
@@ -128,7 +131,7 @@ def _sft(config: DemoConfig, model: Path, data: Path, job: str, steps: int, pres
         "--save_steps",
         str(max(steps // 3, 1)),
         "--lr_scheduler_type",
-        "cosine",
+        config.lr_scheduler_type,
         "--warmup_steps",
         str(min(20, steps // 10)),
         "--debugging",
