@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -126,13 +127,13 @@ def rule_loss(bench: Bench, model, rule: str, rows: list[dict], rollout: tuple, 
     return lambda i: grpo_loss(logps(i), old[i], None, advantages, cmask, beta=0.0)[0]
 
 
-def run_rule(bench: Bench, base, rule: str) -> list[tuple[int, float, float, float, float]]:
+def run_rule(bench: Bench, base, rule: str) -> Iterator[tuple[int, float, float, float, float]]:
     """(rollouts done, held-out cells %, solved %, mean rollout reward, s per rollout + updates), every eval_every."""
     a = bench.args
     model = copy.deepcopy(base)
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
     order = torch.Generator().manual_seed(a.seed)
-    table = [(0, *bench.held_out(model), float("nan"), float("nan"))]
+    yield (0, *bench.held_out(model), float("nan"), float("nan"))
     rewards, seconds = [], 0.0
     for step in range(1, a.rollouts + 1):
         picks = torch.randint(len(bench.train), (a.prompts,), generator=order).tolist()
@@ -149,9 +150,8 @@ def run_rule(bench: Bench, base, rule: str) -> list[tuple[int, float, float, flo
             optimizer.zero_grad()
         seconds += time.perf_counter() - start
         if step % a.eval_every == 0:
-            table.append((step, *bench.held_out(model), sum(rewards) / len(rewards), seconds / step))
+            yield (step, *bench.held_out(model), sum(rewards) / len(rewards), seconds / step)
             rewards = []
-    return table
 
 
 def main() -> None:
