@@ -59,3 +59,9 @@ def test_full_disk_fails_before_training(tmp_path, monkeypatch) -> None:
     with pytest.raises(OSError, match="MiB free"):
         run_demo(DemoConfig(quick=True, output_dir=str(tmp_path / "demo")))
     assert not (tmp_path / "demo").exists()
+
+
+def test_unknown_lr_scheduler_is_named_before_anything_runs(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"lr_scheduler_type='cosin'.*constant_with_warmup"):
+        DemoConfig(output_dir=str(tmp_path / "demo"), lr_scheduler_type="cosin")
+    assert not (tmp_path / "demo").exists()

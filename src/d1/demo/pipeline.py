@@ -67,6 +67,14 @@ class DemoConfig:
             self.n_sft, self.n_rl, self.n_validation, self.n_test = 200, 200, 16, 48
             self.pretrain_steps, self.sft_steps, self.rl_steps = 40, 30, 8
             self.preset = "tiny"
+        from transformers import SchedulerType
+
+        schedulers = [kind.value for kind in SchedulerType]
+        if self.lr_scheduler_type not in schedulers:
+            raise ValueError(
+                f"lr_scheduler_type={self.lr_scheduler_type!r} is not a transformers scheduler; use one of "
+                f"{schedulers} (the demo's default is constant_with_warmup)."
+            )
 
 
 @dataclass
