@@ -7,8 +7,9 @@ Every rule starts from the same checkpoint with a fresh AdamW and sees the same 
 rollout, the demo's RL settings by default). Rules:
   sft_truth    masked SFT on the batch's ground-truth solutions (a control: what plain supervision does)
   rejection    masked SFT on the rollouts that solve their puzzle (reward 1; rejection-sampling fine-tuning)
-  grpo         diffu-GRPO's loss with d1's one-step log-prob estimate (advantage = reward - group mean)
-  grpo_coupled the same loss with the coupled (complementary masks) estimate
+  grpo         diffu-GRPO's loss (advantage = reward - group mean), log-probs by `--logp_estimator`
+  grpo_solved  diffu-GRPO's loss with advantage 1 for solved rollouts, 0 otherwise: rejection sampling's
+               selection scored by `--logp_estimator` (does the estimate itself cost accuracy?)
 Prints held-out accuracy (greedy, cells % and puzzles solved %) every `--eval_every` rollouts, the mean
 rollout reward since the last row and seconds per rollout. Exploratory: numbers vary with the seed.
 """
@@ -33,7 +34,7 @@ from d1.rl.rollout import completion_mask, encode_prompts
 from d1.tasks.base import read_records
 from d1.tasks.sudoku import sudoku_question, sudoku_reward
 
-RULES = ("sft_truth", "rejection", "grpo", "grpo_coupled")
+RULES = ("sft_truth", "rejection", "grpo", "grpo_solved")
 
 
 class Bench:
@@ -51,7 +52,7 @@ class Bench:
             self.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats
         ]
         encoded = encode_prompts(self.tokenizer, [t for t in texts for _ in range(copies)], 512)
-        return encoded.input_ids, encoded.attention_mask
+        return encoded.input_ids.to(self.args.device), encoded.attention_mask.to(self.args.device)
 
     @torch.no_grad()
     def rollout(self, model, rows: list[dict], copies: int, temperature: float, seed: int):
@@ -65,7 +66,8 @@ class Bench:
         texts = self.tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
         targets = [row for row in rows for _ in range(copies)]
         rewards = torch.tensor(
-            [sudoku_reward(t, r["Puzzle"], r["Solution"]) for t, r in zip(texts, targets, strict=True)]
+            [sudoku_reward(t, r["Puzzle"], r["Solution"]) for t, r in zip(texts, targets, strict=True)],
+            device=out.device,
         )
         full_mask = torch.cat([mask, torch.ones_like(out[:, ids.shape[1] :])], dim=1)
         return out, ids.shape[1], full_mask, rewards
@@ -85,14 +87,14 @@ class Bench:
             full = tok.apply_chat_template([*chat, {"role": "assistant", "content": answer}], tokenize=False)
             tail = tok(full[len(prompt) :], add_special_tokens=False).input_ids
             tails.append((tail + [tok.eos_token_id] * length)[:length])
-        return torch.cat([ids, torch.tensor(tails)], dim=1), ids.shape[1]
+        return torch.cat([ids, torch.tensor(tails, device=ids.device)], dim=1), ids.shape[1]
 
 
 def sft_update(model, ids: torch.Tensor, prompt_length: int, rows: torch.Tensor, seed: int) -> torch.Tensor:
     """LLaDA's masked SFT loss on the sequences selected by the boolean `rows`."""
     ids = ids[rows]
     noisy, masked, t = noise_completion(
-        ids, torch.full((len(ids),), prompt_length), model.config.mask_token_id,
+        ids, torch.full((len(ids),), prompt_length, device=ids.device), model.config.mask_token_id,
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
     labels = torch.where(masked, ids, IGNORE_INDEX)
@@ -113,24 +115,29 @@ def rule_loss(bench: Bench, model, rule: str, rows: list[dict], rollout: tuple, 
             if (reward == 1).any()
             else None
         )
-    estimator = "coupled" if rule == "grpo_coupled" else "one_step"
-    advantages, _ = group_advantages(reward, a.num_generations)
+    solved = (reward == 1).float()
+    scores = {"cells": reward, "solved": solved, "cells+solved": reward + solved}[a.reward]
+    advantages, _ = group_advantages(scores, a.num_generations, a.scale_rewards, a.negative_advantage_scale)
+    if rule == "grpo_solved":
+        advantages = solved
     cmask = completion_mask(ids[:, plen:], bench.tokenizer.eos_token_id)
 
     def logps(i: int) -> torch.Tensor:  # iteration i's prompt mask, shared by old and new log-probs
         generator = torch.Generator().manual_seed(step * 100 + i)
-        return per_token_logps(model, ids, completion_length=a.gen_length, p_mask_prompt=0.15,
-                               attention_mask=mask, generator=generator, estimator=estimator)  # fmt: skip
+        return per_token_logps(model, ids, completion_length=a.gen_length, p_mask_prompt=a.p_mask_prompt,
+                               attention_mask=mask, generator=generator, estimator=a.logp_estimator)  # fmt: skip
 
     with torch.no_grad():
         old = [logps(i) for i in range(a.num_iterations)]
-    return lambda i: grpo_loss(logps(i), old[i], None, advantages, cmask, beta=0.0)[0]
+    return lambda i: grpo_loss(
+        logps(i), old[i], None, advantages, cmask, a.epsilon, 0.0, a.loss_normalization
+    )[0]
 
 
 def run_rule(bench: Bench, base, rule: str) -> Iterator[tuple[int, float, float, float, float]]:
     """(rollouts done, held-out cells %, solved %, mean rollout reward, s per rollout + updates), every eval_every."""
     a = bench.args
-    model = copy.deepcopy(base)
+    model = copy.deepcopy(base).to(a.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.99), weight_decay=0.0)
     order = torch.Generator().manual_seed(a.seed)
     yield (0, *bench.held_out(model), float("nan"), float("nan"))
@@ -170,15 +177,28 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--gen_length", type=int, default=28)
     parser.add_argument("--diffusion_steps", type=int, default=14)
+    parser.add_argument("--logp_estimator", choices=("one_step", "coupled"), default="one_step")
+    parser.add_argument(
+        "--reward", choices=("cells", "solved", "cells+solved"), default="cells",
+        help="what the grpo rules' advantages score: d1's fraction of empty cells right, or 1 if solved",
+    )  # fmt: skip
+    parser.add_argument("--scale_rewards", choices=("none", "group"), default="none")
+    parser.add_argument("--negative_advantage_scale", type=float, default=1.0)
+    parser.add_argument("--epsilon", type=float, default=0.5)
+    parser.add_argument("--p_mask_prompt", type=float, default=0.15)
+    parser.add_argument("--loss_normalization", choices=("token", "sequence"), default="token")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (numbers differ slightly between them)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     bench = Bench(args)
     base = load_model(args.model, dtype="float32")
-    print(f"model {args.model}, lr {args.lr}, {args.prompts} prompts x {args.num_generations}, "
-          f"num_iterations {args.num_iterations}, temperature {args.temperature}\n")  # fmt: skip
+    options = ("lr", "prompts", "num_generations", "num_iterations", "temperature", "logp_estimator", "reward",
+               "scale_rewards", "negative_advantage_scale", "epsilon", "p_mask_prompt", "loss_normalization",
+               "seed", "device")  # fmt: skip
+    print(f"model {args.model}; " + ", ".join(f"{k} {getattr(args, k)}" for k in options) + "\n")
     print("| rule | rollouts | held-out cells % | solved % | rollout reward | s per rollout |")
     print("|---|---|---|---|---|---|")
     for rule in args.rules:

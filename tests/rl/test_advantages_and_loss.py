@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from d1.diffusion.losses import grpo_loss
-from d1.rl.advantages import combine_rewards, group_advantages
+from d1.rl.advantages import combine_rewards, group_advantages, learning_rows
 
 
 def test_group_advantages_and_zero_std_ratio() -> None:
@@ -24,6 +24,15 @@ def test_group_advantages_and_zero_std_ratio() -> None:
     assert torch.equal(scaled[4:], torch.zeros(4))
     with pytest.raises(ValueError, match="groups of num_generations=3"):
         group_advantages(rewards, num_generations=3)
+
+
+def test_negative_advantage_scale_shrinks_only_the_below_mean_completions() -> None:
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])  # means 0.25 and 0.75
+    adv, stats = group_advantages(rewards, num_generations=4, negative_advantage_scale=0.0)
+    assert torch.allclose(adv, torch.tensor([0.75, 0, 0, 0, 0.25, 0.25, 0.25, 0]))
+    quarter, _ = group_advantages(rewards, num_generations=4, negative_advantage_scale=0.25)
+    assert torch.allclose(quarter, torch.tensor([0.75, -0.0625, -0.0625, -0.0625, 0.25, 0.25, 0.25, -0.1875]))
+    assert stats["zero_std_ratio"] == 0.0 and math.isclose(stats["reward"], 0.5)
 
 
 def test_combine_rewards_skips_none_and_rejects_empty_rows() -> None:
@@ -63,3 +72,28 @@ def test_first_iteration_gradient_is_the_advantage_weighted_score() -> None:
     loss, _ = grpo_loss(logps, logps.detach(), None, torch.tensor([3.0]), torch.ones(1, 2), beta=0.0)
     loss.backward()
     assert torch.allclose(logps.grad, torch.tensor([[-1.5, -1.5]]))  # -A * d ratio / d logp / n_tokens
+
+
+@pytest.mark.parametrize("normalization", ["token", "sequence"])
+def test_dropping_zero_advantage_rows_keeps_the_loss_and_gradient(normalization: str) -> None:
+    """Without KL, rows with advantage 0 add nothing: the loss over the learning rows, divided by the whole
+    batch's count, equals the whole batch's loss, and so do the gradients of the rows kept."""
+    g = torch.Generator().manual_seed(0)
+    logps = torch.randn(5, 6, generator=g).requires_grad_()
+    old = logps.detach() + 0.3 * torch.randn(5, 6, generator=g)  # some ratios outside the clip range
+    advantages = torch.tensor([0.5, 0.0, -0.25, 0.0, 1.0])
+    mask = torch.ones(5, 6)
+    mask[0, 4:] = 0
+    mask[3, 2:] = 0
+    full, _ = grpo_loss(logps, old, None, advantages, mask, 0.2, 0.0, normalization)
+    (full_grad,) = torch.autograd.grad(full, logps)
+    keep = learning_rows(advantages)
+    assert keep.tolist() == [0, 2, 4]
+    count = mask.sum().item() if normalization == "token" else 5
+    part, _ = grpo_loss(
+        logps[keep], old[keep], None, advantages[keep], mask[keep], 0.2, 0.0, normalization, count
+    )
+    (part_grad,) = torch.autograd.grad(part, logps)
+    assert torch.allclose(full, part)
+    assert torch.allclose(full_grad, part_grad)
+    assert learning_rows(torch.zeros(3)).tolist() == [0]  # never empty

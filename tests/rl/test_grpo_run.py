@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from d1.cli.args import parse_config
 from d1.cli.grpo import ALIASES
 from d1.rl.config import DiffuGRPOConfig
-from d1.rl.run import run_grpo
+from d1.rl.run import resolve_rewards, run_grpo
 from d1.tasks import register_task, unregister_task
 from d1.tasks.base import completion_texts
 from d1.tasks.sudoku import SudokuTask
@@ -87,6 +87,7 @@ METRICS = [
     "loss",
     "reward",
     "rewards/sudoku_reward_func",
+    "rewards/sudoku_solved_reward_func",
     "reward_std",
     "zero_std_ratio",
     "completion_length",
@@ -198,7 +199,12 @@ def test_resume_between_inner_updates_matches_uninterrupted(tiny_model_dir, tmp_
             ValueError,
             "max_completion_length=20 must be a multiple of block_length=8",
         ),
-        (["--reward_weights", "1.0", "2.0"], ValueError, "reward_weights has 2 values"),
+        (["--reward_weights", "1.0", "2.0", "3.0"], ValueError, "reward_weights has 3 values"),
+        (
+            ["--negative_advantage_scale", "-1"],
+            ValueError,
+            r"negative_advantage_scale=-1.0 is outside \[0, 1\]",
+        ),
         (["--logp_estimator", "exact"], ValueError, "logp_estimator='exact' is unknown"),
     ],
 )
@@ -206,6 +212,15 @@ def test_bad_input_fails_before_the_model_loads(tiny_model_dir, tmp_path, extra,
     with pytest.raises(error, match=message):
         run_grpo(config_of(*grpo_argv(tiny_model_dir, tmp_path / "out", *extra)))
     assert not (tmp_path / "out").exists()
+
+
+def test_reward_defaults_are_the_tasks_and_named_rewards_weigh_one() -> None:
+    task = SudokuTask()
+    funcs, weights = resolve_rewards(task, None, None)
+    assert [f.__name__ for f in funcs] == ["sudoku_reward_func", "sudoku_solved_reward_func"]
+    assert weights == [1.0, 0.0]  # d1's cell reward; the solved rate is only logged
+    funcs, weights = resolve_rewards(task, ["sudoku_solved_reward_func"], None)
+    assert [f.__name__ for f in funcs] == ["sudoku_solved_reward_func"] and weights == [1.0]
 
 
 def test_model_without_mask_token(tiny_model_dir, tmp_path) -> None:
@@ -268,6 +283,7 @@ def digit_fraction_reward(prompts: list, completions: list, **columns) -> list[f
 class DigitsTask(SudokuTask):
     name = "digits"
     reward_funcs = [digit_fraction_reward]
+    default_reward_weights = [1.0]
 
 
 @pytest.mark.parametrize("estimator", ["one_step", "coupled"])

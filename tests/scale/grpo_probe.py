@@ -33,8 +33,8 @@ def probe(output_dir: str) -> None:
 
     real_stats = d1.rl.trainer.group_advantages
 
-    def stats(rewards, num_generations, scale_rewards="none"):
-        advantages, values = real_stats(rewards, num_generations, scale_rewards)
+    def stats(rewards, num_generations, *options):
+        advantages, values = real_stats(rewards, num_generations, *options)
         with log.open("a") as f:
             record = {"completions": calls["completions"], "gathered": rewards.tolist(), "stats": values}
             f.write(json.dumps(record) + "\n")

@@ -14,6 +14,7 @@ from d1.tasks.sudoku import (
     puzzle_from_question,
     sudoku_question,
     sudoku_reward_func,
+    sudoku_solved_reward_func,
 )
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
@@ -85,6 +86,7 @@ def test_rl_reward_hand_worked() -> None:
     assert sudoku_reward_func(None, chat, run_name="r", **kwargs) == expected
     full = {"puzzle": [SOLUTION], "solution": [SOLUTION]}  # no empty cells -> 0.0 as in d1
     assert sudoku_reward_func(None, [f"<answer>{SOLUTION}</answer>"], **full) == [0.0]
+    assert sudoku_solved_reward_func(None, texts, **kwargs) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
 
 
 def test_system_prompt_is_d1s() -> None:

@@ -36,12 +36,15 @@ def grpo_loss(
     epsilon: float = 0.5,
     beta: float = 0.04,
     loss_normalization: Literal["token", "sequence"] = "token",
+    normalizer: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """diffu-GRPO's per-token PPO-clip objective with a k3 KL penalty (d1's `compute_loss`).
 
     Inputs are [B, T] except `advantages` [B]. `token` normalisation averages over all completion tokens of
     the batch (d1's code); `sequence` averages per sequence, then over sequences (the paper's formula).
-    Returns (loss, stats) with the mean KL and the clipped fraction over completion tokens.
+    `normalizer` replaces the count averaged over (tokens or sequences) when rows that cannot change the loss
+    were left out of the batch. Returns (loss, stats) with the mean KL and the clipped fraction over the
+    completion tokens given.
     """
     mask = completion_mask.to(logps.dtype)
     ratio = torch.exp(logps - old_logps)
@@ -53,9 +56,9 @@ def grpo_loss(
         kl = torch.exp(diff) - diff - 1
         per_token = per_token + beta * kl
     if loss_normalization == "token":
-        loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
+        loss = (per_token * mask).sum() / (normalizer or mask.sum().clamp(min=1))
     elif loss_normalization == "sequence":
-        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+        loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / (normalizer or len(mask))
     else:
         raise ValueError(f"loss_normalization={loss_normalization!r} is unknown; use 'token' or 'sequence'.")
     clipped = (ratio * adv) > (torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * adv)

@@ -133,6 +133,13 @@ class DiffuGRPOConfig(TrainingArguments):
     scale_rewards: str = field(
         default="none", metadata={"help": "none (d1: reward - group mean) or group (also / group std)."}
     )
+    negative_advantage_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "Multiplies advantages below 0 (1: d1). 0 learns only from completions better than their "
+            "group: lowering a log-prob estimate need not lower the likelihood (docs/rl-at-tiny-scale.md)."
+        },
+    )
     loss_normalization: str = field(
         default="token",
         metadata={"help": "token (d1's code: mean over batch tokens) or sequence (the paper)."},
@@ -208,6 +215,11 @@ class DiffuGRPOConfig(TrainingArguments):
             )
         if self.scale_rewards not in ("none", "group"):
             raise ValueError(f"scale_rewards={self.scale_rewards!r} is unknown; use 'none' or 'group'.")
+        if not 0.0 <= self.negative_advantage_scale <= 1.0:
+            raise ValueError(
+                f"negative_advantage_scale={self.negative_advantage_scale} is outside [0, 1]; use 1 (d1) to keep "
+                "negative advantages, 0 to drop them, or a value between."
+            )
         if self.loss_normalization not in ("token", "sequence"):
             raise ValueError(
                 f"loss_normalization={self.loss_normalization!r} is unknown; use 'token' or 'sequence'."

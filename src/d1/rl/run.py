@@ -27,15 +27,19 @@ SYNTHETIC_SUFFIX = {"sudoku": ".csv", "countdown": ".jsonl"}
 def resolve_rewards(
     task: Task, names: list[str] | None, weights: list[float] | None
 ) -> tuple[list[Callable], list[float]]:
-    """The task's reward functions (all, or those named) and one weight each; unknown names list the known ones."""
+    """The task's reward functions and one weight each: all of them with the task's default weights, or those
+    named (weight 1 each unless `weights` says); unknown names list the known ones."""
     known = {f.__name__: f for f in task.reward_funcs}
-    names = names or list(known)
+    if not names:
+        names, defaults = list(known), list(task.default_reward_weights)
+    else:
+        defaults = [1.0] * len(names)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(
             f"reward_funcs {unknown} are not rewards of task {task.name!r}; its rewards are {list(known)}."
         )
-    weights = list(weights) if weights is not None else [1.0] * len(names)
+    weights = list(weights) if weights is not None else defaults
     if len(weights) != len(names):
         raise ValueError(f"reward_weights has {len(weights)} values for {len(names)} reward_funcs {names}.")
     return [known[n] for n in names], weights

@@ -26,7 +26,7 @@ from d1.diffusion.likelihood import per_token_logps
 from d1.diffusion.losses import grpo_loss
 from d1.diffusion.sampling import generate
 from d1.evaluation.runner import generate_answers
-from d1.rl.advantages import combine_rewards, group_advantages
+from d1.rl.advantages import combine_rewards, group_advantages, learning_rows
 from d1.rl.config import DiffuGRPOConfig
 from d1.rl.rollout import RewardError, completion_mask, encode_prompts, score_completions
 from d1.rl.sampler import RepeatSampler
@@ -211,7 +211,9 @@ class DiffuGRPOTrainer(Trainer):
         rewards = combine_rewards(per_func, self.reward_weights)
         all_rewards = self.accelerator.gather(rewards.to(device)).float().cpu()
         all_per_func = self.accelerator.gather(per_func.to(device)).float().cpu()
-        advantages, stats = group_advantages(all_rewards, args.num_generations, args.scale_rewards)
+        advantages, stats = group_advantages(
+            all_rewards, args.num_generations, args.scale_rewards, args.negative_advantage_scale
+        )
         rank, size = self.accelerator.process_index, len(rows)
         for key, value in stats.items():
             self._metrics[key].append(value)
@@ -229,6 +231,11 @@ class DiffuGRPOTrainer(Trainer):
             "rollout_step": rollout_step,
             "micro": micro,
         }
+        if args.beta == 0:  # rows with advantage 0 cannot move the loss: skip their log-probs
+            full = mask.sum().item() if args.loss_normalization == "token" else len(mask)
+            keep = learning_rows(batch["advantages"])
+            batch = {k: v[keep] if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch["normalizer"] = float(full)
         iterations = range(args.num_iterations)
         if args.num_iterations > 1:
             batch["old_logps"] = torch.stack([self._logps(unwrapped, batch, i) for i in iterations])
@@ -313,6 +320,7 @@ class DiffuGRPOTrainer(Trainer):
             self.args.epsilon,
             self.args.beta,
             self.args.loss_normalization,
+            inputs.get("normalizer"),
         )
         for key, value in stats.items():
             self._metrics[key].append(self.accelerator.gather(value.detach()).mean().item())

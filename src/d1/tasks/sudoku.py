@@ -1,4 +1,4 @@
-"""4x4 Sudoku: d1's prompt, cell-accuracy parsing and the RL reward."""
+"""4x4 Sudoku: d1's prompt, cell-accuracy parsing and the RL rewards."""
 
 from __future__ import annotations
 
@@ -98,6 +98,16 @@ def sudoku_reward_func(
     return [sudoku_reward(text, kwargs["puzzle"][i], kwargs["solution"][i]) for i, text in enumerate(texts)]
 
 
+def sudoku_solved_reward_func(
+    prompts: list[Any], completions: list[Any], run_name: str | None = None, **kwargs: Any
+) -> list[float]:
+    """1.0 where every empty cell is right (:func:`sudoku_reward` = 1), else 0.0: the puzzle solved.
+
+    Not in d1 (weight 0 by default, so it is only logged). A binary reward gives no credit to partly wrong
+    answers, which d1's cell fraction does (docs/rl-at-tiny-scale.md)."""
+    return [float(r == 1.0) for r in sudoku_reward_func(prompts, completions, run_name, **kwargs)]
+
+
 def _puzzle_rows(path: str | Path | None) -> list[dict[str, str]]:
     if path is None:
         raise ValueError("sudoku: d1's Sudoku data are local CSV files (Puzzle,Solution); pass a path")
@@ -116,8 +126,8 @@ class SudokuTask(Task):
     system_prompt = SYSTEM_PROMPT
     default_subsample = 256
     train_holdout = 500
-    reward_funcs = [sudoku_reward_func]
-    default_reward_weights = [1.0]
+    reward_funcs = [sudoku_reward_func, sudoku_solved_reward_func]
+    default_reward_weights = [1.0, 0.0]
 
     def _test_rows(self, path: str | Path | None) -> list[dict[str, Any]]:
         return [
