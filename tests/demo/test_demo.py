@@ -10,6 +10,7 @@ import pytest
 
 from d1.demo import pipeline
 from d1.demo.pipeline import ROWS, DemoConfig, run_demo
+from d1.demo.report import rl_signal
 
 
 @pytest.mark.slow
@@ -24,6 +25,7 @@ def test_quick_demo_runs_every_stage_and_reports(tmp_path, capsys) -> None:
         "| model |",
         "+SFT",
         "d1 (SFT + diffu-GRPO)",
+        "## The RL signal",
         "## Why this task",
         "## Wall time",
         "## Hyperparameters",
@@ -43,6 +45,19 @@ def test_quick_demo_runs_every_stage_and_reports(tmp_path, capsys) -> None:
     run_demo(config)  # a second run skips every finished stage and says so
     again = capsys.readouterr().out
     assert all(f"{s}: already done" in again for s in stages)
+
+
+def test_rl_signal_reads_the_rl_logs_and_says_when_there_was_nothing_to_learn() -> None:
+    def logs(rewards: list[float]) -> dict:
+        return {"log_history": [{"step": i, "reward": r, "zero_std_ratio": 0.5} for i, r in enumerate(rewards)]}
+
+    done = {"rl_base": logs([0.0] * 6), "d1": logs([0.1, 0.1, 0.1, 0.1, 0.1, 0.6, 0.6, 0.6, 0.6, 0.6])}
+    lines = rl_signal(done)
+    assert "| +diffu-GRPO | 0.000 | 0.000 | 50% |" in lines
+    assert "| d1 (SFT + diffu-GRPO) | 0.100 | 0.600 | 50% |" in lines
+    assert lines[-1].startswith("+diffu-GRPO: no rollout earned any reward")
+    done["rl_base"] = logs([0.0, 0.2])
+    assert not any("no rollout" in line for line in rl_signal(done))
 
 
 def test_unwritable_output_dir_fails_before_training(tmp_path) -> None:

@@ -13,9 +13,10 @@ from d1.demo.pipeline import ROW_NAMES, ROWS, DemoConfig
 TASK_CHOICE = (
     "The task is 4x4 Sudoku with 8 empty cells (as in d1's test set), in d1's `<reasoning>`/`<answer>` format; "
     "`--trace` picks the reasoning written in the SFT data: `none` (the answer alone, the default), `cells` (one "
-    "line `r1c3=2 r2c1=4 ...`) or `steps` (a line per cell). diffu-GRPO's reward is d1's Sudoku reward (the "
-    "fraction of empty cells right) and the table's metric is d1's cell accuracy, with puzzles fully solved "
-    "beside it. Countdown was not chosen because d1's Countdown evaluation parser (last `\\boxed{}`) and its RL "
+    "line `r1c3=2 r2c1=4 ...`) or `steps` (a line per cell). The table's metric is d1's cell accuracy, with "
+    "puzzles fully solved beside it. diffu-GRPO runs with three choices measured in docs/rl-at-tiny-scale.md: "
+    "the coupled log-prob estimate (d1's one-step estimate loses accuracy at this scale), the solved-or-not "
+    "reward instead of d1's fraction of cells, and no negative advantages (they destabilise it). Countdown was not chosen because d1's Countdown evaluation parser (last `\\boxed{}`) and its RL "
     "reward (plain expression in `<answer>`) expect different answer formats. Test puzzles use solution grids "
     "that never appear in any training data, and RL checkpoints are chosen on validation puzzles, not the test."
 )
@@ -44,7 +45,9 @@ def _plots(config: DemoConfig, done: dict[str, Any], folder: Path) -> list[str]:
     for stage in ("rl_base", "d1"):
         left.plot(*_history(done, stage, "reward"), label=ROW_NAMES[stage])
         right.plot(*_history(done, stage, "eval_accuracy"), marker="o", label=ROW_NAMES[stage])
-    left.set(xlabel="step", ylabel="mean reward (fraction of cells right)", title="diffu-GRPO reward")
+    left.set(
+        xlabel="step", ylabel="mean reward", title=f"diffu-GRPO reward ({', '.join(config.reward_funcs)})"
+    )
     right.set(xlabel="step", ylabel="validation cell accuracy %", title="Validation accuracy (not test)")
     left.legend()
     right.legend()
@@ -86,6 +89,31 @@ def accuracy_table(config: DemoConfig, scores: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def rl_signal(done: dict[str, Any]) -> list[str]:
+    """Per RL stage: the rollout reward at the start and the end, and how often a group carried no signal."""
+    lines = [
+        "| RL stage | reward, first 5 logs | reward, last 5 logs | groups with one reward for all |",
+        "|---|---|---|---|",
+    ]
+    notes = []
+    for stage in ("rl_base", "d1"):
+        rewards = _history(done, stage, "reward")[1]
+        zero = _history(done, stage, "zero_std_ratio")[1]
+        if not rewards:
+            continue
+        first, last = rewards[:5], rewards[-5:]
+        lines.append(
+            f"| {ROW_NAMES[stage]} | {sum(first) / len(first):.3f} | {sum(last) / len(last):.3f} | "
+            f"{100 * sum(zero) / max(len(zero), 1):.0f}% |"
+        )
+        if max(rewards) == 0:
+            notes.append(
+                f"{ROW_NAMES[stage]}: no rollout earned any reward, so every advantage was 0 and RL had nothing "
+                "to learn from. RL needs a model that sometimes succeeds, which SFT gives it."
+            )
+    return lines + ["", *notes] if notes else lines
+
+
 def write_report(config: DemoConfig, done: dict[str, Any], total_seconds: float) -> Path:
     """Write report.md, report.json and the PNG plots; print the table and the report's path."""
     from d1.utils import say
@@ -110,6 +138,10 @@ def write_report(config: DemoConfig, done: dict[str, Any], total_seconds: float)
         "solved % = puzzles fully right. RL rows use the checkpoint with the best *validation* accuracy.",
         "",
         table,
+        "",
+        "## The RL signal",
+        "",
+        *rl_signal(done),
         "",
         "## Why this task",
         "",
