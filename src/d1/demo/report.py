@@ -11,14 +11,16 @@ from typing import Any
 from d1.demo.pipeline import ROW_NAMES, ROWS, DemoConfig
 
 TASK_CHOICE = (
-    "The task is 4x4 Sudoku with 8 empty cells (as in d1's test set), in d1's `<reasoning>`/`<answer>` format; "
-    "`--trace` picks the reasoning written in the SFT data: `none` (the answer alone, the default), `cells` (one "
-    "line `r1c3=2 r2c1=4 ...`) or `steps` (a line per cell). The table's metric is d1's cell accuracy, with "
-    "puzzles fully solved beside it. diffu-GRPO runs with three choices measured in docs/rl-at-tiny-scale.md: "
-    "the coupled log-prob estimate (d1's one-step estimate loses accuracy at this scale), the solved-or-not "
-    "reward instead of d1's fraction of cells, and no negative advantages (they destabilise it). Countdown was not chosen because d1's Countdown evaluation parser (last `\\boxed{}`) and its RL "
-    "reward (plain expression in `<answer>`) expect different answer formats. Test puzzles use solution grids "
-    "that never appear in any training data, and RL checkpoints are chosen on validation puzzles, not the test."
+    "The task is 4x4 Sudoku with 8 empty cells (as in d1's test set), in d1's `<reasoning>`/`<answer>` "
+    "format; `--trace` picks the reasoning written in the SFT data: `none` (the answer alone, the "
+    "default), `cells` (one line `r1c3=2 r2c1=4 ...`) or `steps` (a line per cell). The table's metric is"
+    " d1's cell accuracy, with puzzles fully solved beside it. diffu-GRPO runs with three choices "
+    "measured in docs/rl-at-tiny-scale.md: the coupled log-prob estimate (d1's one-step estimate loses "
+    "accuracy at this scale), the solved-or-not reward instead of d1's fraction of cells, and no negative"
+    " advantages (they destabilise it). Countdown was not chosen because d1's Countdown evaluation parser"
+    " (last `\\boxed{}`) and its RL reward (plain expression in `<answer>`) expect different answer "
+    "formats. Test puzzles use solution grids that never appear in any training data, and RL checkpoints "
+    "are chosen on validation puzzles, not the test."
 )
 
 
