@@ -49,7 +49,9 @@ def test_quick_demo_runs_every_stage_and_reports(tmp_path, capsys) -> None:
 
 def test_rl_signal_reads_the_rl_logs_and_says_when_there_was_nothing_to_learn() -> None:
     def logs(rewards: list[float]) -> dict:
-        return {"log_history": [{"step": i, "reward": r, "zero_std_ratio": 0.5} for i, r in enumerate(rewards)]}
+        return {
+            "log_history": [{"step": i, "reward": r, "zero_std_ratio": 0.5} for i, r in enumerate(rewards)]
+        }
 
     done = {"rl_base": logs([0.0] * 6), "d1": logs([0.1, 0.1, 0.1, 0.1, 0.1, 0.6, 0.6, 0.6, 0.6, 0.6])}
     lines = rl_signal(done)
@@ -58,6 +60,22 @@ def test_rl_signal_reads_the_rl_logs_and_says_when_there_was_nothing_to_learn() 
     assert lines[-1].startswith("+diffu-GRPO: no rollout earned any reward")
     done["rl_base"] = logs([0.0, 0.2])
     assert not any("no rollout" in line for line in rl_signal(done))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("logp_estimator", "exact", "logp_estimator='exact' is unknown"),
+        ("negative_advantage_scale", 2.0, r"negative_advantage_scale=2.0 is outside \[0, 1\]"),
+        ("reward_funcs", ["solved"], r"reward_funcs \['solved'\] are not rewards of task 'sudoku'"),
+    ],
+)
+def test_bad_rl_settings_fail_before_any_stage(tmp_path, field, value, message) -> None:
+    config = DemoConfig(quick=True, output_dir=str(tmp_path / "demo"))
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=message):
+        run_demo(config)
+    assert not list((tmp_path / "demo" / "stages").iterdir())
 
 
 def test_unwritable_output_dir_fails_before_training(tmp_path) -> None:

@@ -157,10 +157,10 @@ def _sft(config: DemoConfig, model: Path, data: Path, job: str, steps: int, pres
     return {"model": str(_models(config) / job), "log_history": trainer.state.log_history}
 
 
-def _grpo(config: DemoConfig, data: DemoData, start: Path, job: str) -> dict[str, Any]:
+def _grpo_config(config: DemoConfig, data: DemoData, start: Path, job: str) -> Any:
+    """The `DiffuGRPOConfig` of an RL stage: the demo's knobs as `d1 grpo` flags."""
     from d1.cli.args import parse_config
     from d1.rl.config import DiffuGRPOConfig
-    from d1.rl.run import run_grpo
 
     batch = config.rl_prompts_per_step * config.num_generations
     out = _models(config) / job
@@ -225,7 +225,25 @@ def _grpo(config: DemoConfig, data: DemoData, start: Path, job: str) -> dict[str
         "constant",
         *_common_train_args(config),
     ]
-    trainer = run_grpo(parse_config(DiffuGRPOConfig, argv))
+    return parse_config(DiffuGRPOConfig, argv)
+
+
+def check_grpo_settings(config: DemoConfig, data: DemoData) -> None:
+    """`d1 grpo`'s own checks of the RL stages' settings (estimator, sampler, rewards, batch...), run before
+    any stage so that a bad value fails in seconds, not after pre-training and SFT."""
+    from d1.rl.run import resolve_rewards
+    from d1.tasks import get_task
+
+    grpo = _grpo_config(config, data, _models(config) / "sft", "d1")
+    grpo.validate(world_size=1)
+    resolve_rewards(get_task(grpo.dataset), grpo.reward_funcs, grpo.reward_weights)
+
+
+def _grpo(config: DemoConfig, data: DemoData, start: Path, job: str) -> dict[str, Any]:
+    from d1.rl.run import run_grpo
+
+    out = _models(config) / job
+    trainer = run_grpo(_grpo_config(config, data, start, job))
     best_file = out / "best_checkpoint.json"
     best = json.loads(best_file.read_text()) if best_file.exists() else None
     model = best["checkpoint"] if best and Path(best["checkpoint"]).is_dir() else str(out)
@@ -352,6 +370,7 @@ def run_demo(config: DemoConfig) -> Path:
         _chat_renderer(),
         config.trace,
     )
+    check_grpo_settings(config, data)
     done: dict[str, dict[str, Any]] = {}
     stages = _stages()
     stages.append(
