@@ -3,14 +3,17 @@ and bad output folders fail before any training."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import namedtuple
 
 import pytest
 
 from d1.demo import pipeline
+from d1.demo.data import make_demo_data
 from d1.demo.pipeline import ROWS, DemoConfig, run_demo
 from d1.demo.report import rl_signal
+from d1.tasks.synthetic import make_sudoku_split
 
 
 @pytest.mark.slow
@@ -92,6 +95,22 @@ def test_full_disk_fails_before_training(tmp_path, monkeypatch) -> None:
     with pytest.raises(OSError, match="MiB free"):
         run_demo(DemoConfig(quick=True, output_dir=str(tmp_path / "demo")))
     assert not (tmp_path / "demo").exists()
+
+
+def test_rl_puzzles_are_easier_and_the_rest_keep_d1s_blanks(tmp_path) -> None:
+    data = make_demo_data(tmp_path, 0, 20, 40, 10, 10, lambda q, a: q + a, "none", (2, 6))
+
+    def blanks(path) -> list[int]:
+        return [row["Puzzle"].count("0") for row in csv.DictReader(path.open())]
+
+    assert len(blanks(data.rl)) == 40 and set(blanks(data.rl)) <= {2, 3, 4, 5, 6}
+    assert set(blanks(data.validation)) == set(blanks(data.test)) == {8}
+    # d1's own 8 blanks keep the split's puzzles: the RL set of the demo before its curriculum
+    eight = make_demo_data(tmp_path / "eight", 0, 20, 40, 10, 10, lambda q, a: q + a, "none", (8, 8))
+    split = [item["puzzle"] for item in make_sudoku_split(70, 0, "train")[20:60]]
+    assert [row["Puzzle"] for row in csv.DictReader(eight.rl.open())] == split
+    with pytest.raises(ValueError, match=r"rl_empty_cells=\[7, 3\]"):
+        DemoConfig(output_dir=str(tmp_path / "demo"), rl_empty_cells=[7, 3])
 
 
 def test_unknown_lr_scheduler_is_named_before_anything_runs(tmp_path) -> None:

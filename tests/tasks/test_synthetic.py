@@ -17,6 +17,7 @@ from d1.tasks.synthetic import (
     make_countdown_problems,
     make_dataset,
     make_sudoku_splits,
+    reblank_sudoku,
     solve_countdown,
     sudoku_solutions,
 )
@@ -66,6 +67,34 @@ def test_sudoku_files_from_separate_calls_are_disjoint(tmp_path: Path) -> None:
     test_items = sudoku.load_test(test_path)
     assert len(test_items) == 40
     assert not train_solutions & {item["ground_truth"] for item in test_items}
+
+
+def test_reblanked_puzzles_keep_their_grids_and_draw_blanks_from_the_range() -> None:
+    train, _ = make_sudoku_splits(200, 1, seed=2)
+    easier = reblank_sudoku(train, [2, 6], seed=2)
+    assert [i["solution"] for i in easier] == [i["solution"] for i in train]
+    blanks = [item["puzzle"].count("0") for item in easier]
+    assert set(blanks) == {2, 3, 4, 5, 6}  # 200 draws from 5 values: every one appears
+    for item in easier:
+        assert sudoku_solutions(item["puzzle"], limit=2) == [item["solution"]]
+        assert all(p in ("0", s) for p, s in zip(item["puzzle"], item["solution"], strict=True))
+    assert reblank_sudoku(train, [2, 6], seed=2) == easier
+    assert reblank_sudoku(train, [2, 6], seed=3) != easier
+    assert {i["puzzle"].count("0") for i in reblank_sudoku(train[:20], [8, 8], seed=2)} == {8}
+
+
+@pytest.mark.parametrize("bad", [[0, 4], [6, 2], [2, 13], [4]])
+def test_bad_blank_ranges_name_the_field_and_the_fix(bad: list[int]) -> None:
+    with pytest.raises(ValueError, match=r"empty_cells=\[.*fewest and most"):
+        reblank_sudoku([], bad, seed=0)
+
+
+def test_make_dataset_with_fewer_blanks(tmp_path: Path) -> None:
+    path = make_dataset("sudoku", 30, 1, tmp_path / "rl.csv", split="train", empty_cells=[3, 3])
+    rows = get_task("sudoku").load_train(path)
+    assert len(rows) == 30 and all(row["puzzle"].count("0") == 3 for row in rows)
+    with pytest.raises(ValueError, match="empty_cells=\\[3, 3\\] is a Sudoku option"):
+        make_dataset("countdown", 3, 0, tmp_path / "c.jsonl", empty_cells=[3, 3])
 
 
 def test_countdown_problems_are_solvable_and_deterministic() -> None:

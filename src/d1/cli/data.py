@@ -1,5 +1,5 @@
-"""`d1 data make sudoku|countdown --n N --seed S --output FILE [--split test|train]`: synthetic data in
-d1's file formats (Sudoku CSV `Puzzle,Solution`, Countdown JSONL `{"input", "output"}`)."""
+"""`d1 data make sudoku|countdown --n N --seed S --output FILE [--split test|train] [--empty_cells LO HI]`:
+synthetic data in d1's file formats (Sudoku CSV `Puzzle,Solution`, Countdown JSONL `{"input", "output"}`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,16 @@ def main(argv: list[str]) -> int:
         "--output", required=True, help="File to write (.csv for sudoku, .jsonl for countdown)."
     )
     make.add_argument("--split", choices=["test", "train"], default="test")
+    make.add_argument(
+        "--empty_cells",
+        type=int,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="Sudoku only: blanks per puzzle drawn from LO..HI (default: d1's 8), e.g. easier RL puzzles.",
+    )
     args = parser.parse_args(argv)
-    path = make_dataset(args.task, args.n, args.seed, args.output, split=args.split)
+    path = make_dataset(
+        args.task, args.n, args.seed, args.output, split=args.split, empty_cells=args.empty_cells
+    )
     print(f"wrote {args.n} {args.split} {args.task} items to {path}")
     return 0

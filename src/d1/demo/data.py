@@ -1,5 +1,6 @@
 """The demo's data, all synthetic and deterministic by seed: generic pre-training text, Sudoku SFT traces, an RL
-set, a validation set and a test set whose solution grids never appear in any training data."""
+set of easier puzzles (fewer blanks), a validation set and a test set whose solution grids never appear in any
+training data."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from d1.tasks.synthetic import (
+    SUDOKU_EMPTY_CELLS,
     all_sudoku_grids,
     format_sft_example,
     make_sudoku_split,
+    reblank_sudoku,
     write_sudoku_csv,
 )
 
@@ -23,7 +26,7 @@ class DemoData:
 
     pretrain: Path  # jsonl {"text"}: masked-diffusion pre-training (the "base" model)
     sft: Path  # jsonl {"prompt", "completion"}: d1-format reasoning traces
-    rl: Path  # csv Puzzle,Solution: diffu-GRPO prompts
+    rl: Path  # csv Puzzle,Solution: diffu-GRPO prompts, `rl_empty_cells` blanks each
     validation: Path  # csv: checkpoint selection during RL (never the test set)
     test: Path  # csv: the table's numbers
 
@@ -63,10 +66,19 @@ def _pretraining_text(
 
 
 def make_demo_data(
-    folder: Path, seed: int, n_sft: int, n_rl: int, n_validation: int, n_test: int, chat: Chat, trace: str
+    folder: Path,
+    seed: int,
+    n_sft: int,
+    n_rl: int,
+    n_validation: int,
+    n_test: int,
+    chat: Chat,
+    trace: str,
+    rl_empty_cells: tuple[int, int],
 ) -> DemoData:
     """Write every file once (idempotent for a seed). Train-side puzzles come from the train grids; the test
-    puzzles from the held-out grids."""
+    puzzles from the held-out grids. SFT, validation and test puzzles have d1's 8 blanks; the RL puzzles are
+    re-blanked with `rl_empty_cells` blanks (a curriculum: docs/rl-at-tiny-scale.md)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = DemoData(
         *(folder / name for name in ("pretrain.jsonl", "sft.jsonl", "rl.csv", "validation.csv", "test.csv"))
@@ -87,6 +99,8 @@ def make_demo_data(
     with paths.sft.open("w") as f:
         for item in sft:
             f.write(json.dumps(format_sft_example(item, trace)) + "\n")
+    if tuple(rl_empty_cells) != (SUDOKU_EMPTY_CELLS, SUDOKU_EMPTY_CELLS):  # else keep the split's own puzzles
+        rl = reblank_sudoku(rl, rl_empty_cells, seed)
     write_sudoku_csv(rl, paths.rl)
     write_sudoku_csv(validation, paths.validation)
     write_sudoku_csv(test, paths.test)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from d1.demo.data import DemoData, make_demo_data
+from d1.tasks.synthetic import check_empty_cells
 from d1.utils import check_writable, say
 
 ROWS = ("base", "sft", "rl_base", "d1")
@@ -44,16 +45,21 @@ class DemoConfig:
     n_test: int = 200
     pretrain_steps: int = 300
     sft_steps: int = 250
-    rl_steps: int = 160
+    rl_steps: int = 160  # 40 rollouts x num_iterations
     batch_size: int = 64
     learning_rate: float = 1e-3
     # no decay: a checkpoint whose learning rate was annealed to 0 loses accuracy under any small-batch update
     # at RL's learning rate, ground-truth SFT included (docs/rl-at-tiny-scale.md)
     lr_scheduler_type: str = "constant_with_warmup"
-    rl_learning_rate: float = 1e-4
+    # twice the tiny recipe's 1e-4: the easier RL puzzles below reward more rollouts, and 2e-4 stayed stable
+    # on them (docs/rl-at-tiny-scale.md, section 5)
+    rl_learning_rate: float = 2e-4
     num_generations: int = 8
     rl_prompts_per_step: int = 16
     num_iterations: int = 4
+    # [fewest, most] blanks of the RL puzzles (validation and test keep d1's 8): an SFT model that solves 4% of
+    # 8-blank puzzles is rewarded too rarely to learn in 40 rollouts (docs/rl-at-tiny-scale.md, section 5)
+    rl_empty_cells: list[int] = field(default_factory=lambda: [2, 6])
     rl_gen_length: int = 28
     rl_diffusion_steps: int = 14
     temperature: float = 1.0
@@ -75,6 +81,7 @@ class DemoConfig:
             self.n_sft, self.n_rl, self.n_validation, self.n_test = 200, 200, 16, 48
             self.pretrain_steps, self.sft_steps, self.rl_steps = 40, 30, 8
             self.preset = "tiny"
+        check_empty_cells(self.rl_empty_cells, "rl_empty_cells")
         from transformers import SchedulerType
 
         schedulers = [kind.value for kind in SchedulerType]
@@ -369,6 +376,7 @@ def run_demo(config: DemoConfig) -> Path:
         config.n_test,
         _chat_renderer(),
         config.trace,
+        check_empty_cells(config.rl_empty_cells, "rl_empty_cells"),
     )
     check_grpo_settings(config, data)
     done: dict[str, dict[str, Any]] = {}

@@ -10,18 +10,24 @@ from typing import Any
 
 from d1.demo.pipeline import ROW_NAMES, ROWS, DemoConfig
 
-TASK_CHOICE = (
-    "The task is 4x4 Sudoku with 8 empty cells (as in d1's test set), in d1's `<reasoning>`/`<answer>` "
-    "format; `--trace` picks the reasoning written in the SFT data: `none` (the answer alone, the "
-    "default), `cells` (one line `r1c3=2 r2c1=4 ...`) or `steps` (a line per cell). The table's metric is"
-    " d1's cell accuracy, with puzzles fully solved beside it. diffu-GRPO runs with three choices "
-    "measured in docs/rl-at-tiny-scale.md: the coupled log-prob estimate (d1's one-step estimate loses "
-    "accuracy at this scale), the solved-or-not reward instead of d1's fraction of cells, and no negative"
-    " advantages (they destabilise it). Countdown was not chosen because d1's Countdown evaluation parser"
-    " (last `\\boxed{}`) and its RL reward (plain expression in `<answer>`) expect different answer "
-    "formats. Test puzzles use solution grids that never appear in any training data, and RL checkpoints "
-    "are chosen on validation puzzles, not the test."
-)
+
+def task_choice(config: DemoConfig) -> str:
+    """The report's "Why this task" paragraph, with this run's settings."""
+    low, high = config.rl_empty_cells
+    return (
+        "The task is 4x4 Sudoku with 8 empty cells (as in d1's test set), in d1's `<reasoning>`/`<answer>` "
+        "format; `--trace` picks the reasoning written in the SFT data: `none` (the answer alone, the "
+        "default), `cells` (one line `r1c3=2 r2c1=4 ...`) or `steps` (a line per cell). The table's metric is"
+        " d1's cell accuracy, with puzzles fully solved beside it. diffu-GRPO runs with four choices "
+        "measured in docs/rl-at-tiny-scale.md: the coupled log-prob estimate (d1's one-step estimate loses "
+        "accuracy at this scale), the solved-or-not reward instead of d1's fraction of cells, no negative"
+        f" advantages (they destabilise it), and easier RL puzzles with {low}-{high} empty cells "
+        "(`--rl_empty_cells`; an SFT model that solves 4% of 8-blank puzzles is rewarded too rarely to learn)."
+        " Countdown was not chosen because d1's Countdown evaluation parser"
+        " (last `\\boxed{}`) and its RL reward (plain expression in `<answer>`) expect different answer "
+        "formats. Test puzzles use solution grids that never appear in any training data, and RL checkpoints "
+        "are chosen on validation puzzles (8 empty cells), not the test."
+    )
 
 
 def _history(done: dict[str, Any], stage: str, key: str) -> tuple[list[int], list[float]]:
@@ -147,7 +153,7 @@ def write_report(config: DemoConfig, done: dict[str, Any], total_seconds: float)
         "",
         "## Why this task",
         "",
-        TASK_CHOICE,
+        task_choice(config),
         "",
         "## Wall time (seconds)",
         "",

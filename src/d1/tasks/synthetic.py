@@ -6,7 +6,7 @@ import csv
 import json
 import operator
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from functools import cache
 from itertools import combinations
@@ -17,6 +17,7 @@ from d1.tasks.countdown import countdown_question
 from d1.tasks.sudoku import sudoku_question
 
 SUDOKU_EMPTY_CELLS = 8  # every puzzle in d1's 4x4_test_sudoku.csv has 8 empty cells
+SUDOKU_MAX_EMPTY_CELLS = 12  # a 4x4 Sudoku needs at least 4 givens to have a unique solution
 TEST_GRID_COUNT = 58  # about 20% of the 288 solution grids are reserved for test puzzles
 COUNTDOWN_RANGE = (1, 100)  # numbers and targets of d1's countdown_cd3_test.jsonl lie in 1..100
 
@@ -113,6 +114,32 @@ def make_sudoku_split(n: int, seed: int, split: str) -> list[dict[str, str]]:
     train_grids, test_grids = _grid_partition(seed)
     grids = train_grids if split == "train" else test_grids
     return _sudoku_items(grids, n, random.Random(f"{seed}-sudoku-{split}"))
+
+
+def check_empty_cells(value: Sequence[int], name: str = "empty_cells") -> tuple[int, int]:
+    """``value`` as a ``(fewest, most)`` range of blanks per puzzle; a clear error naming ``name`` otherwise."""
+    if len(value) != 2 or not 1 <= value[0] <= value[1] <= SUDOKU_MAX_EMPTY_CELLS:
+        raise ValueError(
+            f"{name}={list(value)} is not a range of blanks per 4x4 puzzle; give two numbers, fewest and most, "
+            f"with 1 <= fewest <= most <= {SUDOKU_MAX_EMPTY_CELLS} (d1's test puzzles have {SUDOKU_EMPTY_CELLS})."
+        )
+    return value[0], value[1]
+
+
+def reblank_sudoku(
+    items: list[dict[str, str]], empty_cells: Sequence[int], seed: int
+) -> list[dict[str, str]]:
+    """New puzzles on the same solution grids, each with a number of blanks drawn from ``empty_cells``
+    (inclusive): an RL curriculum whose easier puzzles a weak model solves often enough to be rewarded."""
+    low, high = check_empty_cells(empty_cells)
+    rng = random.Random(f"{seed}-sudoku-reblank")
+    return [
+        {
+            "puzzle": make_sudoku_puzzle(item["solution"], rng, rng.randint(low, high)),
+            "solution": item["solution"],
+        }
+        for item in items
+    ]
 
 
 def make_sudoku_splits(
@@ -236,14 +263,29 @@ def write_countdown_jsonl(items: list[dict[str, Any]], path: str | Path) -> Path
     return path
 
 
-def make_dataset(task_name: str, n: int, seed: int, output_path: str | Path, split: str = "test") -> Path:
-    """Generate ``n`` items of ``sudoku`` or ``countdown`` for ``split`` and write them in d1's format."""
+def make_dataset(
+    task_name: str,
+    n: int,
+    seed: int,
+    output_path: str | Path,
+    split: str = "test",
+    empty_cells: Sequence[int] | None = None,
+) -> Path:
+    """Generate ``n`` items of ``sudoku`` or ``countdown`` for ``split`` and write them in d1's format.
+    ``empty_cells`` (Sudoku only): blanks per puzzle drawn from this inclusive range instead of d1's 8."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     if n < 1:
         raise ValueError(f"n must be positive, not {n}")
+    if empty_cells is not None and task_name != "sudoku":
+        raise ValueError(
+            f"empty_cells={list(empty_cells)} is a Sudoku option; drop it for task {task_name!r}."
+        )
     if task_name == "sudoku":
-        return write_sudoku_csv(make_sudoku_split(n, seed, split), output_path)
+        items = make_sudoku_split(n, seed, split)
+        if empty_cells is not None:
+            items = reblank_sudoku(items, empty_cells, seed)
+        return write_sudoku_csv(items, output_path)
     if task_name == "countdown":
         return write_countdown_jsonl(make_countdown_problems(n, seed, split=split), output_path)
     raise ValueError(f"no synthetic generator for task {task_name!r}; choose 'sudoku' or 'countdown'")
