@@ -325,7 +325,7 @@ def _stages() -> list[Stage]:
         Stage(
             "d1",
             "diffu-GRPO from the SFT model -> d1",
-            lambda c: 1.0 * c.rl_steps,
+            lambda c: 1.45 * c.rl_steps,
             lambda c, d: _grpo(c, d, _models(c) / "sft", "d1"),
         ),
     ]
