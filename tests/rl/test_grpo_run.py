@@ -111,7 +111,7 @@ def test_grpo_trains_and_logs_every_metric(tiny_model_dir, tmp_path) -> None:
     assert all(key in rollout_logs[0] for key in METRICS), sorted(rollout_logs[0])
     assert all("kl" in h and "clip_ratio" in h for h in logs if "loss" in h)
     evals = [h for h in logs if "eval_accuracy" in h]
-    assert [h["step"] for h in evals][:3] == [0, 2, 4]  # the starting model is scored too
+    assert [h["step"] for h in evals] == [0, 2, 4]  # the starting model too; the last step once
     best = json.loads((tmp_path / "best_checkpoint.json").read_text())
     assert best["step"] in (0, 2, 4)
     assert Path(best["checkpoint"]).is_dir()  # checkpoint-N, or the starting model when nothing beat it

@@ -382,6 +382,9 @@ class DiffuGRPOTrainer(Trainer):
                 Path(args.output_dir).mkdir(parents=True, exist_ok=True)
                 (Path(args.output_dir) / BEST_FILE).write_text(json.dumps(self._best, indent=2))
         self.log(metrics)
+        # as Trainer.evaluate does: callbacks see the metrics and the pending evaluation is cleared (else the
+        # Trainer's end-of-training check evaluates the last step a second time)
+        self.control = self.callback_handler.on_evaluate(args, self.state, self.control, metrics)
         return metrics
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
