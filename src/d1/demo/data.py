@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +74,7 @@ def make_demo_data(
     n_test: int,
     chat: Chat,
     trace: str,
-    rl_empty_cells: tuple[int, int],
+    rl_empty_cells: Sequence[int],
 ) -> DemoData:
     """Write every file once (idempotent for a seed). Train-side puzzles come from the train grids; the test
     puzzles from the held-out grids. SFT, validation and test puzzles have d1's 8 blanks; the RL puzzles are

@@ -376,7 +376,7 @@ def run_demo(config: DemoConfig) -> Path:
         config.n_test,
         _chat_renderer(),
         config.trace,
-        check_empty_cells(config.rl_empty_cells, "rl_empty_cells"),
+        config.rl_empty_cells,
     )
     check_grpo_settings(config, data)
     done: dict[str, dict[str, Any]] = {}
