@@ -92,7 +92,8 @@ def test_rewards_hand_worked() -> None:
     ]
     answers = ["18"] * 4
     assert xmlcount_reward_func(completions) == pytest.approx([0.5, 0.435, 0.0, 0.0])
-    assert soft_format_reward_func(completions) == [0.5, 0.5, 0.0, 0.0]
+    # d1's soft pattern has no re.DOTALL: "<reasoning>.*?</reasoning>" must close on the first line.
+    assert soft_format_reward_func(completions) == [0.0, 0.0, 0.0, 0.0]
     assert strict_format_reward_func(completions) == [0.5, 0.0, 0.0, 0.0]
     assert int_reward_func(completions) == [0.5, 0.0, 0.0, 0.5]
     assert correctness_reward_func([[{"content": "q"}]] * 4, completions, answer=answers) == [
@@ -101,6 +102,25 @@ def test_rewards_hand_worked() -> None:
         0.0,
         2.0,
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "soft", "strict"),
+    [
+        ("<reasoning>Step.</reasoning>\n<answer>18</answer>", 0.5, 0.0),
+        ("<reasoning>Step.</reasoning> \n\t<answer>18</answer> tail\nmore", 0.5, 0.0),  # \s* spans lines
+        ("<reasoning>a</reasoning><answer>b</reasoning><answer>18</answer>", 0.5, 0.0),  # second candidate
+        ("<reasoning>Step.</reasoning>\n<answer>\n18</answer>", 0.0, 0.0),  # answer spans a newline
+        ("<reasoning>One.\nTwo.</reasoning><answer>18</answer>", 0.0, 0.0),  # reasoning spans a newline
+        ("x<reasoning>Step.</reasoning><answer>18</answer>", 0.0, 0.0),  # re.match: must start the text
+        ("<reasoning>\nOne.\nTwo.\n</reasoning>\n<answer>\n18\n</answer>\n", 0.0, 0.0),  # multi-line: 0 + 0
+        ("<reasoning>\nOne.\n</reasoning>\n<answer>\n18\n</answer>\n\n", 0.0, 0.5),  # "$" before a final \n
+        ("<reasoning>\nOne.\n</reasoning>\n<answer>\n18\n</answer>\nx", 0.0, 0.0),
+    ],
+)
+def test_format_rewards_are_d1s_without_dotall(text: str, soft: float, strict: float) -> None:
+    assert soft_format_reward_func([text]) == [soft]
+    assert strict_format_reward_func([text]) == [strict]
 
 
 def test_rewards_accept_plain_strings() -> None:

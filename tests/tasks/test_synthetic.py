@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,9 @@ def test_sft_examples_grade_as_correct() -> None:
         parsed = get_task("sudoku").parse(example["completion"], item["solution"], example["prompt"])
         assert parsed.correct
         assert sudoku_reward(example["completion"], item["puzzle"], item["solution"]) == 1.0
-        assert soft_format_reward_func([example["completion"]]) == [0.5]
+        # d1's layout; multi-line reasoning, so d1's format rewards (no re.DOTALL) give it 0 + 0
+        assert re.fullmatch(r"<reasoning>\n.+\n</reasoning>\n<answer>\n\d{16}\n</answer>", example["completion"], re.S)
+        assert soft_format_reward_func([example["completion"]]) == [0.0]
     for problem in make_countdown_problems(5, seed=0):
         example = format_sft_example(problem)
         assert example["prompt"] == f"Numbers: {problem['numbers']}\nTarget: {problem['target']}"

@@ -15,6 +15,7 @@ import ast
 import operator
 import re
 from collections.abc import Callable, Sequence
+from itertools import islice
 
 MAX_EXPRESSION_CHARS = 10_000
 MAX_NODES = 10_000
@@ -110,18 +111,24 @@ def evaluate_expression(expression: str) -> Number | None:
     return values[0]
 
 
-def numbers_in_expression(expression: str) -> list[int] | None:
-    """All integer runs in the text, as d1's ``validate_equation`` reads them (``None`` if unreadable)."""
+def numbers_in_expression(expression: str, limit: int | None = None) -> list[int] | None:
+    """The integer runs in the text (the first ``limit``), as d1's ``validate_equation`` reads them.
+
+    ``None`` if a run is unreadable (too long for ``int``: d1's bare ``except`` returns False).
+    """
     try:
-        return [int(run) for run in _INTEGER_RUN.findall(expression)]
-    except ValueError:  # a run too long for int(): d1's bare except returns False
+        return [int(run.group()) for run in islice(_INTEGER_RUN.finditer(expression), limit)]
+    except ValueError:
         return None
 
 
 def uses_numbers_exactly(expression: str, numbers: Sequence[int]) -> bool:
-    """d1's check that the expression uses each given number exactly once (sorted lists equal)."""
-    found = numbers_in_expression(expression)
-    if found is None:
+    """d1's check that the expression uses each given number exactly once (sorted lists equal).
+
+    Reading stops after one run more than ``numbers`` has: the lists differ then, however long the text.
+    """
+    found = numbers_in_expression(expression, len(numbers) + 1)
+    if found is None or len(found) != len(numbers):
         return False
     try:
         return sorted(found) == sorted(numbers)

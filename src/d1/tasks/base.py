@@ -86,6 +86,32 @@ def completion_texts(completions: Sequence[Any]) -> list[str]:
     return texts
 
 
+def first_tag_content(text: str, open_tag: str, close_tags: Sequence[str]) -> str | None:
+    """``re.search(open + "(.*?)(?:" + "|".join(closes) + ")", text, re.DOTALL).group(1)`` in one pass.
+
+    The regex retries every later ``open_tag`` when no close tag follows, which is quadratic on repeated
+    unclosed tags; the first ``open_tag`` is the only candidate (a later one cannot see more close tags).
+    """
+    start = text.find(open_tag)
+    if start < 0:
+        return None
+    body = start + len(open_tag)
+    ends = [end for end in (text.find(close, body) for close in close_tags) if end >= 0]
+    return text[body : min(ends)] if ends else None
+
+
+def last_tag_content(text: str, open_tag: str, close_tag: str) -> str | None:
+    """``re.findall(open + "(.*?)" + close, text, re.DOTALL)[-1]`` (``None`` if no match) in one pass."""
+    last, pos = None, 0
+    while (start := text.find(open_tag, pos)) >= 0:
+        body = start + len(open_tag)
+        end = text.find(close_tag, body)
+        if end < 0:
+            break
+        last, pos = text[body:end], end + len(close_tag)
+    return last
+
+
 def subsample_indices(n_rows: int, subsample: int, seed: int) -> list[int]:
     """d1's eval subsample: ``np.random.choice(n, k, replace=False)`` right after ``np.random.seed(seed)``."""
     if subsample == -1:

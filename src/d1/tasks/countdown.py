@@ -13,6 +13,8 @@ from d1.tasks.base import (
     ParsedAnswer,
     Task,
     completion_texts,
+    first_tag_content,
+    last_tag_content,
     load_hub_split,
     read_records,
 )
@@ -32,8 +34,10 @@ SYSTEM_PROMPT = (
 
 TRAIN_HUB_NAME = "Jiayi-Pan/Countdown-Tasks-3to4"
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_EQUATION_WITH_RESULT = re.compile(r"([0-9+\-*/() ]+)=[0-9. ]+")
+# d1 drops an "= result" tail with re.search(r"([0-9+\-*/() ]+)=[0-9. ]+"): the first run of expression
+# characters followed by "=" and a digit, dot or space. Matching runs once each keeps that linear.
+_EXPRESSION_RUN = re.compile(r"[0-9+\-*/() ]+")
+_RESULT_START = frozenset("0123456789. ")
 _QUESTION_NUMBERS = re.compile(r"Numbers: \[([\d, ]+)\]", re.IGNORECASE)
 _QUESTION_TARGET = re.compile(r"Target: (\d+)", re.IGNORECASE)
 
@@ -64,11 +68,19 @@ def extract_countdown_equation(text: str) -> str:
     try:
         equation = remove_boxed(boxed)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        match = _ANSWER_TAG.search(text)
-        equation = match.group(1).strip() if match else text
+        answer = first_tag_content(text, "<answer>", ["</answer>"])
+        equation = answer.strip() if answer is not None else text
     equation = equation.replace(r"\div", "/").replace(r"\times", "*").replace(r"\cdot", "*")
-    match = _EQUATION_WITH_RESULT.search(equation)
-    return match.group(1).strip() if match else equation
+    return drop_result_tail(equation)
+
+
+def drop_result_tail(equation: str) -> str:
+    """d1's ``= result`` removal: the first expression run followed by ``=`` and a digit, dot or space."""
+    for run in _EXPRESSION_RUN.finditer(equation):
+        end = run.end()
+        if equation[end : end + 1] == "=" and equation[end + 1 : end + 2] in _RESULT_START:
+            return run.group().strip()
+    return equation
 
 
 def _numbers_and_target(ground_truth: Any, question: str) -> tuple[list[int], int | None]:
@@ -80,15 +92,34 @@ def _numbers_and_target(ground_truth: Any, question: str) -> tuple[list[int], in
     return numbers, int(target_match.group(1)) if target_match else None
 
 
-def compute_score(text: str, numbers: list[int], target: int | float) -> float:
-    """d1's RL score: 1.0 correct, 0.1 for an ``<answer>`` that is wrong or invalid, 0.0 without one."""
-    matches = _ANSWER_TAG.findall(text)
-    if not matches:
+def _score_equation(equation: str | None, numbers: list[int], target: int | float) -> float:
+    """d1's RL score of an extracted equation: 1.0 correct, 0.1 wrong or invalid, 0.0 for none."""
+    if equation is None:
         return 0.0
-    equation = matches[-1].strip()
     if not uses_numbers_exactly(equation, numbers):
         return FORMAT_SCORE
     return CORRECT_SCORE if hits_target(evaluate_expression(equation), target) else FORMAT_SCORE
+
+
+def compute_score(text: str, numbers: list[int], target: int | float) -> float:
+    """d1's RL score: 1.0 correct, 0.1 for an ``<answer>`` that is wrong or invalid, 0.0 without one.
+
+    The last ``<answer>`` must hold a plain expression (d1's training prompt asks for one).
+    """
+    answer = last_tag_content(text, "<answer>", "</answer>")
+    return _score_equation(None if answer is None else answer.strip(), numbers, target)
+
+
+def compute_aligned_score(text: str, numbers: list[int], target: int | float) -> float:
+    r""":func:`compute_score` with the last ``<answer>`` read as d1's evaluation reads a generation.
+
+    Its last ``\boxed{}`` if any (d1's eval prompt asks for ``<answer>\n\boxed{...}\n</answer>``), LaTeX
+    operators mapped and an ``= result`` tail dropped, so a rollout is rewarded in the form the evaluation
+    (and checkpoint selection) accepts. Not in d1: select it with ``reward_funcs``.
+    """
+    answer = last_tag_content(text, "<answer>", "</answer>")
+    equation = None if answer is None else extract_countdown_equation(answer.strip())
+    return _score_equation(equation, numbers, target)
 
 
 def countdown_reward_func(
@@ -97,6 +128,16 @@ def countdown_reward_func(
     """Per-completion :func:`compute_score`; needs ``target`` and ``numbers`` columns in ``kwargs``."""
     texts = completion_texts(completions)
     return [compute_score(text, kwargs["numbers"][i], kwargs["target"][i]) for i, text in enumerate(texts)]
+
+
+def countdown_aligned_reward_func(
+    prompts: list[Any], completions: list[Any], run_name: str | None = None, **kwargs: Any
+) -> list[float]:
+    """Per-completion :func:`compute_aligned_score` (weight 0 by default: logged beside d1's reward)."""
+    texts = completion_texts(completions)
+    return [
+        compute_aligned_score(text, kwargs["numbers"][i], kwargs["target"][i]) for i, text in enumerate(texts)
+    ]
 
 
 def _row_numbers_target(row: dict[str, Any], source: str, index: int) -> tuple[list[int], int]:
@@ -117,8 +158,8 @@ class CountdownTask(Task):
     default_subsample = 256
     train_holdout = 500
     few_shot_supported = False  # d1 forces num_examples=0 for Countdown
-    reward_funcs = [countdown_reward_func]
-    default_reward_weights = [1.0]
+    reward_funcs = [countdown_reward_func, countdown_aligned_reward_func]
+    default_reward_weights = [1.0, 0.0]
 
     def _test_rows(self, path: str | Path | None) -> list[dict[str, Any]]:
         if path is None:

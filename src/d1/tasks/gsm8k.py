@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from d1.tasks.base import (
     ParsedAnswer,
     Task,
     completion_texts,
+    first_tag_content,
     load_hub_split,
     read_records,
 )
@@ -26,12 +28,13 @@ SYSTEM_PROMPT = (
 
 HUB_NAME, HUB_CONFIG = "openai/gsm8k", "main"
 
-_BOXED_LAZY = re.compile(r"\\boxed{(.*?)}")
+_BOXED = "\\boxed{"
 _NUMBER = re.compile(r"-?\d+\.?\d*")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _HASH_NUMBER = re.compile(r"####\s*\$?([\d,]+(?:\.\d+)?)")
-_STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$", re.DOTALL)
-_SOFT_FORMAT = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+# d1's format patterns, used with re.match and no flags: "." stops at a newline, so multi-line reasoning
+# fails both. The strict one is linear as a regex (each ".*?" spans one line); the soft one is not.
+_STRICT_FORMAT = re.compile(r"^<reasoning>\n.*?\n</reasoning>\n<answer>\n.*?\n</answer>\n$")
+_WHITESPACE = re.compile(r"\s*")
 
 
 def gsm8k_ground_truth(solution: str) -> float | None:
@@ -60,18 +63,68 @@ def _as_number(text: str, pick_last: bool) -> float | None:
         return float(numbers[-1] if pick_last else numbers[0])
 
 
+def _line_end(text: str, pos: int) -> int:
+    """Index of the first newline at or after ``pos`` (``len(text)`` if none)."""
+    end = text.find("\n", pos)
+    return len(text) if end < 0 else end
+
+
+def boxed_contents(text: str) -> Iterator[str]:
+    r"""``re.findall(r"\boxed{(.*?)}", text)`` lazily in one pass: content up to the first ``}`` on the same line.
+
+    The regex rescans to the line end from every unclosed ``\boxed{``; here the next ``}`` and the next
+    newline are found once and reused until the scan passes them.
+    """
+    pos, close, newline = 0, -1, -1
+    while (start := text.find(_BOXED, pos)) >= 0:
+        body = start + len(_BOXED)
+        if close < body:
+            close = text.find("}", body)
+            if close < 0:
+                return
+        if newline < body:
+            newline = _line_end(text, body)
+        if close < newline:
+            yield text[body:close]
+            pos = close + 1
+        else:
+            pos = start + 1
+
+
 def parse_gsm8k_answer(text: str) -> float | None:
     r"""First usable ``\boxed{...}`` (lazy match, so nested braces cut early), else last number in ``<answer>``."""
-    for content in _BOXED_LAZY.findall(text):
+    for content in boxed_contents(text):
         content = content.strip()
         if content and not re.fullmatch(r"\.+", content):
             value = _as_number(content, pick_last=False)
             if value is not None:
                 return value
-    match = _ANSWER_TAG.search(text)
-    if match and match.group(1).strip():
-        return _as_number(match.group(1).strip(), pick_last=True)
-    return None
+    answer = (first_tag_content(text, "<answer>", ["</answer>"]) or "").strip()
+    return _as_number(answer, pick_last=True) if answer else None
+
+
+def soft_format_ok(text: str) -> bool:
+    r"""d1's ``re.match(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", text)`` (no flags) in one pass.
+
+    Candidates are the ``</reasoning>`` tags on the first line; the regex scans the rest of a line for
+    ``</answer>`` once per candidate, here the last ``</answer>`` of each line is looked up once.
+    """
+    if not text.startswith("<reasoning>"):
+        return False
+    first_line_end = _line_end(text, len("<reasoning>"))
+    last_close: dict[int, int] = {}  # line end -> last "</answer>" ending before it
+    pos = len("<reasoning>")
+    while (close := text.find("</reasoning>", pos, first_line_end)) >= 0:
+        answer = _WHITESPACE.match(text, close + len("</reasoning>")).end()
+        if text.startswith("<answer>", answer):
+            body = answer + len("<answer>")
+            line_end = first_line_end if body <= first_line_end else _line_end(text, body)
+            if line_end not in last_close:
+                last_close[line_end] = text.rfind("</answer>", 0, line_end)
+            if last_close[line_end] >= body:
+                return True
+        pos = close + 1
+    return False
 
 
 def count_xml(text: str) -> float:
@@ -96,12 +149,13 @@ def xmlcount_reward_func(completions: list[Any], **kwargs: Any) -> list[float]:
 
 
 def soft_format_reward_func(completions: list[Any], **kwargs: Any) -> list[float]:
-    """0.5 when the completion starts with ``<reasoning>…</reasoning>`` followed by ``<answer>…</answer>``."""
-    return [0.5 if _SOFT_FORMAT.match(text) else 0.0 for text in completion_texts(completions)]
+    """0.5 when the completion starts with ``<reasoning>…</reasoning>`` then ``<answer>…</answer>``, each tag's
+    content on one line (d1's pattern has no ``re.DOTALL``)."""
+    return [0.5 if soft_format_ok(text) else 0.0 for text in completion_texts(completions)]
 
 
 def strict_format_reward_func(completions: list[Any], **kwargs: Any) -> list[float]:
-    """0.5 when the completion is exactly the newline-delimited reasoning/answer layout."""
+    """0.5 when the completion is exactly the newline-delimited layout with one-line reasoning and answer."""
     return [0.5 if _STRICT_FORMAT.match(text) else 0.0 for text in completion_texts(completions)]
 
 

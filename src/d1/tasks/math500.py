@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from d1.tasks.base import (
     ParsedAnswer,
     Task,
     completion_texts,
+    first_tag_content,
     load_hub_split,
     read_records,
 )
@@ -38,16 +38,14 @@ TRAIN_HUB_NAME = "ankner/math-500"
 # fires and boxed_in_answer gives 0.5 for the box part. Kept so RL rewards equal d1's.
 _D1_BOXED_NEEDLE = "\boxed"
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
 
 def parse_math_answer(text: str) -> str | None:
     r"""d1's MATH500 extraction: last ``\boxed{}`` content (the whole text if none), else ``<answer>`` text."""
     parsed = extract_boxed_answer(text)
     if not parsed:
-        match = _ANSWER_TAG.search(text)
-        if match:
-            parsed = match.group(1).strip()
+        answer = first_tag_content(text, "<answer>", ["</answer>"])
+        if answer is not None:
+            parsed = answer.strip()
     return parsed
 
 

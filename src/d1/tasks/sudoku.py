@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from d1.tasks.base import ParsedAnswer, Task, completion_texts, read_records
+from d1.tasks.base import (
+    ParsedAnswer,
+    Task,
+    completion_texts,
+    first_tag_content,
+    last_tag_content,
+    read_records,
+)
 
 SYSTEM_PROMPT = """
 Please solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading left-to-right, top-to-bottom, where '0' represents empty cells.
@@ -30,16 +38,22 @@ Your step-by-step solving process
 """d1's ``SUDOKU_SYSTEM_PROMPT`` (the same text for eval and RL)."""
 
 _PUZZLE_IN_QUESTION = re.compile(r"Sudoku puzzle: ([0-9]{16})")
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-# d1's extraction patterns, tried in order. d1 writes the fourth as r".*?(\d{16})\s*</answer>"; with
-# re.search the leading lazy ".*?" cannot change the match, so it is dropped to avoid quadratic scans.
-_SOLUTION_PATTERNS = [
-    re.compile(r"<answer>.*?```\s*([\d\s]+)```", re.DOTALL),
-    re.compile(r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)", re.DOTALL),
-    re.compile(r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)", re.DOTALL),
-    re.compile(r"(\d{16})\s*</answer>", re.DOTALL),
-    re.compile(r"\b(\d{16})\b", re.DOTALL),
-]
+# d1's extraction patterns, tried in order (re.search, re.DOTALL):
+#   1. r"<answer>.*?```\s*([\d\s]+)```"              -> _fenced_digits
+#   2. r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)" -> first_tag_content
+#   3. r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)"
+#   4. r".*?(\d{16})\s*</answer>": the last 16 digits of the first digit run (of 16 or more) that is
+#      followed by whitespace and </answer>; matched from run starts only, as d1's tries every digit
+#   5. r"\b(\d{16})\b"
+# The first two rescan the text from every unclosed <answer> (and 1 from every fence), so they are
+# single-pass scanners here; 3 and 5 are linear as regexes.
+_END_MARKERS = ["<|eot_id|>", "<|endoftext|>"]
+_AFTER_ANSWER = re.compile(r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)", re.DOTALL)
+_RUN_BEFORE_CLOSE = re.compile(r"(?<!\d)(\d{16,})\s*</answer>")
+_SIXTEEN_DIGITS = re.compile(r"\b(\d{16})\b")
+_BACKTICKS = re.compile(r"`+")
+_DIGITS_AND_SPACE = re.compile(r"[\d\s]*")
+_WHITESPACE = re.compile(r"\s*")
 
 
 def sudoku_question(puzzle: str) -> str:
@@ -57,12 +71,44 @@ def puzzle_from_question(question: str) -> str:
     return match.group(1)
 
 
+def _fenced_digits(text: str) -> str | None:
+    """Group 1 of d1's first pattern: digits and spaces between a code fence after ``<answer>`` and the next.
+
+    Only the first ``<answer>`` can match; fences are tried in order, each followed by one scan of its
+    digit/space run, which must end at another fence (a run of backticks opens at most one fence). The
+    regex's ``\\s*`` gives back one character when the run is all whitespace.
+    """
+    start = text.find("<answer>")
+    if start < 0:
+        return None
+    pos = start + len("<answer>")
+    while (fence := text.find("```", pos)) >= 0:
+        ticks = _BACKTICKS.match(text, fence).end()  # in a longer run only the last three can open a fence
+        end = _DIGITS_AND_SPACE.match(text, ticks).end()
+        if end > ticks and text.startswith("```", end):
+            lead = _WHITESPACE.match(text, ticks, end).end()
+            return text[min(lead, end - 1) : end]
+        pos = ticks
+    return None
+
+
+def _solution_candidates(text: str) -> Iterator[str | None]:
+    """Group 1 of each of d1's five patterns, lazily in d1's order (``None`` where one does not match)."""
+    yield _fenced_digits(text)
+    yield first_tag_content(text, "<answer>", [*_END_MARKERS, "</answer>"])
+    match = _AFTER_ANSWER.search(text)
+    yield match.group(1) if match else None
+    match = _RUN_BEFORE_CLOSE.search(text)
+    yield match.group(1)[-16:] if match else None
+    match = _SIXTEEN_DIGITS.search(text)
+    yield match.group(1) if match else None
+
+
 def extract_sudoku_solution(text: str) -> str:
     """d1's eval extraction: first non-empty match of its patterns, whitespace removed ('' if none)."""
-    for pattern in _SOLUTION_PATTERNS:
-        match = pattern.search(text)
-        if match and match.group(1).strip():
-            return re.sub(r"\s", "", match.group(1).strip())
+    for candidate in _solution_candidates(text):
+        if candidate and candidate.strip():
+            return re.sub(r"\s", "", candidate.strip())
     return ""
 
 
@@ -82,10 +128,10 @@ def count_correct_cells(solution: str, ground_truth: str, puzzle: str) -> tuple[
 
 def sudoku_reward(text: str, puzzle: str, solution: str) -> float:
     """d1's RL score: fraction of the puzzle's empty cells right in the last ``<answer>`` (digits only)."""
-    matches = _ANSWER_TAG.findall(text)
-    if not matches:
+    answer = last_tag_content(text, "<answer>", "</answer>")
+    if answer is None:
         return 0.0
-    digits = "".join(char for char in matches[-1].strip() if char.isdigit())
+    digits = "".join(char for char in answer.strip() if char.isdigit())
     correct, empty = count_correct_cells(digits, solution, puzzle)
     return correct / empty if digits and empty else 0.0
 

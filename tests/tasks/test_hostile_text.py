@@ -1,0 +1,135 @@
+"""Hostile model output: every task parser and reward handles 1 MB of adversarial text in under a second.
+
+Each payload family targets a scan that used to backtrack quadratically (unclosed tags and boxes, long
+runs before a missing ``=``, overlapping code fences) or could blow up in evaluation (nested braces,
+power towers, huge integers). One call per payload, each timed on its own; run this file directly
+(``python tests/tasks/test_hostile_text.py``) to print the timing table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from d1.tasks import TASKS
+from d1.tasks.gsm8k import parse_gsm8k_answer
+from d1.tasks.latex import extract_boxed_answer, last_boxed_only_string
+from d1.tasks.sudoku import extract_sudoku_solution, sudoku_question
+
+SIZE = 1_000_000
+LIMIT_S = 1.0
+
+PUZZLE, SOLUTION = "0300040000203000", "1342241342313124"
+
+PAYLOAD_UNITS: dict[str, tuple[str, str]] = {
+    # family: (prefix, unit repeated to SIZE characters)
+    "unclosed_boxed": ("", "\\boxed{"),
+    "unclosed_boxed_digits": ("", "\\boxed{1"),
+    "boxed_space": ("", "\\boxed 1"),
+    "unclosed_answer": ("", "<answer>"),
+    "unclosed_answer_digits": ("", "<answer>1234567890123456 "),
+    "closing_answer": ("", "</answer>"),
+    "answer_pairs": ("", "<answer>1+2</answer>"),
+    "equals_signs": ("\\boxed{", "1+2="),
+    "expression_no_equals": ("\\boxed{", "1+2*"),
+    "expression_then_equals": ("<answer>", "(1 + 2) "),
+    "digit_run": ("<answer>", "1"),
+    "spaces": ("<answer>```", " "),
+    "newlines": ("<reasoning>", "\n"),
+    "nested_braces": ("\\boxed{", "{"),
+    "nested_frac": ("\\boxed{", "\\frac{1}{"),
+    "closing_braces": ("\\boxed{", "}"),
+    "power_tower": ("<answer>", "9**"),
+    "reasoning_tags": ("", "<reasoning>"),
+    "soft_format_chain": ("<reasoning>", "</reasoning><answer>"),
+    "strict_format_lines": ("<reasoning>\n", "x\n</reasoning>\n<answer>\n"),
+    "code_fences": ("<answer>", "```"),
+    "fence_digits": ("<answer>", "```1 2 3 4 "),
+    "sudoku_runs": ("", "12341234123412341 "),
+    "frac_sqrt_noise": ("\\boxed{", "\\frac\\sqrt/"),
+    "nul_unicode": ("", "\x00\u202e\U0001f600\u0663\u00a0\ufeff<\u0300"),
+    "lone_surrogates": ("\\boxed{", "\ud800{\udfff}"),
+}
+
+
+def payload(family: str, size: int = SIZE) -> str:
+    """``size`` characters of one family: its prefix, then its unit repeated."""
+    prefix, unit = PAYLOAD_UNITS[family]
+    return prefix + unit * ((size - len(prefix)) // len(unit) + 1)
+
+
+def _columns(task_name: str) -> dict[str, list[Any]]:
+    """The reward-function columns of one row, as the trainer passes them."""
+    return {
+        "gsm8k": {"answer": ["18"]},
+        "math500": {"answer": ["so \\boxed{\\frac{1}{2}}"]},
+        "countdown": {"numbers": [[1, 2, 3]], "target": [6]},
+        "sudoku": {"puzzle": [PUZZLE], "solution": [SOLUTION]},
+    }[task_name]
+
+
+_GROUND_TRUTH = {"gsm8k": 18.0, "math500": "\\frac{1}{2}", "countdown": [[1, 2, 3], 6], "sudoku": SOLUTION}
+
+
+def calls() -> dict[str, Callable[[str], Any]]:
+    """Every parser and reward of every registered task (plus the shared extraction helpers), by name."""
+    out: dict[str, Callable[[str], Any]] = {
+        "gsm8k.parse_gsm8k_answer": parse_gsm8k_answer,
+        "latex.last_boxed_only_string": last_boxed_only_string,
+        "latex.extract_boxed_answer": extract_boxed_answer,
+        "sudoku.extract_sudoku_solution": extract_sudoku_solution,
+    }
+    question = {"sudoku": sudoku_question(PUZZLE)}
+    for name, task in TASKS.items():
+        truth, q = _GROUND_TRUTH[name], question.get(name, "")
+        out[f"{name}.parse"] = lambda text, task=task, truth=truth, q=q: task.parse(text, truth, q)
+        for func in task.reward_funcs:
+            columns = _columns(name)
+            out[f"{name}.{func.__name__}"] = lambda text, func=func, columns=columns: func(
+                prompts=[[{"role": "user", "content": "q"}]], completions=[[{"content": text}]], **columns
+            )
+    return out
+
+
+def timing_table(size: int = SIZE) -> dict[tuple[str, str], float]:
+    """Seconds per (payload family, call)."""
+    table = {}
+    for family in PAYLOAD_UNITS:
+        text = payload(family, size)
+        for name, call in calls().items():
+            start = time.perf_counter()
+            call(text)
+            table[family, name] = time.perf_counter() - start
+    return table
+
+
+@pytest.mark.parametrize("family", list(PAYLOAD_UNITS))
+def test_every_parser_and_reward_is_fast_on_1mb(family: str) -> None:
+    text = payload(family)
+    assert len(text) >= SIZE
+    slow = {}
+    for name, call in calls().items():
+        start = time.perf_counter()
+        call(text)
+        elapsed = time.perf_counter() - start
+        if elapsed >= LIMIT_S:
+            slow[name] = round(elapsed, 2)
+    assert not slow, f"{family}: calls over {LIMIT_S} s on {len(text)} characters: {slow}"
+
+
+if __name__ == "__main__":
+    import sys
+
+    size = int(sys.argv[1]) if len(sys.argv) > 1 else SIZE
+    table = timing_table(size)
+    worst: dict[str, tuple[float, str]] = {}
+    for (family, name), seconds in table.items():
+        if seconds > worst.get(name, (-1.0, ""))[0]:
+            worst[name] = (seconds, family)
+    print(f"{'call':<50} {'worst ms':>9}  worst payload ({size} chars)")
+    for name, (seconds, family) in sorted(worst.items()):
+        print(f"{name:<50} {1000 * seconds:>9.1f}  {family}")
+    print(f"total {sum(table.values()):.2f} s over {len(table)} calls")
