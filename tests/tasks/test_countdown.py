@@ -10,8 +10,11 @@ import pytest
 from d1.tasks import get_task
 from d1.tasks.countdown import (
     SYSTEM_PROMPT,
+    compute_aligned_score,
     compute_score,
+    countdown_aligned_reward_func,
     countdown_reward_func,
+    drop_result_tail,
     extract_countdown_equation,
 )
 
@@ -69,6 +72,22 @@ def test_extract_equation() -> None:
     assert extract_countdown_equation("\\boxed{2 \\cdot 3 = 6}") == "2 * 3"
 
 
+@pytest.mark.parametrize(
+    ("equation", "expected"),
+    [
+        ("1 + 2 = 3", "1 + 2"),
+        ("x 1 + 2 =3 and 4 = 4", "1 + 2"),  # the first run followed by "=" and a digit
+        ("1 + 2 =x, 3 * 4 = .5", "3 * 4"),  # "=x" does not qualify; ". " and digits do
+        ("(1 + 2) = ", "(1 + 2)"),  # a space after "=" qualifies
+        ("1 + 2 =", "1 + 2 ="),  # nothing after "=": unchanged
+        ("a=1", "a=1"),  # "a" is not an expression character
+        ("", ""),
+    ],
+)
+def test_drop_result_tail(equation: str, expected: str) -> None:
+    assert drop_result_tail(equation) == expected
+
+
 def test_rl_reward_hand_worked() -> None:
     texts = [
         "<reasoning>r</reasoning><answer>49 + 55 - 53</answer>",  # correct: 1.0
@@ -86,6 +105,33 @@ def test_rl_reward_hand_worked() -> None:
     chat = [[{"role": "assistant", "content": t}] for t in texts]
     assert countdown_reward_func(None, chat, run_name="x", step=3, **kwargs) == expected
     assert compute_score("<answer>7 / 7 + 1</answer>", [7, 7, 1], 2) == 1.0
+
+
+def test_aligned_reward_reads_answer_like_the_eval_parser() -> None:
+    texts = [
+        "<answer>49 + 55 - 53</answer>",  # plain expression: 1.0 in both
+        "<answer>\n\\boxed{49 + 55 - 53}\n</answer>",  # the eval prompt's format: 0.1 in d1's, 1.0 aligned
+        "<answer>\\boxed{(55 - 53) \\times 49 \\div 49 + 49}</answer>",  # wrong numbers in both
+        "<answer>\\boxed{55 \\times 53 \\div 53 - 4}</answer>",  # numbers wrong: 0.1 / 0.1
+        "<answer>49 + 55 - 53 = 51</answer>",  # "= 51" dropped as the eval parser does
+        "\\boxed{49 + 55 - 53}",  # no <answer>: 0.0 in both (the format part stays d1's)
+        "<answer>\\boxed{49 + 55 - 53</answer>",  # unclosed box: the whole answer, not evaluable
+    ]
+    d1_scores = [1.0, 0.1, 0.1, 0.1, 0.1, 0.0, 0.1]
+    aligned = [1.0, 1.0, 0.1, 0.1, 1.0, 0.0, 0.1]
+    kwargs = {"numbers": [[49, 55, 53]] * len(texts), "target": [51] * len(texts)}
+    assert countdown_reward_func(None, texts, **kwargs) == d1_scores
+    assert countdown_aligned_reward_func(None, texts, **kwargs) == aligned
+    for text, score in zip(texts, aligned, strict=True):  # rewarded iff the eval parser accepts the answer
+        assert compute_aligned_score(text, [49, 55, 53], 51) == score
+        if score == 1.0:
+            assert TASK.parse(text.split("<answer>")[-1].split("</answer>")[0], TRUTH).correct
+
+
+def test_aligned_reward_is_selectable_and_off_by_default() -> None:
+    names = [f.__name__ for f in TASK.reward_funcs]
+    assert names == ["countdown_reward_func", "countdown_aligned_reward_func"]
+    assert TASK.default_reward_weights == [1.0, 0.0]
 
 
 def test_system_prompt_is_d1s() -> None:

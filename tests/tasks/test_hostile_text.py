@@ -8,6 +8,8 @@ power towers, huge integers). One call per payload, each timed on its own; run t
 
 from __future__ import annotations
 
+import random
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,7 +17,9 @@ from typing import Any
 import pytest
 
 from d1.tasks import TASKS
-from d1.tasks.gsm8k import parse_gsm8k_answer
+from d1.tasks.base import first_tag_content, last_tag_content
+from d1.tasks.countdown import drop_result_tail
+from d1.tasks.gsm8k import boxed_contents, parse_gsm8k_answer, soft_format_ok
 from d1.tasks.latex import extract_boxed_answer, last_boxed_only_string
 from d1.tasks.sudoku import extract_sudoku_solution, sudoku_question
 
@@ -118,6 +122,58 @@ def test_every_parser_and_reward_is_fast_on_1mb(family: str) -> None:
         if elapsed >= LIMIT_S:
             slow[name] = round(elapsed, 2)
     assert not slow, f"{family}: calls over {LIMIT_S} s on {len(text)} characters: {slow}"
+
+
+# The regexes d1 uses, as the oracle for the single-pass scanners on short text (where they are fast).
+_D1_SUDOKU = [
+    r"<answer>.*?```\s*([\d\s]+)```",
+    r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)",
+    r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)",
+    r".*?(\d{16})\s*</answer>",
+    r"\b(\d{16})\b",
+]
+_PIECES = ["<answer>", "</answer>", "<reasoning>", "</reasoning>", "\\boxed{", "{", "}", "\n", " ", "\t", "```",
+           "`", "1", "12", "1234123412341234", "=", "+", "(", "a", ".", "<|eot_id|>", "<|endoftext|>", "\u00a0"]
+
+
+def _d1_sudoku(text: str) -> str:
+    for pattern in _D1_SUDOKU:
+        match = re.search(pattern, text, re.DOTALL)
+        if match and match.group(1).strip():
+            return re.sub(r"\s", "", match.group(1).strip())
+    return ""
+
+
+def _d1_result_tail(equation: str) -> str:
+    match = re.search(r"([0-9+\-*/() ]+)=[0-9. ]+", equation)
+    return match.group(1).strip() if match else equation
+
+
+def test_scanners_agree_with_d1_regexes_on_short_text() -> None:
+    rng = random.Random(0)
+    corner_cases = [
+        "<answer>```  ```",  # an all-space run: the regex gives back one space, which strips to nothing
+        "<answer>``` x```1 2```",
+        "<answer>`````1 2```",
+        "<reasoning>a</reasoning>\n <answer>b</answer>",
+        "<reasoning>a</reasoning><answer>b\n</reasoning><answer>c</answer>",
+        "12345678901234567 </answer>",
+        "1 + 2 =x 3 = 4",
+    ]
+    heads = ["", "<reasoning>", "<reasoning>\n", "<answer>"]
+    random_texts = (
+        rng.choice(heads) + "".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 24))) for _ in range(4000)
+    )
+    for text in [*corner_cases, *random_texts]:
+        tag = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
+        assert first_tag_content(text, "<answer>", ["</answer>"]) == (tag.group(1) if tag else None), text
+        tags = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
+        assert last_tag_content(text, "<answer>", "</answer>") == (tags[-1] if tags else None), text
+        assert list(boxed_contents(text)) == re.findall(r"\\boxed{(.*?)}", text), text
+        soft = re.match(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", text)
+        assert soft_format_ok(text) is bool(soft), text
+        assert extract_sudoku_solution(text) == _d1_sudoku(text), text
+        assert drop_result_tail(text) == _d1_result_tail(text), text
 
 
 if __name__ == "__main__":

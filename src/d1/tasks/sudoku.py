@@ -72,11 +72,11 @@ def puzzle_from_question(question: str) -> str:
 
 
 def _fenced_digits(text: str) -> str | None:
-    """Group 1 of d1's first pattern: digits and spaces between a code fence after ``<answer>`` and the next.
+    """d1's first pattern: the digits and spaces between a code fence after ``<answer>`` and the next one.
 
     Only the first ``<answer>`` can match; fences are tried in order, each followed by one scan of its
-    digit/space run, which must end at another fence (a run of backticks opens at most one fence). The
-    regex's ``\\s*`` gives back one character when the run is all whitespace.
+    digit/space run, which must end at another fence (a run of backticks opens at most one fence). Leading
+    whitespace is cut (d1's group keeps one space of an all-space run, which strips to nothing as well).
     """
     start = text.find("<answer>")
     if start < 0:
@@ -86,14 +86,13 @@ def _fenced_digits(text: str) -> str | None:
         ticks = _BACKTICKS.match(text, fence).end()  # in a longer run only the last three can open a fence
         end = _DIGITS_AND_SPACE.match(text, ticks).end()
         if end > ticks and text.startswith("```", end):
-            lead = _WHITESPACE.match(text, ticks, end).end()
-            return text[min(lead, end - 1) : end]
+            return text[_WHITESPACE.match(text, ticks, end).end() : end]
         pos = ticks
     return None
 
 
 def _solution_candidates(text: str) -> Iterator[str | None]:
-    """Group 1 of each of d1's five patterns, lazily in d1's order (``None`` where one does not match)."""
+    """What each of d1's five patterns captures, lazily in d1's order (``None`` where one does not match)."""
     yield _fenced_digits(text)
     yield first_tag_content(text, "<answer>", [*_END_MARKERS, "</answer>"])
     match = _AFTER_ANSWER.search(text)
