@@ -134,6 +134,20 @@ def test_aligned_reward_is_selectable_and_off_by_default() -> None:
     assert TASK.default_reward_weights == [1.0, 0.0]
 
 
+def test_rewards_on_d1s_published_generations() -> None:
+    # d1's eval prompt asks for <answer>\boxed{...}</answer>, which d1's RL reward never scores as correct.
+    items = json.loads(
+        _reference("d1-generations", "countdown_instruct_256_128_0_generations.json").read_text()
+    )["generations"]
+    texts = [item["generations"] for item in items]
+    columns = {"numbers": [i["ground_truth"][0] for i in items], "target": [i["ground_truth"][1] for i in items]}
+    d1_scores = countdown_reward_func(None, texts, **columns)
+    aligned = countdown_aligned_reward_func(None, texts, **columns)
+    assert [d1_scores.count(v) for v in (1.0, 0.1, 0.0)] == [0, 26, 11]
+    assert [aligned.count(v) for v in (1.0, 0.1, 0.0)] == [5, 21, 11]
+    assert sum(TASK.parse(t, i["ground_truth"]).correct for t, i in zip(texts, items, strict=True)) == 7
+
+
 def test_system_prompt_is_d1s() -> None:
     assert "For example: \\boxed{a + b * c}Respond in the following format:\n" in SYSTEM_PROMPT
     assert SYSTEM_PROMPT.endswith("<answer>\n\\boxed{...}\n</answer>")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from d1.tasks.gsm8k import (
     strict_format_reward_func,
     xmlcount_reward_func,
 )
+from tests.conftest import reference_path
 
 TASK = get_task("gsm8k")
 
@@ -121,6 +123,18 @@ def test_rewards_hand_worked() -> None:
 def test_format_rewards_are_d1s_without_dotall(text: str, soft: float, strict: float) -> None:
     assert soft_format_reward_func([text]) == [soft]
     assert strict_format_reward_func([text]) == [strict]
+
+
+def test_format_rewards_on_d1s_published_generations() -> None:
+    # With the "<reasoning>" prefill the model saw, re.DOTALL gave 96 of 205 the soft 0.5; d1 gives none
+    # (every generation's reasoning spans lines), and none has the strict layout either way.
+    items = json.loads(reference_path("d1-generations", "gsm8k_instruct_256_128_0_generations.json").read_text())
+    texts = ["<reasoning>" + item["generations"] for item in items["generations"]]
+    assert len(texts) == 205
+    assert soft_format_reward_func(texts) == [0.0] * 205
+    assert strict_format_reward_func(texts) == [0.0] * 205
+    dotall = re.compile(r"<reasoning>.*?</reasoning>\s*<answer>.*?</answer>", re.DOTALL)
+    assert sum(1 for text in texts if dotall.match(text)) == 96
 
 
 def test_rewards_accept_plain_strings() -> None:
