@@ -120,6 +120,25 @@ def test_malformed_files(tmp_path: Path, payload: object, message: str) -> None:
         score_paths([path])
 
 
+@pytest.mark.parametrize(
+    ("name", "item", "message"),
+    [
+        (
+            "sudoku_x_1_1_0_generations.json",
+            {"question": "Solve the following Sudoku puzzle: 0300040000203000\n", "ground_truth": "1342"},
+            "16-digit solution",
+        ),
+        ("sudoku_x_1_1_0_generations.json", {"question": "no puzzle here", "ground_truth": "1" * 16}, "puzzle"),
+        ("countdown_x_1_1_0_generations.json", {"question": "q", "ground_truth": [5, 6]}, r"\[\[numbers\], target\]"),
+    ],
+)
+def test_ungradable_items_name_file_and_row(tmp_path: Path, name: str, item: dict, message: str) -> None:
+    path = _write(tmp_path, name, {"generations": [{**item, "generations": "<answer>1 + 2</answer>"}]})
+    with pytest.raises(ValueError, match=message) as info:
+        score_paths([path])
+    assert f"{path}: generations[0]" in str(info.value)
+
+
 def test_unreadable_and_misnamed(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot read"):
         load_generation_file(tmp_path / "missing_0_generations.json")

@@ -172,9 +172,12 @@ def score_file(path: str | Path, task_name: str) -> list[ItemScore]:
     """Grade every generation in one file with ``task_name``'s d1 parser."""
     task = get_task(task_name)
     scores = []
-    for item in load_generation_file(path)["generations"]:
+    for index, item in enumerate(load_generation_file(path)["generations"]):
         text, truth, question = item["generations"], item["ground_truth"], str(item["question"])
-        parsed = task.parse(text, truth, question)
+        try:
+            parsed = task.parse(text, truth, question)
+        except ValueError as err:
+            raise ValueError(f"{path}: generations[{index}] cannot be graded as {task.name}: {err}") from err
         scores.append(
             ItemScore(
                 question=question,

@@ -85,7 +85,10 @@ def drop_result_tail(equation: str) -> str:
 
 def _numbers_and_target(ground_truth: Any, question: str) -> tuple[list[int], int | None]:
     if isinstance(ground_truth, (list, tuple)) and len(ground_truth) == 2:
-        return list(ground_truth[0]), ground_truth[1]
+        numbers, target = ground_truth
+        if not isinstance(numbers, (list, tuple)) or not isinstance(target, (int, float)):
+            raise ValueError(f"ground_truth must be [[numbers], target], not {ground_truth!r:.80}")
+        return list(numbers), target
     numbers_match = _QUESTION_NUMBERS.search(question)
     target_match = _QUESTION_TARGET.search(question)
     numbers = [int(n.strip()) for n in numbers_match.group(1).split(",")] if numbers_match else []
@@ -141,12 +144,17 @@ def countdown_aligned_reward_func(
 
 
 def _row_numbers_target(row: dict[str, Any], source: str, index: int) -> tuple[list[int], int]:
-    if "input" in row and "output" in row:  # d1's countdown_cd3_test.jsonl
-        return [int(n) for n in str(row["input"]).split(",")], int(row["output"])
-    if "nums" in row and "target" in row:  # Jiayi-Pan/Countdown-Tasks-3to4
-        nums = row["nums"]
-        nums = json.loads(nums) if isinstance(nums, str) else nums
-        return [int(n) for n in nums], int(row["target"])
+    try:
+        if "input" in row and "output" in row:  # d1's countdown_cd3_test.jsonl
+            return [int(n) for n in str(row["input"]).split(",")], int(row["output"])
+        if "nums" in row and "target" in row:  # Jiayi-Pan/Countdown-Tasks-3to4
+            nums = row["nums"]
+            nums = json.loads(nums) if isinstance(nums, str) else nums
+            return [int(n) for n in nums], int(row["target"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(
+            f"{source}: row {index} needs integer numbers and target (e.g. input '30,100,93', output '23'): {err}"
+        ) from err
     raise ValueError(f"{source}: row {index} needs 'input'/'output' or 'nums'/'target'")
 
 

@@ -198,8 +198,10 @@ class SudokuTask(Task):
     def parse(self, text: str, ground_truth: Any, question: str = "") -> ParsedAnswer:
         """d1's Sudoku grading: correct digits among the empty cells of the puzzle in ``question``."""
         puzzle = puzzle_from_question(question)
+        if not isinstance(ground_truth, str) or len(ground_truth) != 16:
+            raise ValueError(f"ground_truth must be the 16-digit solution string, not {ground_truth!r:.80}")
         solution = fit_to_grid(extract_sudoku_solution(text))
-        correct, empty = count_correct_cells(solution, str(ground_truth), puzzle)
+        correct, empty = count_correct_cells(solution, ground_truth, puzzle)
         return ParsedAnswer(
             extracted=solution, correct=empty > 0 and correct == empty, n_correct=correct, n_total=empty
         )
