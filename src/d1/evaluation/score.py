@@ -5,21 +5,23 @@ are an approximation: d1 counts ``tiktoken`` ``cl100k_base`` tokens of the gener
 ``<|endoftext|>`` removed; that encoding is downloaded at run time, so here we count the pieces of
 cl100k's own pre-tokenisation regex instead (each piece is at least one cl100k token; common words
 are exactly one), which needs no download. As in d1, Sudoku's average is ``8 * tokens / empty cells``.
-MATH500 setups also get ``math_verify_accuracy`` from the ``math_verify`` package, as a separate column.
+MATH500 setups also get ``math_verify_accuracy`` from the ``math_verify`` package, as a separate column,
+bounded in size and time (see ``d1.evaluation.math_verify_bound``: too large, too deep or too slow is wrong).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import regex
 
+from d1.evaluation.math_verify_bound import MathVerifyJudge
 from d1.tasks import get_task
 
 GENERATION_GLOB = "*_generations.json"
@@ -90,16 +92,6 @@ def count_effective_tokens(text: str) -> int:
     return len(_CL100K_PRETOKENIZER.findall(text.replace("<|endoftext|>", "")))
 
 
-def math_verify_correct(generation: str, ground_truth: str) -> bool:
-    """Whether ``math_verify`` finds the generation's answer equal to the LaTeX ground truth."""
-    from math_verify import parse, verify
-
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None  # signal-based timeouts
-    gold = parse(f"${ground_truth}$", parsing_timeout=timeout)
-    predicted = parse(generation, parsing_timeout=timeout)
-    return bool(verify(gold, predicted, timeout_seconds=timeout))
-
-
 def setup_name(path: str | Path) -> str:
     """File name without ``_{rank}_generations.json``; ``ValueError`` for other names."""
     match = _SETUP_NAME.match(Path(path).name)
@@ -168,11 +160,12 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def score_file(path: str | Path, task_name: str) -> list[ItemScore]:
-    """Grade every generation in one file with ``task_name``'s d1 parser."""
+def score_file(path: str | Path, task_name: str, judge: MathVerifyJudge | None = None) -> list[ItemScore]:
+    """Grade every generation in one file with ``task_name``'s d1 parser (MATH500: and ``judge``'s)."""
     task = get_task(task_name)
+    items = load_generation_file(path)["generations"]
     scores = []
-    for index, item in enumerate(load_generation_file(path)["generations"]):
+    for index, item in enumerate(items):
         text, truth, question = item["generations"], item["ground_truth"], str(item["question"])
         try:
             parsed = task.parse(text, truth, question)
@@ -187,22 +180,27 @@ def score_file(path: str | Path, task_name: str) -> list[ItemScore]:
                 n_correct=parsed.n_correct,
                 n_total=parsed.n_total,
                 effective_tokens=count_effective_tokens(text),
-                math_verify_correct=math_verify_correct(text, str(truth)) if task.name == "math500" else None,
             )
         )
+    if task.name == "math500":
+        with nullcontext(judge) if judge is not None else MathVerifyJudge() as mv_judge:
+            verdicts = mv_judge.judge_many([(item["generations"], str(item["ground_truth"])) for item in items])
+        for score, verdict in zip(scores, verdicts, strict=True):
+            score.math_verify_correct = verdict
     return scores
 
 
 def score_paths(paths: Iterable[str | Path]) -> dict[str, SetupScore]:
     """Score generation files and directories (their ``*_generations.json``), grouped by setup, sorted."""
     setups: dict[str, SetupScore] = {}
-    for path in _expand(paths):
-        name = setup_name(path)
-        if name not in setups:
-            setups[name] = SetupScore(setup=name, task=infer_task(name))
-        score = setups[name]
-        score.files.append(str(path))
-        score.items.extend(score_file(path, score.task))
+    with MathVerifyJudge() as judge:  # one worker for all files, started only if a MATH500 file comes
+        for path in _expand(paths):
+            name = setup_name(path)
+            if name not in setups:
+                setups[name] = SetupScore(setup=name, task=infer_task(name))
+            score = setups[name]
+            score.files.append(str(path))
+            score.items.extend(score_file(path, score.task, judge))
     return dict(sorted(setups.items()))
 
 
