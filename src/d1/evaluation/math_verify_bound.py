@@ -73,7 +73,10 @@ def _serve(read_fd: int, write_fd: int) -> None:
 
 
 class MathVerifyJudge:
-    """Bounded ``math_verify`` checks; the worker starts on first use and stops on ``close()``/exit."""
+    """Bounded ``math_verify`` checks; the worker starts on first use and stops on ``close()``/exit.
+
+    One judge serves one thread at a time (each ``score_paths`` call makes its own).
+    """
 
     def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         if timeout_s <= 0:
@@ -87,8 +90,8 @@ class MathVerifyJudge:
     def __enter__(self) -> MathVerifyJudge:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self._stop(kill=exc_type is not None)  # on Ctrl-C or an error, do not wait for a busy worker
 
     def judge_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
         """Verdict per ``(generation, ground_truth)``: wrong beyond the caps, on timeout or on error."""
