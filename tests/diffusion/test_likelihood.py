@@ -169,3 +169,19 @@ def test_unknown_estimator_raises():
 def test_bad_completion_length_raises(completion_length):
     with pytest.raises(ValueError, match="completion_length"):
         per_token_logps(tiny_model(4), random_ids(4, 1, 12), completion_length=completion_length)
+
+
+@pytest.mark.parametrize("estimator", ["one_step", "coupled"])
+def test_asks_only_for_the_completion_logits_also_through_peft_and_equals_the_full_logits(estimator):
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model(5)
+    ids = random_ids(5, 3, 12)
+    kept = []
+    model.register_forward_pre_hook(lambda m, a, kw: kept.append(kw.get("logits_to_keep")), with_kwargs=True)
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    settings = dict(completion_length=5, estimator=estimator)
+    got = per_token_logps(wrapped, ids, generator=torch.Generator().manual_seed(1), **settings)
+    full = per_token_logps(Recorder(wrapped), ids, generator=torch.Generator().manual_seed(1), **settings)
+    assert kept == [5, None]  # peft passed logits_to_keep on; the Recorder (no such argument) did not
+    torch.testing.assert_close(got, full, rtol=0, atol=1e-5)

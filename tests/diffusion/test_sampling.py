@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from d1.diffusion.sampling import generate, num_transfer_tokens, select_transfer
+from d1.diffusion.sampling import generate, gumbel_argmax, num_transfer_tokens, select_transfer, window_rand
 from d1.models.llada import LLaDAConfig, LLaDAModelLM
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -160,6 +160,39 @@ def test_near_uniform_model_where_float32_confidence_would_change_tokens():
     )
     expected = llada_reference(model, prompt, generator=None, **settings)
     assert torch.equal(generate(model, prompt, **settings), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("stream, width", [(None, 4), ((0, 9), 8), ((3, 9), 6), ((5, 9), 2)])
+def test_window_rand_is_the_window_of_one_full_draw_and_advances_the_generator_alike(dtype, stream, width):
+    first, length = stream or (0, width)
+    full_gen, window_gen = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    full = torch.rand((3, length, 5), dtype=dtype, generator=full_gen)
+    window = window_rand((3, width, 5), stream, window_gen, torch.device("cpu"), dtype)
+    assert torch.equal(window, full[:, first : first + width])
+    assert torch.equal(torch.rand(4, generator=window_gen), torch.rand(4, generator=full_gen))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 0.9, 1.0, 2.0])
+def test_gumbel_argmax_equals_llada_float64_formula_bit_for_bit(temperature):
+    """LLaDA: argmax of exp(logits64) / (-log u)^t with u drawn over the whole [B, L, V] in float64."""
+    b, length, first, width, vocab = 3, 12, 4, 5, 1000
+    logits = torch.randn(b, width, vocab, generator=torch.Generator().manual_seed(1)) * 3
+    rows = torch.rand(b, width, generator=torch.Generator().manual_seed(2)) < 0.6
+    noise = torch.rand((b, length, vocab), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    scores = logits.to(torch.float64).exp() / (-torch.log(noise[:, first : first + width])) ** temperature
+    got = gumbel_argmax(logits, rows, temperature, torch.Generator().manual_seed(3), (first, length))
+    assert torch.equal(got[rows], scores.argmax(-1)[rows])
+    assert torch.equal(got[~rows], logits.argmax(-1)[~rows])
+
+
+def test_sampled_exact_decoding_asks_the_model_only_for_the_window():
+    model = tiny_model(9)
+    kept = []
+    model.register_forward_pre_hook(lambda m, a, kw: kept.append(kw["logits_to_keep"]), with_kwargs=True)
+    prompt = random_prompt(9, 2, 6)
+    generate(model, prompt, gen_length=8, block_length=4, steps=4, temperature=0.9, remasking="random")
+    assert kept and all(k.start >= 6 and k.stop - k.start <= 4 for k in kept)
 
 
 def test_num_transfer_tokens_splits_evenly_with_remainder_first():

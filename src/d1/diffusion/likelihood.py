@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from d1.diffusion.masking import _uniform, mask_prompt
-from d1.diffusion.sampling import resolve_token_id
+from d1.diffusion.sampling import _accepts, resolve_token_id
 
 ESTIMATORS = ("one_step", "coupled")
 
@@ -48,17 +48,28 @@ def per_token_logps(
     noisy = mask_prompt(input_ids, completion_length, mask_id, p_mask_prompt, generator, attention_mask)
     targets = input_ids[:, -completion_length:]
     if estimator == "one_step":
-        logits = model(noisy, attention_mask=attention_mask).logits[:, -completion_length:]
-        return -_nll(logits, targets)
+        return -_nll(_completion_logits(model, noisy, attention_mask, completion_length), targets)
     t = _uniform((b, 1), input_ids, generator)
     chosen = _uniform((b, completion_length), input_ids, generator) < t
     halves = [noisy.clone(), noisy.clone()]
     halves[0][:, -completion_length:] = torch.where(chosen, mask_id, targets)
     halves[1][:, -completion_length:] = torch.where(chosen, targets, mask_id)
     both_mask = None if attention_mask is None else attention_mask.repeat(2, 1)
-    logits = model(torch.cat(halves), attention_mask=both_mask).logits[:, -completion_length:]
+    logits = _completion_logits(model, torch.cat(halves), both_mask, completion_length)
     nll = _nll(logits, targets.repeat(2, 1))
     return -torch.where(chosen, nll[:b], nll[b:])
+
+
+def _completion_logits(
+    model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None, completion_length: int
+) -> torch.Tensor:
+    """Logits [B, completion_length, V] of the last `completion_length` columns; a model taking
+    `logits_to_keep` computes only those (the head's output is the largest activation)."""
+    if _accepts(model, "logits_to_keep"):
+        logits = model(ids, attention_mask=attention_mask, logits_to_keep=completion_length).logits
+    else:
+        logits = model(ids, attention_mask=attention_mask).logits
+    return logits[:, -completion_length:]
 
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ float64, optional classifier-free guidance and EOS/EoT suppression), batched. Ra
 `generator`, else torch's global RNG, drawn in LLaDA's order and shapes (same seed, same samples).
 Each step is "logits -> (x0, confidence) -> transfer mask"; those pieces are separate functions so other
 decoding schedules can reuse them. The exact path asks the model only for the logits it needs (from the first
-masked column to the block's end; the whole sequence when random numbers are drawn, to keep LLaDA's stream).
+masked column to the block's end) and works in float64 only on candidate rows; random numbers are still drawn
+for the whole sequence (a CPU generator keeps only the window's, see `window_rand`).
 
 Fast-dLLM's approximations (opt-in): a block KV cache, refreshed by a full forward at each block's first
 step; later steps feed the block plus everything after it on the cached prefix ("prefix", as Fast-dLLM's
@@ -47,19 +48,58 @@ def num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
     return base + (torch.arange(steps, device=mask_index.device) < remainder).long()
 
 
-def add_gumbel_noise(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None
+def window_rand(
+    shape: tuple[int, ...],
+    stream: tuple[int, int] | None,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """Scores whose argmax samples softmax(logits / temperature): exp(logits) / (-log u)^temperature in float64
-    (LLaDA found low-precision Gumbel noise hurts quality). Temperature 0 returns `logits` (greedy)."""
+    """Uniform draws of `shape` [B, W, ...] for columns first..first+W of a [B, length, ...] draw, where
+    `stream` = (first, length) (None: the whole draw), in the stream of one `torch.rand` of the full shape.
+
+    A CPU generator draws row by row, keeping only the window (its stream does not depend on how a draw is
+    split); other generators draw the full tensor and keep a copy of the window."""
+    first, length = stream if stream is not None else (0, shape[1])
+    source = generator.device if generator is not None else device
+    full = (shape[0], length, *shape[2:])
+    if source.type != "cpu" or length == shape[1]:
+        draw = torch.rand(full, dtype=dtype, generator=generator, device=source)
+        return draw.to(device) if length == shape[1] else draw[:, first : first + shape[1]].to(device, copy=True)
+    row = math.prod(shape[2:])
+    window = torch.empty(shape, dtype=dtype)
+    skip = torch.empty(min(max(length - shape[1], 1) * row, 1 << 22), dtype=dtype)
+    for b in range(shape[0]):
+        _discard(first * row, skip, generator)
+        window[b].uniform_(0, 1, generator=generator)
+        _discard((length - first - shape[1]) * row, skip, generator)
+    return window.to(device)
+
+
+def _discard(count: int, scratch: torch.Tensor, generator: torch.Generator | None) -> None:
+    """Advance `generator` past `count` uniform draws of scratch's dtype, `scratch` at a time."""
+    for start in range(0, count, scratch.numel()):
+        scratch[: min(scratch.numel(), count - start)].uniform_(0, 1, generator=generator)
+
+
+def gumbel_argmax(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None = None,
+    stream: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Samples of softmax(logits / temperature) at `rows` (bool [B, W]), argmax elsewhere [B, W]: the argmax of
+    exp(logits) / (-log u)^temperature in float64 (LLaDA found low-precision Gumbel noise hurts quality),
+    u drawn for every position as LLaDA does (`stream`: see `window_rand`). The float64 work is done in place
+    on `rows` only, so it holds the window's noise and two [rows, V] float64 tensors at most."""
+    x0 = logits.argmax(dim=-1)
     if temperature == 0:
-        return logits
-    logits = logits.to(torch.float64)
-    device = generator.device if generator is not None else logits.device
-    noise = torch.rand(logits.shape, dtype=torch.float64, generator=generator, device=device).to(
-        logits.device
-    )
-    return logits.exp() / (-torch.log(noise)) ** temperature
+        return x0
+    noise = window_rand(tuple(logits.shape), stream, generator, logits.device)[rows]
+    scores = logits[rows].to(torch.float64).exp_()
+    x0[rows] = scores.div_(noise.log_().neg_().pow_(temperature)).argmax(dim=-1)
+    return x0
 
 
 def predict_tokens(
@@ -70,21 +110,24 @@ def predict_tokens(
     remasking: str = "low_confidence",
     generator: torch.Generator | None = None,
     suppress_ids: tuple[int, ...] = (),
+    stream: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predicted tokens x0 [B, L] and their confidence [B, L] (-inf outside `candidates`).
+    """Predicted tokens x0 [B, W] (sampled at `candidates`, greedy elsewhere) and their confidence [B, W]
+    (-inf outside `candidates`).
 
     low_confidence: confidence = softmax probability of x0, in float64 like LLaDA (only candidate rows are
     converted). random: uniform draws. Predictions in `suppress_ids` get -inf confidence (committed last).
+    `stream` = (first, length): the window covers columns first..first+W of a length-`length` sequence and
+    random numbers are drawn for all of it, in LLaDA's order and shapes.
     """
-    x0 = add_gumbel_noise(logits, temperature, generator).argmax(dim=-1)
+    x0 = gumbel_argmax(logits, candidates, temperature, generator, stream)
     if remasking == "low_confidence":
         probs = F.softmax(logits[candidates].to(torch.float64), dim=-1)
         chosen = probs.gather(-1, x0[candidates].unsqueeze(-1)).squeeze(-1)
         confidence = torch.full(x0.shape, float("-inf"), dtype=torch.float64, device=x0.device)
         confidence[candidates] = chosen
     else:
-        device = generator.device if generator is not None else x0.device
-        confidence = torch.rand(x0.shape, generator=generator, device=device).to(x0.device)
+        confidence = window_rand(tuple(x0.shape), stream, generator, x0.device, torch.float32)
         confidence = confidence.masked_fill(~candidates, float("-inf"))
     if suppress_ids:
         confidence = confidence.masked_fill(
@@ -124,8 +167,14 @@ def parallel_unmask_count(
 
 
 def _accepts(model: nn.Module, argument: str) -> bool:
-    """Whether `model.forward` takes `argument` by name."""
-    return argument in inspect.signature(model.forward).parameters
+    """Whether `model.forward` takes `argument` by name, looking through wrappers that pass keyword
+    arguments on to the model they wrap (peft's `get_base_model()`, DDP's and DeepSpeed's `module`)."""
+    parameters = inspect.signature(model.forward).parameters
+    if argument in parameters:
+        return True
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else getattr(model, "module", None)
+    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return passes_on and isinstance(inner, nn.Module) and inner is not model and _accepts(inner, argument)
 
 
 def check_block_schedule(
@@ -244,13 +293,14 @@ class _Decoder:
     def step_logits(
         self, x: torch.Tensor, step: int, start: int, end: int, cache: Any
     ) -> tuple[torch.Tensor, slice, Any]:
-        """Logits of this step over the window of x they cover, and the block's cache. Exact decoding and the
-        first step of a cached block run the full sequence; later cached steps run only the current block
-        (dual) or the block and the masked suffix after it (prefix), like Fast-dLLM."""
+        """Logits of this step over the window of x they cover (from the first masked column to the block's
+        end), and the block's cache. Exact decoding and the first step of a cached block run the full
+        sequence; later cached steps run only the current block (dual) or the block and the masked suffix
+        after it (prefix), like Fast-dLLM."""
         if step == 0 or self.cache is None:
             masked_columns = (x[:, :end] == self.mask_id).any(dim=0).nonzero()
             first = int(masked_columns[0]) if len(masked_columns) else end
-            window = slice(0, x.shape[1]) if self.exact_rng else slice(first, end)
+            window = slice(first, end)
             cache_args = {"use_cache": True} if self.cache is not None else {}
             logits, cache = self.logits(x, slice(None), window, **cache_args)
             if self.cache == "prefix":
@@ -282,6 +332,7 @@ class _Decoder:
                 remasking=self.remasking,
                 generator=self.generator,
                 suppress_ids=self.suppress_ids,
+                stream=(window.start, x.shape[1]) if self.exact_rng else None,
             )
             k = schedule[:, step]
             if self.unmask != "schedule":
