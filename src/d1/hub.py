@@ -55,7 +55,7 @@ def hub_unreachable(name: str, err: Exception, download: str, local: str) -> OSE
     """The error for a Hub name that could not be loaded: why, how to download it, the local alternative."""
     why = "HF_HUB_OFFLINE is set and it is not cached" if hub_offline() else "unreachable or not cached"
     return OSError(
-        f"Could not load {name!r} from the Hugging Face Hub ({why}; cache: {hub_cache()}). Either download it "
+        f"Could not load {name!r} from the Hugging Face Hub ({why}; cache: {hub_cache()}). Download it "
         f"first on a machine with internet (`{download}`, with the same HF_HOME/HF_HUB_CACHE), or {local}. "
         f"Original error: {type(err).__name__}: {err}"
     )
