@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,12 +107,43 @@ def test_eval_bad_input_is_one_line_error(
         (["--diffusion_steps", "7"], "diffusion_steps=7 must be a multiple of the number of blocks 2"),
         (["--checkpoint_path", str(junk)], "neither a LoRA adapter"),
         (["--data_path", str(_write(tmp_path / "empty.csv", ""))], "no test items"),
+        (["--subsample", "0"], "subsample=0 must be -1 (all items) or at least 1"),
+        (["--batch_size", "0"], "batch_size=0 must be at least 1"),
+        (["--model_path", "./runs/tinyy"], "model_path='./runs/tinyy': no such file or folder"),
     ]
     for extra, message in cases:
         assert main([*base, *extra]) == 1, extra
         err = capsys.readouterr().err
         assert message in err and err.startswith("d1 eval: error:"), err
     assert not list(tmp_path.glob("*_generations.json"))
+
+
+def test_eval_rerun_with_other_settings_is_refused(
+    tiny_model_dir: Path, sudoku_csv: Path, tmp_path: Path, capsys
+) -> None:
+    args = _eval_args(tiny_model_dir, sudoku_csv, tmp_path)
+    assert main(args) == 0
+    first = json.loads(next(tmp_path.glob("*_generations.json")).read_text())
+    capsys.readouterr()
+    assert main([*args, "--temperature", "0.7", "--seed", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "was written with other settings: temperature=0.0 (now 0.7), seed=42 (now 1)." in err, err
+    assert "--overwrite" in err
+    assert main([*args, "--temperature", "0.7", "--seed", "1", "--overwrite"]) == 0
+    second = json.loads(next(tmp_path.glob("*_generations.json")).read_text())
+    assert second["settings"]["temperature"] == 0.7 and first["settings"]["temperature"] == 0.0
+    assert len(second["generations"]) == 6
+
+
+def test_offline_hub_dataset_suggests_data_path(tiny_model_dir: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    command = [sys.executable, "-m", "d1", "eval", "--dataset", "gsm8k", "--model_path", str(tiny_model_dir)]
+    result = subprocess.run(
+        [*command, "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 1
+    assert "d1 eval: error: Could not load 'openai/gsm8k' from the Hugging Face Hub" in result.stderr
+    assert "pass --data_path FILE" in result.stderr and "columns 'question' and 'answer'" in result.stderr
 
 
 def test_data_make(tmp_path: Path, capsys) -> None:

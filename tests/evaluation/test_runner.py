@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -99,8 +100,13 @@ def test_run_eval_writes_d1_file(tiny_model_dir: Path, sudoku_csv: Path, tmp_pat
     data = json.loads(path.read_text())
     assert list(data) == [
         "generations", "metrics", "model_path", "checkpoint_path", "gen_length", "diffusion_steps",
-        "block_length",
+        "block_length", "settings",
     ]  # fmt: skip
+    settings = data["settings"]
+    assert settings["temperature"] == 0.0 and settings["remasking"] == "low_confidence"
+    assert (settings["steps"], settings["batch_size"], settings["world_size"], settings["seed"]) == (8, 4, 1, 42)
+    assert settings["test_items"] == 6 and settings["data_path"] == str(sudoku_csv)
+    assert len(settings["weights_fingerprint"]) == 16 and settings["mask_token_id"] is not None
     assert (data["gen_length"], data["diffusion_steps"], data["block_length"]) == (16, 8, 8)
     assert data["checkpoint_path"] == "" and data["model_path"] == str(tiny_model_dir)
     metrics = data["metrics"]
@@ -147,24 +153,86 @@ def test_interrupted_run_resumes_to_identical_file(
     assert _generations(run_eval(config)) == reference
 
 
-def test_resume_refuses_a_file_from_other_settings(
-    tiny_model_dir: Path, sudoku_csv: Path, tmp_path: Path, no_model_load: None
+def _refuse_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+
+
+CHANGED_SETTINGS = [
+    {"temperature": 0.7}, {"remasking": "random"}, {"seed": 1}, {"system_prompt": ""}, {"cfg_scale": 1.0},
+    {"batch_size": 2}, {"unmask": "threshold"}, {"threshold": 0.5}, {"early_stop": True}, {"cache": "dual"},
+    {"keep_special_tokens": False}, {"subsample": 4}, {"dtype": "float32"}, {"mask_token_id": 7},
+]  # fmt: skip
+
+
+def test_resume_refuses_other_settings_naming_them(
+    tiny_model_dir: Path, sudoku_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = run_eval(_config(tiny_model_dir, sudoku_csv, tmp_path))
+    before = path.read_text()
+    _refuse_model_loading(monkeypatch)
+    for change in CHANGED_SETTINGS:
+        ((key, value),) = change.items()
+        old = json.loads(before)["settings"][key]
+        with pytest.raises(ValueError, match="other settings") as caught:
+            run_eval(_config(tiny_model_dir, sudoku_csv, tmp_path, **change))
+        message = str(caught.value)
+        assert f"{key}={old!r} (now {value!r})" in message and "--overwrite" in message, message
+        assert str(path) in message
+    assert path.read_text() == before  # nothing was written into the file
+
+
+def test_resume_refuses_changed_data_weights_and_world_size(
+    tiny_model_dir: Path, sudoku_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "test.csv"
+    data.write_text(sudoku_csv.read_text())
+    model = init_model("tiny", tmp_path / "model", seed=0)
+    config = _config(model, data, tmp_path / "out")
+    path = run_eval(config)
+    _refuse_model_loading(monkeypatch)
+    assert run_eval(config) == path  # same settings: resumes (here: nothing left to do)
+
+    lines = sudoku_csv.read_text().splitlines()
+    data.write_text("\n".join([lines[0], lines[2], lines[1], *lines[3:]]) + "\n")  # same rows, other order
+    with pytest.raises(ValueError, match="test_items_sha256="):
+        run_eval(config)
+    data.write_text(sudoku_csv.read_text())
+
+    init_model("tiny", model, seed=1)  # retrained in place: same names and sizes, other weights
+    with pytest.raises(ValueError, match="weights_fingerprint="):
+        run_eval(config)
+    init_model("tiny", model, seed=0)
+    assert run_eval(config) == path
+
+    # A rank file of an earlier two-process run beside it would be scored with this run's file.
+    other = json.loads(path.read_text())
+    other["settings"]["world_size"] = 2
+    output_path(config, 1).write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"_1_generations.json was written with other settings: world_size=2"):
+        run_eval(config)
+
+
+def test_files_without_settings_or_corrupt_are_refused_and_overwrite_starts_over(
+    tiny_model_dir: Path, sudoku_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config(tiny_model_dir, sudoku_csv, tmp_path)
+    reference = _generations(run_eval(_config(tiny_model_dir, sudoku_csv, tmp_path / "fresh")))
     path = output_path(config, 0)
     record = {"question": "another question", "prompt_input": "", "generations": "", "ground_truth": "1" * 16}
-    header = {
-        "model_path": str(tiny_model_dir),
-        "checkpoint_path": "",
-        "gen_length": 16,
-        "diffusion_steps": 8,
-    }
-    path.write_text(json.dumps({"generations": [record], "metrics": {}, **header, "block_length": 8}))
-    with pytest.raises(ValueError, match="different question"):
-        run_eval(config)
-    path.write_text(json.dumps({"generations": [], "metrics": {}, **header, "block_length": 4}))
-    with pytest.raises(ValueError, match="block_length=4"):
-        run_eval(config)
+    header = {"model_path": str(tiny_model_dir), "checkpoint_path": "", **SETTINGS, "block_length": 8}
+    path.write_text(json.dumps({"generations": [record], "metrics": {}, **header}))  # d1's own format
+    with monkeypatch.context() as patch:
+        _refuse_model_loading(patch)
+        with pytest.raises(ValueError, match=r"records no settings.*--overwrite"):
+            run_eval(config)
+        path.write_text('{"generations": [{"question": "q", "prompt')  # cut by hand
+        with pytest.raises(ValueError, match=rf"{path}: not valid JSON.*--overwrite to start over"):
+            run_eval(config)
+    stale = output_path(config, 1)
+    stale.write_text(path.read_text())
+    (tmp_path / f".{path.name}.99999.tmp").write_text("left by a killed run")
+    assert _generations(run_eval(dataclasses.replace(config, overwrite=True))) == reference
+    assert not stale.exists() and not list(tmp_path.glob(".*.tmp"))
 
 
 @pytest.mark.parametrize(
@@ -178,6 +246,14 @@ def test_resume_refuses_a_file_from_other_settings(
         ({"model_name": "a/b"}, "without path separators"),
         ({"data_path": "/nonexistent/test.csv"}, "no such file"),
         ({"subsample": 7}, "subsample=7"),
+        ({"subsample": 0}, "subsample=0 must be -1"),
+        ({"subsample": -2}, "subsample=-2 must be -1"),
+        ({"seed": -1}, "seed=-1"),
+        ({"dtype": "fp8"}, "dtype='fp8'"),
+        ({"temperature": float("inf")}, "temperature=inf must be a finite"),
+        ({"threshold": float("nan")}, "threshold=nan"),
+        ({"mask_token_id": 10**6}, "mask_token_id=1000000 is outside the model's vocabulary"),
+        ({"data_path": "/tmp"}, "a folder, not a file"),
     ],
 )
 def test_bad_settings_fail_before_loading(

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import datasets
 
+from d1.hub import check_local_or_hub, hub_unreachable
+
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -27,13 +29,15 @@ def load_rows(source: str | Path, split: str = "train", name: str | None = None)
         except Exception as err:  # datasets raises many kinds for unparsable files
             raise ValueError(f"Could not read {str(source)!r} as {builder}: {err}") from err
     else:
+        check_local_or_hub(str(source), "train_data")
         try:
             rows = datasets.load_dataset(str(source), name, split=split)
         except (FileNotFoundError, ConnectionError, OSError) as err:
-            raise OSError(
-                f"Dataset {str(source)!r} is neither a local file nor reachable on the Hugging Face Hub ({err}). "
-                "Download it first on a machine with internet (`hf download --repo-type dataset NAME`, same HF_HOME), "
-                "or pass a local .json/.jsonl/.csv/.parquet file."
+            raise hub_unreachable(
+                str(source),
+                err,
+                f"hf download --repo-type dataset {source}",
+                "pass a local .json/.jsonl/.csv/.parquet file (or a folder of them)",
             ) from err
     if len(rows) == 0:
         raise ValueError(

@@ -1,15 +1,22 @@
 """d1's evaluation (`eval/eval.py`): generate answers for a task's test set and write d1 generation files.
 
 `generate_answers` is the pure core (model in, records out; the RL trainer reuses it for validation).
-`run_eval` adds what a run needs: cheap validation before any model loads, sharding over processes
+`run_eval` adds what a run needs: every option checked before any model loads, sharding over processes
 (rank r takes items r, r+W, ...), one `{task}_{model}_{gen_length}_{steps}_{rank}_generations.json` per
-rank rewritten atomically after every batch, and resumption from that file.
+rank rewritten atomically after every batch, and resumption from that file. Besides d1's keys each file
+holds a `settings` block (`run_settings`: sampler, prompt, data, seed, weights, batch size, world size);
+a rerun resumes only files whose settings equal its own and refuses others, naming the differences,
+unless `overwrite` deletes the setup's files first.
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
+import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +29,24 @@ from transformers import PreTrainedTokenizerBase
 
 from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, check_block_schedule, generate
 from d1.evaluation.score import load_generation_file
-from d1.models.loading import load_config, load_model, load_tokenizer, resolve_mask_token_id
+from d1.hub import check_local_or_hub, hub_unreachable
+from d1.models.loading import DTYPES, load_config, load_model, load_tokenizer, resolve_mask_token_id
 from d1.tasks import Task, get_task
 from d1.tasks.base import subsample_indices
+from d1.tasks.gsm8k import HUB_NAME as GSM8K_HUB
+from d1.tasks.math500 import TEST_HUB_NAME as MATH500_HUB
 from d1.utils import check_writable, derive_seed, distributed_state, is_main_process, say
 
 _WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
-_HEADER_KEYS = ("model_path", "checkpoint_path", "gen_length", "diffusion_steps", "block_length")
+_FINGERPRINTED = (*_WEIGHT_FILES, "adapter_model.bin")
+_SAMPLES, _SAMPLE_BYTES = 16, 1 << 16
+_LOCAL_TEST_FORMATS = {
+    "gsm8k": (
+        GSM8K_HUB,
+        "with columns 'question' and 'answer' (the solution text, ending in '#### <number>')",
+    ),
+    "math500": (MATH500_HUB, "with columns 'problem' and 'answer'"),
+}
 
 Progress = Callable[[list[dict[str, Any]], dict[str, float]], None]
 
@@ -111,6 +129,13 @@ class EvalConfig:
     )
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow the checkpoint's own model code."}
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over: delete this setup's generation files in output_dir first (a rerun otherwise "
+            "resumes them, and refuses files written with other settings)."
+        },
     )
 
     @property
@@ -264,8 +289,42 @@ def check_generation_settings(config: EvalConfig) -> None:
     if config.unmask not in UNMASKS:
         raise ValueError(f"unmask={config.unmask!r} is not one of {UNMASKS}.")
     for name in ("temperature", "cfg_scale", "few_shot"):
-        if not getattr(config, name) >= 0:
-            raise ValueError(f"{name}={getattr(config, name)} must be >= 0.")
+        if not 0 <= getattr(config, name) < math.inf:
+            raise ValueError(f"{name}={getattr(config, name)} must be a finite number >= 0.")
+    if not math.isfinite(config.threshold):
+        raise ValueError(f"threshold={config.threshold} must be a finite number.")
+
+
+def check_config(config: EvalConfig) -> str:
+    """Check every option cheaply, before any data or weights load; returns `checkpoint_kind`."""
+    get_task(config.dataset)
+    check_generation_settings(config)
+    if config.subsample is not None and config.subsample != -1 and config.subsample < 1:
+        raise ValueError(f"subsample={config.subsample} must be -1 (all items) or at least 1.")
+    if not 0 <= config.seed < 2**32:
+        raise ValueError(f"seed={config.seed} must be between 0 and 2**32 - 1 (numpy's seed range).")
+    if config.dtype != "auto" and config.dtype not in DTYPES:
+        raise ValueError(f"dtype={config.dtype!r} is unknown; use one of {sorted(DTYPES)} or 'auto'.")
+    if config.mask_token_id is not None and config.mask_token_id < 0:
+        raise ValueError(f"mask_token_id={config.mask_token_id} must be >= 0.")
+    if config.data_path is not None and not Path(config.data_path).is_file():
+        what = "a folder, not a file" if Path(config.data_path).is_dir() else "no such file"
+        raise FileNotFoundError(f"data_path={config.data_path!r}: {what}.")
+    check_local_or_hub(config.model_path, "model_path")
+    kind = checkpoint_kind(config.checkpoint_path)
+    check_writable(config.output_dir, "output_dir")
+    model_name(config)  # raises for a bad explicit name
+    return kind
+
+
+def check_mask_token(mask_token_id: int, model_config: Any) -> None:
+    """The mask token must index the model's embedding (else generation fails after the weights load)."""
+    vocab_size = getattr(model_config, "vocab_size", None)
+    if vocab_size is not None and not 0 <= mask_token_id < vocab_size:
+        raise ValueError(
+            f"mask_token_id={mask_token_id} is outside the model's vocabulary (vocab_size={vocab_size}); "
+            "pass the mask token of this model's tokenizer."
+        )
 
 
 def checkpoint_kind(checkpoint_path: str) -> str:
@@ -319,44 +378,152 @@ def output_path(config: EvalConfig, rank: int) -> Path:
 
 
 def load_items(config: EvalConfig, task: Task) -> list[dict[str, Any]]:
-    """The (subsampled) test items; a default subsample larger than a small local file means all of it."""
-    if config.data_path is not None and not Path(config.data_path).is_file():
-        raise FileNotFoundError(f"data_path={config.data_path!r}: no such file.")
-    items = task.load_test(config.data_path, subsample=-1)
+    """The (subsampled) test items; an unreachable Hub set says which local file would do instead."""
+    try:
+        items = task.load_test(config.data_path, subsample=-1)
+    except OSError as err:
+        if config.data_path is not None or task.name not in _LOCAL_TEST_FORMATS:
+            raise
+        hub_name, columns = _LOCAL_TEST_FORMATS[task.name]
+        raise hub_unreachable(
+            hub_name,
+            err,
+            f"hf download --repo-type dataset {hub_name}",
+            f"pass --data_path FILE: a local .jsonl/.json/.csv/.parquet copy of its test split, {columns}",
+        ) from err
     if not items:
         raise ValueError(f"data_path={config.data_path!r} holds no test items.")
     subsample = config.subsample
-    if subsample is None:
+    if subsample is None:  # the task's default; all of a file smaller than that
         subsample = task.default_subsample if task.default_subsample <= len(items) else -1
     return [items[i] for i in subsample_indices(len(items), subsample, config.seed)]
 
 
-def read_existing(path: Path, config: EvalConfig, shard: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """This rank's earlier file, checked against the current settings and shard, or None if absent."""
-    if not path.exists():
+# ---------------------------------------------------------------- resumption: the settings a file was written with
+
+
+def weights_fingerprint(*folders: str) -> str | None:
+    """A cheap fingerprint of the weight files in local `folders`: names, sizes and 64 KiB samples spread over
+    each file (not a full read). Retraining into the same folder changes it, copying it does not; None for
+    Hub names."""
+    local = [Path(folder) for folder in folders if Path(folder).is_dir()]
+    if not local:
         return None
-    data = load_generation_file(path)
-    expected = header(config)
-    for key in _HEADER_KEYS:
-        if data.get(key) != expected[key]:
-            raise ValueError(
-                f"{path} was written with {key}={data.get(key)!r}, not {expected[key]!r}; move it away or "
-                "use another output_dir."
-            )
+    digest = hashlib.sha256()
+    for folder in local:
+        for file in sorted({f for pattern in _FINGERPRINTED for f in folder.glob(pattern)}):
+            size = file.stat().st_size
+            digest.update(f"{file.name}:{size};".encode())
+            with file.open("rb") as handle:
+                for k in range(_SAMPLES):
+                    handle.seek(size * k // _SAMPLES)
+                    digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def items_digest(items: Sequence[dict[str, Any]]) -> str:
+    """A hash of the selected test items (questions and ground truths, in order)."""
+    text = json.dumps([[item["question"], item["ground_truth"]] for item in items], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_settings(
+    config: EvalConfig,
+    weights: Sequence[str],
+    items: Sequence[dict[str, Any]],
+    mask_token_id: int,
+    world: int,
+) -> dict[str, Any]:
+    """Everything that changes a generation or which items a rank's file holds, as written in the file's
+    `settings` block: a rerun resumes only files with equal settings. `batch_size` is in (it sets the
+    padding and each batch's noise seed), and so is `world_size` (it sets each rank's items)."""
+    sampling = config.generation_args()
+    decoding = sampling.pop("decoding")
+    settings = {
+        "dataset": get_task(config.dataset).name,
+        "data_path": config.data_path,
+        "subsample": config.subsample,
+        "test_items": len(items),
+        "test_items_sha256": items_digest(items),
+        "model_path": config.model_path,
+        "checkpoint_path": config.checkpoint_path,
+        "weights_fingerprint": weights_fingerprint(*weights),
+        "dtype": config.dtype,
+        "mask_token_id": mask_token_id,
+        **sampling,
+        **decoding,
+        "world_size": world,
+    }
+    return json.loads(json.dumps(settings))  # as it reads back from the file
+
+
+def settings_problem(path: Path, data: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """Why `data` (read from `path`) cannot be resumed under `settings`, or None if it can."""
+    old = data.get("settings")
+    if not isinstance(old, dict):
+        return (
+            f"{path} records no settings (written before d1 recorded them, or by another tool), so resuming "
+            "could mix generations made with other settings"
+        )
+    keys = list(settings) + [key for key in old if key not in settings]
+    differing = [
+        f"{key}={old.get(key)!r} (now {settings.get(key)!r})"
+        for key in keys
+        if old.get(key) != settings.get(key)
+    ]
+    if differing:
+        return f"{path} was written with other settings: {', '.join(differing)}"
+    return None
+
+
+def setup_files(config: EvalConfig) -> list[Path]:
+    """This setup's generation files in `output_dir`, every rank's (earlier runs may have had more)."""
+    prefix = output_path(config, 0).name.rsplit("_", 2)[0]
+    name = re.compile(re.escape(prefix) + r"_\d+_generations\.json")
+    folder = Path(config.output_dir)
+    return sorted(
+        p for p in folder.glob(f"{glob.escape(prefix)}_*_generations.json") if name.fullmatch(p.name)
+    )
+
+
+def previous_files(config: EvalConfig, settings: dict[str, Any], main: bool) -> dict[Path, dict[str, Any]]:
+    """This setup's earlier files, each checked to hold `settings` (else an error naming the differences and
+    the fix); with `overwrite` the main process deletes them instead (call `wait_for_everyone` after)."""
+    files = setup_files(config)
+    fix = "pass --overwrite to start over (it deletes this setup's files) or choose another --output_dir"
+    if config.overwrite:
+        if main and files:
+            for file in files:
+                file.unlink(missing_ok=True)
+            say(f"--overwrite: deleted {len(files)} earlier generation file(s) of this setup")
+        return {}
+    found = {}
+    for file in files:
+        try:
+            data = load_generation_file(file)
+        except ValueError as err:
+            raise ValueError(f"{err}; cannot resume from it: {fix}.") from err
+        problem = settings_problem(file, data, settings)
+        if problem:
+            raise ValueError(f"{problem}. Rerun with the recorded settings to resume, or {fix}.")
+        found[file] = data
+    return found
+
+
+def check_shard(path: Path, data: dict[str, Any], shard: Sequence[dict[str, Any]]) -> None:
+    """The file's generations must answer this rank's first items, in order (guards hand-edited files)."""
     done = data["generations"]
     if len(done) > len(shard):
         raise ValueError(
-            f"{path} holds {len(done)} generations but this process's shard has {len(shard)} items: different "
-            "settings or number of processes. Move it away or use another output_dir."
+            f"{path} holds {len(done)} generations but this process's shard has {len(shard)} items. "
+            "Pass --overwrite to start over."
         )
     for position, (record, item) in enumerate(zip(done, shard, strict=False)):
         if record["question"] != item["question"]:
             raise ValueError(
                 f"{path}: generation {position} answers a different question than item {position} of this "
-                "process's shard (different data, subsample, seed or number of processes). Move it away or use "
-                "another output_dir."
+                "process's shard. Pass --overwrite to start over."
             )
-    return data
 
 
 def header(config: EvalConfig) -> dict[str, Any]:
@@ -375,6 +542,12 @@ def write_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporary files a killed run left beside `path` (they are never renamed into place)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- the run
@@ -419,10 +592,7 @@ def run_eval(config: EvalConfig) -> Path:
     `accelerate launch` and under `torchrun`.
     """
     task = get_task(config.dataset)
-    check_generation_settings(config)
-    kind = checkpoint_kind(config.checkpoint_path)
-    check_writable(config.output_dir, "output_dir")
-    model_name(config)  # raises for a bad explicit name
+    kind = check_config(config)
     items = load_items(config, task)
     weights = config.checkpoint_path if kind == "full" else config.model_path
     has_tokenizer = (Path(weights) / "tokenizer_config.json").is_file()
@@ -430,14 +600,22 @@ def run_eval(config: EvalConfig) -> Path:
     tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=config.trust_remote_code)
     model_config = load_config(weights, config.trust_remote_code)
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
+    check_mask_token(mask_token_id, model_config)
 
     state = distributed_state()
     rank, world = state.process_index, state.num_processes
     indices = list(range(rank, len(items), world))
     shard = [items[i] for i in indices]
+    adapter = [config.checkpoint_path] if kind == "lora" else []
+    settings = run_settings(config, [weights, *adapter], items, mask_token_id, world)
+    Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+    earlier = previous_files(config, settings, state.is_main_process)
+    state.wait_for_everyone()  # --overwrite's deletions happen before any rank writes
     path = output_path(config, rank)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existing = read_existing(path, config, shard)
+    remove_stale_temporaries(path)
+    existing = earlier.get(path)
+    if existing is not None:
+        check_shard(path, existing, shard)
     records: list[dict[str, Any]] = list(existing["generations"]) if existing else []
     previous = dict(existing["metrics"]) if existing and isinstance(existing.get("metrics"), dict) else {}
     totals = {key: float(previous.get(key, 0)) for key in ("generated_tokens", "forward_passes", "batches")}
@@ -453,6 +631,7 @@ def run_eval(config: EvalConfig) -> Path:
             "generations": records,
             "metrics": _metrics(previous, totals, len(records)),
             **header(config),
+            "settings": settings,
         }
         write_atomic(path, payload)
 

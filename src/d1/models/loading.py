@@ -6,7 +6,6 @@ LLaDA checkpoints load into d1's native implementation (no remote code); other f
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 import d1.models.llada  # noqa: F401  (registers model_type "llada" with the Auto classes)
+from d1.hub import check_local_or_hub, hub_unreachable
 
 SFT_LORA = {
     "r": 128,
@@ -36,18 +36,13 @@ DTYPES = {
 
 
 def _hub_error(name_or_path: str, err: Exception) -> OSError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-    return OSError(
-        f"Could not load {name_or_path!r}: it is not a local folder and the Hugging Face Hub could not provide it "
-        f"({'HF_HUB_OFFLINE is set' if offline else 'unreachable or not cached'}; cache: {cache}). Download it first "
-        f"on a machine with internet (`hf download {name_or_path}`, with the same HF_HOME/HF_HUB_CACHE), or pass a "
-        f"local path. Original error: {err}"
-    )
+    """The error for a model that is neither a local folder nor loadable from the Hub."""
+    return hub_unreachable(name_or_path, err, f"hf download {name_or_path}", "pass a local model folder")
 
 
 def _from_pretrained(loader: Any, name_or_path: str | Path, **kwargs: Any) -> Any:
-    """`loader.from_pretrained` with a clear error for a hub name that cannot be reached."""
+    """`loader.from_pretrained`; a missing local path fails at once, an unreachable Hub name clearly."""
+    check_local_or_hub(str(name_or_path), "model")
     try:
         return loader.from_pretrained(str(name_or_path), **kwargs)
     except OSError as err:
