@@ -1,8 +1,8 @@
 """Test helper run under torchrun with 2 CPU processes (gloo): generation with FSDP2-sharded weights.
 
 Writes OUTPUT/sharded-RANK.json with, per rank:
-- "sync": a scripted model whose per-rank confidence makes rank 0 finish after 1 step (threshold unmasking +
-  early stop) and rank 1 need every step; its weights are FSDP2-sharded, so each forward is a collective.
+- "threshold", "schedule": a scripted model whose per-rank confidence makes rank 0 finish early (early stop)
+  and rank 1 need every step; its weights are FSDP2-sharded, so each forward is a collective.
   Forward passes and tokens of the single-process run (no sharding, no synchronisation) and of the run with
   `sync_done=all_ranks_done`, and whether the sampling generator ended in the same state.
 - "gather": a tiny native LLaDA (2 blocks, each block and the root an FSDP2 unit), generation under
@@ -51,22 +51,24 @@ class Scripted(nn.Module):
 
 
 def decode(model: nn.Module, prompt: torch.Tensor, **options) -> tuple[list[int], int, torch.Tensor]:
-    """Tokens, forward passes and the final generator state of one sampled, threshold-unmasked run."""
+    """Tokens, forward passes and the final generator state of one sampled run with early stop."""
     generator = torch.Generator().manual_seed(7)
     model.calls = 0
     out = generate(
-        model, prompt, gen_length=8, block_length=4, steps=8, temperature=0.7, unmask="threshold",
-        cache=None, early_stop=True, generator=generator, **options,
+        model, prompt, gen_length=8, block_length=4, steps=8, temperature=0.7, early_stop=True,
+        generator=generator, **options,
     )  # fmt: skip
     return out[0].tolist(), model.calls, generator.get_state()
 
 
-def sync_case(rank: int) -> dict:
+def sync_case(rank: int, unmask: str) -> dict:
+    """threshold: rank 0 finishes after its first step; schedule (LLaDA's exact sampler, which draws noise
+    over the whole sequence every step): after its first block."""
     prompt = torch.tensor([[2 if rank == 0 else 4, 5, 6]])
     model = Scripted()
-    alone_tokens, alone_passes, alone_state = decode(model, prompt)
+    alone_tokens, alone_passes, alone_state = decode(model, prompt, unmask=unmask)
     fully_shard(model)
-    tokens, passes, state = decode(model, prompt, sync_done=all_ranks_done)
+    tokens, passes, state = decode(model, prompt, unmask=unmask, sync_done=all_ranks_done)
     return {
         "alone": {"tokens": alone_tokens, "forward_passes": alone_passes},
         "synced": {"tokens": tokens, "forward_passes": passes},
@@ -120,7 +122,8 @@ def gather_case(rank: int) -> dict:
 def main(output: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    result = {"sync": sync_case(rank), "gather": gather_case(rank)}
+    result = {unmask: sync_case(rank, unmask) for unmask in ("threshold", "schedule")}
+    result["gather"] = gather_case(rank)
     (Path(output) / f"sharded-{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 

@@ -176,14 +176,16 @@ def test_fsdp2_generation_two_processes(tmp_path) -> None:
     result = subprocess.run([*cmd, str(tmp_path)], capture_output=True, text=True, timeout=180, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"sharded-{r}.json").read_text()) for r in (0, 1)]
-    sync = [r["sync"] for r in ranks]
-    # alone, rank 0 is done after 1 forward pass (all EOS, early stop), rank 1 needs all 8 steps
-    assert [s["alone"]["forward_passes"] for s in sync] == [1, 8]
-    assert [s["synced"]["forward_passes"] for s in sync] == [8, 8]
-    for s in sync:
-        assert s["synced"]["tokens"] == s["alone"]["tokens"]
-        assert s["generator_state_equal"]  # the joining passes drew no random numbers
-    assert sync[0]["alone"]["tokens"][3:] == [1] * 8 and 1 not in sync[1]["alone"]["tokens"]
+    # alone, rank 0 is done (all EOS, early stop) after 1 forward pass (threshold) or its first block
+    # (schedule); rank 1 needs all 8 steps
+    for unmask, alone_passes in (("threshold", [1, 8]), ("schedule", [4, 8])):
+        sync = [r[unmask] for r in ranks]
+        assert [s["alone"]["forward_passes"] for s in sync] == alone_passes
+        assert [s["synced"]["forward_passes"] for s in sync] == [8, 8]
+        for s in sync:
+            assert s["synced"]["tokens"] == s["alone"]["tokens"]
+            assert s["generator_state_equal"]  # the joining passes drew no random numbers
+        assert sync[0]["alone"]["tokens"][3:] == [1] * 8 and 1 not in sync[1]["alone"]["tokens"]
     for gather in (r["gather"] for r in ranks):
         assert gather["equal_inside"] and gather["equal_plain"]
         assert gather["unsharded_inside"] and gather["resharded_after"] and gather["grads"]
