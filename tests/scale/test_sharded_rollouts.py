@@ -103,7 +103,9 @@ def test_all_ranks_done_without_a_process_group_is_the_local_flag() -> None:
     assert all_ranks_done(True) is True and all_ranks_done(False) is False
 
 
-@pytest.mark.parametrize("n, world, batch", [(10, 4, 2), (9, 2, 4), (8, 3, 3), (3, 4, 2), (1, 2, 1), (0, 2, 3), (7, 2, 1)])
+@pytest.mark.parametrize(
+    "n, world, batch", [(10, 4, 2), (9, 2, 4), (8, 3, 3), (3, 4, 2), (1, 2, 1), (0, 2, 3), (7, 2, 1)]
+)
 def test_padded_shards_run_equal_batches_and_keep_the_unpadded_items(n, world, batch) -> None:
     items = [f"item{i}" for i in range(n)]
     shards = [padded_shard(items, rank, world, batch) for rank in range(world)]
@@ -135,7 +137,8 @@ def test_reference_copy_of_sharded_weights_is_refused_under_accelerate_launch(
     config = grpo_config(tmp_path)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(ValueError, match=f"beta=0.04 with full fine-tuning \\(lora=False\\) under {sharded}.*--lora.*--beta 0"):
+    message = f"beta=0.04 with full fine-tuning \\(lora=False\\) under {sharded}.*--lora.*--beta 0"
+    with pytest.raises(ValueError, match=message):
         config.validate(world_size=2)
 
 

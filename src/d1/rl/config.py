@@ -232,7 +232,7 @@ class DiffuGRPOConfig(TrainingArguments):
         sharded = zero3_or_fsdp_launch(self)
         if self.beta > 0 and not self.lora and sharded:
             raise ValueError(
-                f"beta={self.beta} with full fine-tuning (lora=False) under {sharded}: the reference policy would be a "
-                "frozen deep copy of sharded weights (a copy of one shard, or a full unsharded copy on every GPU). "
-                "Use --lora (the reference is the base with the adapter disabled), or --beta 0."
+                f"beta={self.beta} with full fine-tuning (lora=False) under {sharded}: the reference policy "
+                "would be a frozen deep copy of sharded weights (a copy of one shard, or a full unsharded copy "
+                "on every GPU). Use --lora (the reference is the base with the adapter disabled), or --beta 0."
             )
