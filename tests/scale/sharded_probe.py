@@ -7,7 +7,9 @@ Writes OUTPUT/sharded-RANK.json with, per rank:
   `sync_done=all_ranks_done`, and whether the sampling generator ended in the same state.
 - "gather": a tiny native LLaDA (2 blocks, each block and the root an FSDP2 unit), generation under
   `gathered_for_generation` (first) and plain (after it) vs the same weights unsharded; all-gathers counted
-  during each generation and during a training forward + backward afterwards.
+  during each generation and during a training forward + backward afterwards. No FSDP plugin: the blocks
+  reshard after forward (fully_shard's default).
+- "gather_kept": the same with blocks that keep their weights after forward, as accelerate's FSDP plugin says.
 """
 
 from __future__ import annotations
@@ -91,16 +93,23 @@ def count_all_gathers(run) -> tuple[object, int]:
         dist.all_gather_single = real
 
 
-def gather_case(rank: int) -> dict:
+def fsdp2_launch(reshard_after_forward: bool) -> SimpleNamespace:
+    """The attributes of an FSDP2 `accelerate.Accelerator` that `gathered_for_generation` reads."""
+    plugin = SimpleNamespace(reshard_after_forward=reshard_after_forward)
+    return SimpleNamespace(**vars(FSDP2), state=SimpleNamespace(fsdp_plugin=plugin))
+
+
+def gather_case(rank: int, accelerator: SimpleNamespace, reshard_after_forward: bool | None) -> dict:
+    """Blocks sharded with `reshard_after_forward` (None: fully_shard's default), the root with its own."""
     tokenizer = build_tokenizer()
     model = build_model("tiny", tokenizer, seed=0).eval()
     prompt = torch.tensor([tokenizer.encode(f"rank {rank}: 12+3=")])
     options = {"gen_length": 8, "block_length": 4, "steps": 4}
     expected = generate(model, prompt, **options)
     for block in model.model.transformer.blocks:
-        fully_shard(block)
+        fully_shard(block, reshard_after_forward=reshard_after_forward)
     fully_shard(model)
-    with gathered_for_generation(model, FSDP2) as unwrapped:  # the first forward ever, as in training
+    with gathered_for_generation(model, accelerator) as unwrapped:  # the first forward ever, as in training
         inside, gathers_inside = count_all_gathers(lambda: generate(unwrapped, prompt, **options))
         unsharded = all(type(p) is nn.Parameter for p in model.parameters())
     resharded = all(type(p).__name__ == "DTensor" for p in model.parameters())
@@ -123,7 +132,8 @@ def main(output: str) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     result = {unmask: sync_case(rank, unmask) for unmask in ("threshold", "schedule")}
-    result["gather"] = gather_case(rank)
+    result["gather"] = gather_case(rank, FSDP2, None)
+    result["gather_kept"] = gather_case(rank, fsdp2_launch(False), False)
     (Path(output) / f"sharded-{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 

@@ -17,7 +17,12 @@ from accelerate.utils import DistributedType
 from torch import nn
 
 from d1.rl.config import DiffuGRPOConfig
-from d1.rl.sharding import all_ranks_done, gathered_for_generation, sharding_kind
+from d1.rl.sharding import (
+    all_ranks_done,
+    fsdp2_reshard_after_forward,
+    gathered_for_generation,
+    sharding_kind,
+)
 from d1.rl.trainer import padded_shard
 
 PROBE = Path(__file__).with_name("sharded_probe.py")
@@ -46,6 +51,13 @@ def fake_accelerator(kind: DistributedType, zero_stage: int = 0, fsdp2: bool = F
 )
 def test_sharding_kind_per_launch(accelerator, kind) -> None:
     assert sharding_kind(accelerator) == kind
+
+
+def test_fsdp2_restore_setting_is_the_plugins_or_fully_shards_default() -> None:
+    plugin = SimpleNamespace(reshard_after_forward=False)
+    assert fsdp2_reshard_after_forward(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin))) is False
+    assert fsdp2_reshard_after_forward(SimpleNamespace(state=SimpleNamespace(fsdp_plugin=None))) is True
+    assert fsdp2_reshard_after_forward(SimpleNamespace(distributed_type=DistributedType.FSDP)) is True
 
 
 def test_plain_launch_yields_the_unwrapped_model_unchanged() -> None:
@@ -199,3 +211,11 @@ def test_fsdp2_generation_two_processes(tmp_path) -> None:
         # training afterwards: each block gathers in forward and again in backward (the root still holds its
         # weights from the plain run)
         assert gather["all_gathers_training_step"] == 2 + 2
+    for kept in (r["gather_kept"] for r in ranks):  # blocks keep their weights after forward (the plugin's)
+        assert kept["equal_inside"] and kept["equal_plain"]
+        assert kept["unsharded_inside"] and kept["resharded_after"] and kept["grads"]
+        assert kept["all_gathers_inside"] == 0
+        # plain: every unit gathers once at the first step and keeps its weights (the setting was restored);
+        # training afterwards gathers nothing
+        assert kept["all_gathers_plain"] == 1 + 2
+        assert kept["all_gathers_training_step"] == 0

@@ -28,22 +28,30 @@ def sharding_kind(accelerator: Any) -> str | None:
     return None
 
 
+def fsdp2_reshard_after_forward(accelerator: Any) -> bool:
+    """The reshard-after-forward setting accelerate gave the FSDP2 units below the root (its FSDP plugin's
+    `reshard_after_forward`, a bool under FSDP2); `fully_shard`'s own default, True, without a plugin."""
+    plugin = getattr(getattr(accelerator, "state", None), "fsdp_plugin", None)
+    return True if plugin is None else bool(plugin.reshard_after_forward)
+
+
 @contextmanager
-def _fsdp2_unsharded(model: nn.Module) -> Iterator[None]:
-    """Every FSDP2 unit of `model` unsharded, and kept so across forward passes, until exit; then resharded
-    with each unit's own reshard-after-forward setting back. torch has no public getter for that setting,
-    so it is saved from the param groups (what `set_reshard_after_forward` writes)."""
+def _fsdp2_unsharded(model: nn.Module, reshard_after_forward: bool) -> Iterator[None]:
+    """Every FSDP2 unit of `model` unsharded, and kept so across forward passes, until exit; then resharded,
+    the units below the root set back to `reshard_after_forward` (torch has no public getter for a unit's
+    setting, so the caller passes the value it was sharded with). The root's setting is left alone: by
+    torch's default it keeps its weights after forward, and setting it would change that for training.
+    A unit accelerate shards with its own value (its output-head unit, for models with output embeddings;
+    d1's LLaDA has none) also gets `reshard_after_forward` back: a cost in all-gathers, never in results."""
     from torch.distributed.fsdp import FSDPModule
 
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     if not units:  # not prepared yet (e.g. evaluate before train)
         yield
         return
-    units[0]._get_fsdp_state()._lazy_init()  # the root settles its own setting at its first forward
-    groups = [g for unit in units for g in unit._get_fsdp_state()._fsdp_param_groups]
-    saved = [g.post_forward_mesh_info for g in groups]
-    for group in groups:
-        group.post_forward_mesh_info = None  # no reshard after forward
+    inner = units[1:]  # modules() lists the root (the outermost unit) first
+    for unit in inner:
+        unit.set_reshard_after_forward(False, recurse=False)
     for unit in units:
         unit.unshard()
     try:
@@ -51,8 +59,8 @@ def _fsdp2_unsharded(model: nn.Module) -> Iterator[None]:
     finally:
         for unit in units:
             unit.reshard()
-        for group, info in zip(groups, saved, strict=True):
-            group.post_forward_mesh_info = info
+        for unit in inner:
+            unit.set_reshard_after_forward(reshard_after_forward, recurse=False)
 
 
 @contextmanager
@@ -61,8 +69,10 @@ def gathered_for_generation(model: nn.Module, accelerator: Any) -> Iterator[nn.M
 
     ZeRO-3: `deepspeed.zero.GatheredParameters` over all parameters (DeepSpeed's own forward hooks stay in
     place, so a forward may still re-fetch; the step synchronisation keeps that safe). FSDP2: every unit
-    unsharded and kept unsharded. FSDP1: the root's own parameters summoned (the wrapped layers gather in
-    their forward; FSDP1 allows no forward inside a recursive summon). Otherwise: `unwrap_model(model)`.
+    unsharded and kept unsharded, then resharded with the units below the root set back to accelerate's
+    `fsdp_plugin.reshard_after_forward`. FSDP1: the root's own parameters summoned (the wrapped layers
+    gather in their forward; FSDP1 allows no forward inside a recursive summon). Otherwise:
+    `unwrap_model(model)`.
     Every rank must enter and leave together (gathering is a collective).
     """
     kind = sharding_kind(accelerator)
@@ -73,7 +83,7 @@ def gathered_for_generation(model: nn.Module, accelerator: Any) -> Iterator[nn.M
             yield accelerator.unwrap_model(model)
     elif kind == "fsdp2":
         unwrapped = accelerator.unwrap_model(model)
-        with _fsdp2_unsharded(unwrapped):
+        with _fsdp2_unsharded(unwrapped, fsdp2_reshard_after_forward(accelerator)):
             yield unwrapped
     elif kind == "fsdp1":
         from torch.distributed.fsdp import FullyShardedDataParallel
