@@ -96,6 +96,28 @@ def cpu_only_launch() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def _deepspeed_zero_stage(config: Any) -> int | None:
+    """The ZeRO stage of a DeepSpeed config given as a dict or a JSON file path (None when unreadable)."""
+    if isinstance(config, (str, Path)) and Path(config).is_file():
+        config = json.loads(Path(config).read_text())
+    stage = config.get("zero_optimization", {}).get("stage") if isinstance(config, dict) else None
+    return int(stage) if str(stage).isdigit() else None
+
+
+def zero3_or_fsdp_launch(args: Any) -> str | None:
+    """"DeepSpeed ZeRO-3" or "FSDP" when the weights will be sharded over processes, else None. Reads the
+    `TrainingArguments` (`deepspeed`, `fsdp`) and the variables `accelerate launch` sets from its config file
+    (there `args.deepspeed` stays None)."""
+    env = os.environ
+    if getattr(args, "fsdp", None) or env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    config = getattr(args, "deepspeed", None) or env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    launched_zero3 = env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and (
+        env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    )
+    return "DeepSpeed ZeRO-3" if launched_zero3 or _deepspeed_zero_stage(config) == 3 else None
+
+
 def distributed_state() -> PartialState:
     """accelerate's process state, initialised so that CPU-only multi-process launches use gloo."""
     return PartialState(cpu=cpu_only_launch())

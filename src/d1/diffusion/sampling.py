@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -264,6 +265,16 @@ class _Decoder:
     unmask: str
     threshold: float
     factor: float
+    sync_done: Callable[[bool], bool] | None = None
+
+    def all_done(self, done: bool) -> bool:
+        """Whether every process is done (`done` itself without `sync_done`)."""
+        return done if self.sync_done is None else self.sync_done(done)
+
+    def join_forward(self, x: torch.Tensor) -> None:
+        """A forward pass whose result is dropped, so that a finished process keeps joining the collectives of
+        the others' forward passes (sharded weights); it draws no random numbers and changes no token."""
+        self.logits(x, slice(None), slice(x.shape[1] - 1, None))
 
     @property
     def exact_rng(self) -> bool:
@@ -314,14 +325,19 @@ class _Decoder:
             logits, _ = self.logits(x, slice(start, end), block, cache=cache, cache_position=position)
         return logits, slice(start, end), cache
 
-    def decode_block(self, x: torch.Tensor, start: int, end: int, steps: int) -> int:
+    def decode_block(self, x: torch.Tensor, start: int, end: int, steps: int, finished: bool = False) -> int:
         """Unmask x[:, start:end] in place in at most `steps` steps (exactly `steps` for LLaDA's schedule);
-        returns the number of model forward passes."""
+        returns the number of model forward passes. `finished` (early stop): nothing left to decode. With
+        `sync_done`, a process with nothing left runs `join_forward` until every process is done."""
         schedule = num_transfer_tokens(x[:, start:end] == self.mask_id, steps)
         cache = None
         for step in range(steps):
-            if not self.exact_rng and not (x[:, :end] == self.mask_id).any():
+            idle = finished or (not self.exact_rng and not (x[:, :end] == self.mask_id).any())
+            if self.all_done(idle):
                 return step
+            if idle:
+                self.join_forward(x)
+                continue
             logits, window, cache = self.step_logits(x, step, start, end, cache)
             positions = torch.arange(window.start, window.stop, device=x.device)
             candidates = (x[:, window] == self.mask_id) & (positions < end)
@@ -370,6 +386,7 @@ def generate(
     factor: float = 1.0,
     early_stop: bool = False,
     stats: dict | None = None,
+    sync_done: Callable[[bool], bool] | None = None,
 ) -> torch.Tensor:
     """Prompt plus `gen_length` generated tokens [B, P + gen_length], decoded in blocks of `block_length`
     with `steps` model calls in total (LLaDA's `generate`).
@@ -379,6 +396,11 @@ def generate(
     `cache` "prefix" | "dual" (block KV cache, needs a model taking `cache`), `unmask` "threshold" |
     "factor" (parallel unmasking; `steps` becomes a cap), `early_stop` (stop once every row's decoded
     blocks end in EOS, filling the rest with EOS). `stats`, when given, receives "forward_passes" and "steps".
+
+    `sync_done(done) -> every process done` (e.g. an all-reduce) makes the data-dependent step counts of
+    threshold/factor unmasking and early stop equal on all processes, as sharded weights (ZeRO-3, FSDP)
+    need: a process that finished runs forward passes that change nothing until every process has finished.
+    Each process's tokens are those it would decode alone.
     """
     _validate(
         prompt_ids,
@@ -428,17 +450,20 @@ def generate(
         unmask,
         threshold,
         factor,
+        sync_done,
     )
 
     num_blocks = gen_length // block_length
     forward_passes = 0
+    finished = False
     for block in range(num_blocks):
         end = prompt_length + (block + 1) * block_length
-        forward_passes += decoder.decode_block(x, end - block_length, end, steps // num_blocks)
+        forward_passes += decoder.decode_block(x, end - block_length, end, steps // num_blocks, finished)
         if early_stop:
-            finished = x[:, end - 1] == eos_id
-            x[finished, end:] = eos_id
-            if finished.all():
+            rows_done = x[:, end - 1] == eos_id
+            x[rows_done, end:] = eos_id
+            finished = bool(rows_done.all())
+            if decoder.all_done(finished):
                 break
     if stats is not None:
         stats.update(forward_passes=forward_passes, steps=forward_passes)

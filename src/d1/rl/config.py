@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 from d1.diffusion.likelihood import ESTIMATORS
 from d1.diffusion.sampling import check_block_schedule
 from d1.sft.config import bf16_available
-from d1.utils import cpu_only_launch
+from d1.utils import cpu_only_launch, zero3_or_fsdp_launch
 
 GRPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"]
 """All of LLaDA's projection layers (d1 adapts every projection in RL)."""
@@ -229,13 +229,10 @@ class DiffuGRPOConfig(TrainingArguments):
                 "beta > 0 needs a reference policy, but a 4-bit model can only be trained with LoRA (whose disabled "
                 "adapter is the reference). Use --lora, or --beta 0."
             )
-        if (
-            self.beta > 0
-            and not self.lora
-            and self.deepspeed
-            and "zero3" in str(self.deepspeed).replace("_", "")
-        ):
+        sharded = zero3_or_fsdp_launch(self)
+        if self.beta > 0 and not self.lora and sharded:
             raise ValueError(
-                "beta > 0 with full fine-tuning under DeepSpeed ZeRO-3: d1 cannot build the frozen reference copy "
-                "from sharded weights. Use --lora (the reference is the base with the adapter disabled), or --beta 0."
+                f"beta={self.beta} with full fine-tuning (lora=False) under {sharded}: the reference policy "
+                "would be a frozen deep copy of sharded weights (a copy of one shard, or a full unsharded copy "
+                "on every GPU). Use --lora (the reference is the base with the adapter disabled), or --beta 0."
             )

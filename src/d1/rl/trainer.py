@@ -30,6 +30,7 @@ from d1.rl.advantages import combine_rewards, group_advantages, learning_rows
 from d1.rl.config import DiffuGRPOConfig
 from d1.rl.rollout import RewardError, completion_mask, encode_prompts, score_completions
 from d1.rl.sampler import RepeatSampler
+from d1.rl.sharding import all_ranks_done, gathered_for_generation, sharding_kind
 from d1.tasks import Task
 from d1.utils import derive_seed, say
 
@@ -39,6 +40,19 @@ BEST_FILE = "best_checkpoint.json"
 
 def _rows(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
+
+
+def padded_shard(items: list[Any], rank: int, world: int, batch_size: int) -> tuple[list[Any], int]:
+    """This rank's items (rank, rank + world, ...) and their count, padded with copies of items[0] so that
+    every rank runs as many generation batches as rank 0 (the longest shard): under sharded weights each
+    forward pass is a collective. The padding fills a batch of its own, so the real items' batches are
+    those of the unpadded run."""
+    shard = items[rank::world]
+    batches = -(-len(items[0::world]) // batch_size)
+    real = len(shard)
+    if -(-real // batch_size) < batches:
+        shard = shard + [items[0]] * ((batches - 1) * batch_size + 1 - real)
+    return shard, real
 
 
 class RolloutBufferCallback(TrainerCallback):
@@ -94,6 +108,7 @@ class DiffuGRPOTrainer(Trainer):
         config = self.accelerator.unwrap_model(model).config
         self.mask_token_id = int(config.mask_token_id)
         self.eos_token_id = int(processing_class.eos_token_id)
+        self.sync_done = all_ranks_done if sharding_kind(self.accelerator) else None
         self.ref_model = None
         if args.beta > 0 and not getattr(
             model, "peft_config", None
@@ -159,11 +174,11 @@ class DiffuGRPOTrainer(Trainer):
         )
 
     @torch.no_grad()
-    def _rollout(self, model: Any, rows: list[dict[str, Any]], micro: int) -> dict[str, Any]:
-        """Generate, reward, compute advantages and the old/reference log-probs for every iteration's mask."""
+    def _rollout(self, unwrapped: Any, rows: list[dict[str, Any]], micro: int) -> dict[str, Any]:
+        """Generate, reward, compute advantages and the old/reference log-probs for every iteration's mask,
+        with `unwrapped` from `gathered_for_generation`."""
         args, tokenizer, device = self.args, self.processing_class, self.accelerator.device
         rollout_step = self.state.global_step
-        unwrapped = self.accelerator.unwrap_model(model)
         start = time.perf_counter()
         texts = [
             tokenizer.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=False)
@@ -194,6 +209,7 @@ class DiffuGRPOTrainer(Trainer):
                     cfg_scale=args.cfg_scale,
                     mask_token_id=self.mask_token_id,
                     generator=generator,
+                    sync_done=self.sync_done,
                     **args.decoding(),
                 )
             )
@@ -286,7 +302,8 @@ class DiffuGRPOTrainer(Trainer):
         self._micro_step += 1
         iteration = self.state.global_step % self.args.num_iterations
         if iteration == 0:
-            self.rollout_buffer[micro] = self._rollout(model, inputs, micro)
+            with gathered_for_generation(model, self.accelerator) as unwrapped:
+                self.rollout_buffer[micro] = self._rollout(unwrapped, inputs, micro)
         elif micro not in self.rollout_buffer:
             self._load_buffer()
         batch = {**self.rollout_buffer[micro], "iteration": iteration}
@@ -333,26 +350,29 @@ class DiffuGRPOTrainer(Trainer):
         """Greedy accuracy on held-out training items (never the test set); records the best step in
         `best_checkpoint.json` and asks the Trainer to save a checkpoint there."""
         items = [self.task.eval_item(r) for r in (eval_dataset or self.eval_dataset or [])]
-        rank, world = self.accelerator.process_index, self.accelerator.num_processes
         args = self.args
-        model = self.accelerator.unwrap_model(self.model)
-        was_training = model.training
-        model.eval()  # greedy answers without dropout
-        try:
-            records = generate_answers(
-                model,
-                self.processing_class,
-                self.task,
-                items[rank::world],
-                gen_length=args.max_completion_length,
-                block_length=args.block_length,
-                steps=args.diffusion_steps,
-                batch_size=args.generation_batch_size,
-                system_prompt=args.system_prompt,
-                mask_token_id=self.mask_token_id,
-            )
-        finally:
-            model.train(was_training)
+        shard, real = padded_shard(
+            items, self.accelerator.process_index, self.accelerator.num_processes, args.generation_batch_size
+        )
+        with gathered_for_generation(self.model_wrapped, self.accelerator) as model:
+            was_training = model.training
+            model.eval()  # greedy answers without dropout
+            try:
+                records = generate_answers(
+                    model,
+                    self.processing_class,
+                    self.task,
+                    shard,
+                    gen_length=args.max_completion_length,
+                    block_length=args.block_length,
+                    steps=args.diffusion_steps,
+                    batch_size=args.generation_batch_size,
+                    system_prompt=args.system_prompt,
+                    mask_token_id=self.mask_token_id,
+                    decoding={"sync_done": self.sync_done},
+                )[:real]
+            finally:
+                model.train(was_training)
         verdicts = [self.task.parse(r["generations"], r["ground_truth"], r["question"]) for r in records]
         counts = torch.tensor(
             [
