@@ -101,6 +101,14 @@ def distributed_state() -> PartialState:
     return PartialState(cpu=cpu_only_launch())
 
 
+def check_counts(counts: dict[str, int]) -> None:
+    """Fail before any loading when a per-step count (batch size, accumulation steps) is below 1: the Trainer
+    would divide by it or build empty batches only after the model has loaded."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name}={value} must be at least 1; pass 1 or more.")
+
+
 def derive_seed(*parts: Any) -> int:
     """A stable 63-bit seed from printable parts (same parts, same seed, in every process, run and resume)."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()

@@ -1,0 +1,118 @@
+"""Bad input, as a hostile user gives it, ends in one `d1 <cmd>: error: ...` line naming the field or file,
+the value and the fix, before any model loads; never a traceback, and never a silently wrong run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from d1.cli.main import COMMANDS, main
+from d1.models.loading import check_weight_files, load_model, resolve_mask_token_id
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run `d1 ARGV` in-process; it must fail with exit code 1 and one error line, which is returned."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"d1 {argv[0]}: error: ") and "Traceback" not in err, err
+    return err
+
+
+def _sft(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["sft", "--model_name", str(model_dir), "--train_data", str(data), "--output_dir", str(out),
+            "--max_length", "64", "--max_steps", "1", "--report_to", "none", *extra]  # fmt: skip
+
+
+def _never_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: the errors under test must come before it."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr("d1.sft.run.load_trainable_model", fail)
+    monkeypatch.setattr("d1.rl.run.load_trainable_model", fail)
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_subcommand_help_exits_0(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--grad_accum_steps", "0"], "gradient_accumulation_steps (--grad_accum_steps)=0"),
+        (["--batch_size", "0"], "per_device_train_batch_size (--batch_size)=0"),
+        (["--eval_fraction", "1"], "eval_fraction=1.0 must be in [0, 1)"),
+        (["--eval_fraction", "-0.5"], "eval_fraction=-0.5 must be in [0, 1)"),
+        (["--mask_token_id", "100000"], "mask token id 100000 (from --mask_token_id) is outside"),
+    ],
+)
+def test_sft_settings_refused_before_loading(
+    flags: list[str], named: str, tiny_model_dir: Path, arithmetic_jsonl: Path, tmp_path: Path, capsys,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    _never_load(monkeypatch)
+    assert named in _error(capsys, _sft(tiny_model_dir, arithmetic_jsonl, tmp_path, *flags))
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size=0 must be at least 1"),
+        (["--gradient_accumulation_steps", "0"], "gradient_accumulation_steps=0 must be at least 1"),
+        (["--mask_token_id", "-1"], "mask token id -1 (from --mask_token_id) is outside"),
+    ],
+)
+def test_grpo_settings_refused_before_loading(
+    flags: list[str], named: str, tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _never_load(monkeypatch)
+    argv = ["grpo", "--model_path", str(tiny_model_dir), "--dataset", "sudoku", "--synthetic_train_size", "8",
+            "--output_dir", str(tmp_path), "--report_to", "none", "--num_generations", "2",
+            "--max_completion_length", "16", "--block_length", "8", "--diffusion_steps", "8", *flags]  # fmt: skip
+    assert named in _error(capsys, argv)
+
+
+def test_mask_token_checked_against_the_embedding_table(tiny_model_dir: Path) -> None:
+    from d1.models.loading import load_config, load_tokenizer
+
+    config, tokenizer = load_config(tiny_model_dir), load_tokenizer(tiny_model_dir)
+    last = config.embedding_size - 1
+    assert resolve_mask_token_id(tokenizer, config, last) == last
+    assert resolve_mask_token_id(tokenizer, config) == tokenizer.mask_token_id
+    with pytest.raises(ValueError, match=rf"outside the model's vocabulary of {last + 1} tokens"):
+        resolve_mask_token_id(tokenizer, config, last + 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("- learning_rate\n- 1e-5\n", "holds a list, not a mapping of options"),
+        ("learning_rate: 1e-5\nlora: [true\nseed: 1\n", "is not valid YAML at line 3, column 5"),
+        ("seed: 1\n\tlora: false\n", "is not valid YAML at line 2, column 1"),
+    ],
+)
+def test_yaml_config_errors_name_the_file_and_line(text: str, named: str, tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    err = _error(capsys, ["sft", "--config", str(config)])
+    assert f"--config '{config}' {named}" in err
+
+
+def test_truncated_safetensors_named(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    check_weight_files(model)  # the intact copy passes
+    weights = model / "model.safetensors"
+    for size in (weights.stat().st_size - 1, 100, 4):
+        os.truncate(weights, size)
+        with pytest.raises(ValueError, match="Copy or download the model again") as err:
+            load_model(model)
+        assert str(err.value).startswith(f"{weights} is truncated or corrupt: ")
