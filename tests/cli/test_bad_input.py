@@ -3,6 +3,7 @@ the value and the fix, before any model loads; never a traceback, and never a si
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,11 +15,13 @@ from d1.models.loading import check_weight_files, load_model, resolve_mask_token
 
 
 def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run `d1 ARGV` in-process; it must fail with exit code 1 and one error line, which is returned."""
+    """Run `d1 ARGV` in-process; it must fail with exit code 1 and end with one error line, which is returned
+    (progress bars may come before it)."""
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"d1 {argv[0]}: error: ") and "Traceback" not in err, err
-    return err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"d1 {argv[0]}: error: ") and "Traceback" not in err, err
+    return line
 
 
 def _sft(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
@@ -116,3 +119,43 @@ def test_truncated_safetensors_named(tiny_model_dir: Path, tmp_path: Path) -> No
         with pytest.raises(ValueError, match="Copy or download the model again") as err:
             load_model(model)
         assert str(err.value).startswith(f"{weights} is truncated or corrupt: ")
+
+
+def _jsonl(path: Path, rows: list[object]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("rows", "named"),
+    [
+        (
+            [{"prompt": "a", "completion": ""}, {"prompt": "b", "completion": None}, {"prompt": "c", "completion": " "}],
+            ": every row's response is empty or null (rows 0, 1, 2)",
+        ),
+        (
+            [{"prompt": "a", "completion": "ok"}, {"prompt": {"x": 1}, "completion": "ok"}],
+            " row 1: field 'prompt' is of type dict ({'x': 1}), not text",
+        ),
+        ([{"prompt": "a", "completion": 5}], " row 0: field 'completion' is of type int (5), not text"),
+        ([{"prompt": None, "completion": "ok"}], " row 0: field 'prompt' is null, not text"),
+        (
+            [{"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}],
+            " row 0: field 'messages[0].content' is of type int (3), not text",
+        ),
+        ([{"messages": "hi"}], " row 0: field 'messages' is of type str ('hi'), not a list of"),
+    ],
+)
+def test_sft_rows_without_text_refused(
+    rows: list[object], named: str, tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _never_load(monkeypatch)
+    data = _jsonl(tmp_path / "rows.jsonl", rows)
+    assert f"{data}'{named}" in _error(capsys, _sft(tiny_model_dir, data, tmp_path / "out"))
+
+
+def test_text_preset_refuses_null_text(tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    _never_load(monkeypatch)
+    data = _jsonl(tmp_path / "text.jsonl", [{"text": "abc"}, {"text": None}])
+    err = _error(capsys, _sft(tiny_model_dir, data, tmp_path / "out", "--preset", "text"))
+    assert f"{data}' row 1: field 'text' is null, not text" in err
