@@ -159,3 +159,52 @@ def test_text_preset_refuses_null_text(tiny_model_dir: Path, tmp_path: Path, cap
     data = _jsonl(tmp_path / "text.jsonl", [{"text": "abc"}, {"text": None}])
     err = _error(capsys, _sft(tiny_model_dir, data, tmp_path / "out", "--preset", "text"))
     assert f"{data}' row 1: field 'text' is null, not text" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "named"),
+    [
+        ("a.jsonl", b'{"prompt": "a", "completion": "b"}\n\n{"prompt": "\xff"}\n', "line 3 is not UTF-8 text (byte 0xff)"),
+        ("a.csv", b"prompt,completion\na,b\nc,\xe9t\xe9\n", "line 3 is not UTF-8 text (byte 0xe9)"),
+        ("a.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": }\n', "line 2 is not valid JSON"),
+        ("a.json", b'[{"prompt": "a",\n "completion": "b"}\n {"prompt": "c"}]', "line 3 is not valid JSON"),
+        ("a.jsonl", b'{"prompt": "a", "completion": "b"}\n[1, 2]\n', "line 2 is [1, 2], not a JSON object"),
+    ],
+)
+def test_unreadable_data_files_name_the_line(
+    name: str, content: bytes, named: str, tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    from d1.tasks.base import read_records
+
+    _never_load(monkeypatch)
+    data = tmp_path / name
+    data.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        read_records(data)
+    assert str(err.value).startswith(f"{data}: {named}")
+    assert f"error: {data}: {named}" in _error(capsys, _sft(tiny_model_dir, data, tmp_path / "out"))
+
+
+def test_bad_countdown_row_named(tiny_model_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    _never_load(monkeypatch)
+    data = _jsonl(tmp_path / "cd.jsonl", [{"input": "1,2,3", "output": "6"}, {"input": "1,x,3", "output": "6"}])
+    argv = ["grpo", "--model_path", str(tiny_model_dir), "--dataset", "countdown", "--data_path", str(data),
+            "--output_dir", str(tmp_path / "out"), "--num_generations", "2", "--per_device_train_batch_size", "2",
+            "--report_to", "none"]  # fmt: skip
+    err = _error(capsys, argv)
+    assert f"{data}: row 1 is not a Countdown problem of whole numbers (invalid literal" in err
+
+
+def test_utf8_check_across_read_chunks(tmp_path: Path) -> None:
+    from d1.tasks.base import check_utf8
+
+    path = tmp_path / "big.jsonl"
+    straddling = b"a" * ((1 << 20) - 1) + "é\n".encode() + b"ok\n"  # "é" spans the 1 MiB read boundary
+    path.write_bytes(straddling)
+    check_utf8(path)
+    path.write_bytes(straddling + b"\xff\n")
+    with pytest.raises(ValueError, match=r"big.jsonl: line 3 is not UTF-8 text \(byte 0xff\)"):
+        check_utf8(path)
+    path.write_bytes(straddling + b"\xc3")  # cut inside a character at the end
+    with pytest.raises(ValueError, match=r"big.jsonl: line 3 is not UTF-8 text \(byte 0xc3\)"):
+        check_utf8(path)

@@ -100,12 +100,18 @@ def countdown_reward_func(
 
 
 def _row_numbers_target(row: dict[str, Any], source: str, index: int) -> tuple[list[int], int]:
-    if "input" in row and "output" in row:  # d1's countdown_cd3_test.jsonl
-        return [int(n) for n in str(row["input"]).split(",")], int(row["output"])
-    if "nums" in row and "target" in row:  # Jiayi-Pan/Countdown-Tasks-3to4
-        nums = row["nums"]
-        nums = json.loads(nums) if isinstance(nums, str) else nums
-        return [int(n) for n in nums], int(row["target"])
+    try:
+        if "input" in row and "output" in row:  # d1's countdown_cd3_test.jsonl
+            return [int(n) for n in str(row["input"]).split(",")], int(row["output"])
+        if "nums" in row and "target" in row:  # Jiayi-Pan/Countdown-Tasks-3to4
+            nums = row["nums"]
+            nums = json.loads(nums) if isinstance(nums, str) else nums
+            return [int(n) for n in nums], int(row["target"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"{source}: row {index} is not a Countdown problem of whole numbers ({err}): {row!r:.200}. "
+            'd1\'s format is {"input": "3,5,7", "output": "15"}; fix or remove the row.'
+        ) from None
     raise ValueError(f"{source}: row {index} needs 'input'/'output' or 'nums'/'target'")
 
 
