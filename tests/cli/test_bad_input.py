@@ -208,3 +208,37 @@ def test_utf8_check_across_read_chunks(tmp_path: Path) -> None:
     path.write_bytes(straddling + b"\xc3")  # cut inside a character at the end
     with pytest.raises(ValueError, match=r"big.jsonl: line 3 is not UTF-8 text \(byte 0xc3\)"):
         check_utf8(path)
+
+
+def test_init_model_keeps_an_existing_model(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "model"
+    assert main(["init-model", "--output", str(out), "--seed", "1"]) == 0
+    weights = (out / "model.safetensors").read_bytes()
+    err = _error(capsys, ["init-model", "--output", str(out), "--seed", "2"])
+    assert f"--output '{out}' already holds a model (config.json, model.safetensors)" in err and "--overwrite" in err
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert main(["init-model", "--output", str(out), "--seed", "2", "--overwrite"]) == 0
+    assert (out / "model.safetensors").read_bytes() != weights
+
+
+@pytest.mark.parametrize("task", ["sudoku", "countdown"])
+def test_data_make_writes_the_format_its_extension_names(task: str, tmp_path: Path, capsys) -> None:
+    from d1.tasks import get_task
+
+    columns = {"sudoku": ["Puzzle", "Solution"], "countdown": ["input", "output"]}[task]
+    first_columns = {
+        ".csv": lambda text: text.split("\n")[0].split(","),
+        ".jsonl": lambda text: list(json.loads(text.split("\n")[0])),
+        ".json": lambda text: list(json.loads(text)[0]),
+    }
+    loaded = []
+    for suffix, columns_of in first_columns.items():
+        path = tmp_path / f"{task}{suffix}"
+        assert main(["data", "make", task, "--n", "4", "--seed", "3", "--output", str(path)]) == 0
+        assert columns_of(path.read_text()) == columns
+        loaded.append(get_task(task).load_test(path))
+    assert loaded[0] == loaded[1] == loaded[2] and len(loaded[0]) == 4
+    bad = tmp_path / f"{task}.safetensors"
+    err = _error(capsys, ["data", "make", task, "--n", "4", "--output", str(bad)])
+    assert f"output='{bad}': the extension names the file format; use .csv, .jsonl or .json" in err
+    assert not bad.exists()
