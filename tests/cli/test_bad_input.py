@@ -105,8 +105,8 @@ def test_mask_token_checked_against_the_embedding_table(tiny_model_dir: Path) ->
 def test_yaml_config_errors_name_the_file_and_line(text: str, named: str, tmp_path: Path, capsys) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text(text)
-    err = _error(capsys, ["sft", "--config", str(config)])
-    assert f"--config '{config}' {named}" in err
+    assert f"--config '{config}' {named}" in _error(capsys, ["sft", "--config", str(config)])
+    assert f"--config_file '{config}' {named}" in _error(capsys, ["launch-check", "--config_file", str(config)])
 
 
 def test_truncated_safetensors_named(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import yaml
 from transformers import HfArgumentParser
+
+from d1.utils import read_yaml_mapping
 
 T = TypeVar("T")
 
@@ -18,27 +19,6 @@ def _rename(argv: Sequence[str], aliases: dict[str, str]) -> list[str]:
         flag, sep, value = token.partition("=")
         out.append(aliases.get(flag, flag) + sep + value if flag.startswith("--") else token)
     return out
-
-
-def read_yaml_options(path: Path, shown: str) -> dict[str, Any]:
-    """The option mapping of a YAML config; syntax errors and non-mapping files name the file (and line)."""
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"--config {shown!r} is not UTF-8 text ({err.reason}); save it as UTF-8.") from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or err
-        raise ValueError(f"--config {shown!r} is not valid YAML{where}: {problem}. Fix the file.") from err
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ValueError(
-            f"--config {shown!r} holds a {type(values).__name__}, not a mapping of options: write one "
-            "`option: value` per line (e.g. `learning_rate: 1e-5`)."
-        )
-    return values
 
 
 def parse_config(
@@ -54,7 +34,7 @@ def parse_config(
         path = Path(known.config)
         if not path.is_file():
             raise FileNotFoundError(f"--config {known.config!r}: no such file.")
-        values = read_yaml_options(path, known.config)
+        values = read_yaml_mapping(path, f"--config {known.config!r}")
         values = {aliases.get(f"--{k}", f"--{k}")[2:]: v for k, v in values.items()}
         valid = {a.dest for a in parser._actions}
         unknown = sorted(set(values) - valid)
