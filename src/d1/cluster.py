@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import yaml
 from transformers import TrainerCallback
+
+from d1.utils import read_yaml_mapping
 
 PREEMPTED_EXIT_CODE = 75
 """Exit status of a run stopped by `PreemptionCallback` after saving (sysexits' EX_TEMPFAIL: retry later)."""
@@ -131,7 +132,8 @@ def check_launch_config(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config_file {str(path)!r}: no such file.")
-    config = {**(yaml.safe_load(path.read_text()) or {}), **{k: v for k, v in (overrides or {}).items() if v}}
+    config = read_yaml_mapping(path, f"--config_file {str(path)!r}")
+    config.update({k: v for k, v in (overrides or {}).items() if v})
     gpus = _gpu_count() if gpus is None else gpus
     if deepspeed_installed is None:
         deepspeed_installed = importlib.util.find_spec("deepspeed") is not None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import PartialState
 
 
@@ -121,6 +122,36 @@ def zero3_or_fsdp_launch(args: Any) -> str | None:
 def distributed_state() -> PartialState:
     """accelerate's process state, initialised so that CPU-only multi-process launches use gloo."""
     return PartialState(cpu=cpu_only_launch())
+
+
+def read_yaml_mapping(path: Path, shown: str) -> dict[str, Any]:
+    """The mapping in a YAML file (`shown` names it in errors, e.g. "--config 'x.yaml'"): syntax errors name
+    the line, and a file that holds a list or a scalar is refused."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{shown} is not UTF-8 text ({err.reason}); save it as UTF-8.") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or err
+        raise ValueError(f"{shown} is not valid YAML{where}: {problem}. Fix the file.") from err
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"{shown} holds a {type(values).__name__}, not a mapping of options: write one `option: value` "
+            "per line."
+        )
+    return values
+
+
+def check_counts(counts: dict[str, int]) -> None:
+    """Fail before any loading when a per-step count (batch size, accumulation steps) is below 1: the Trainer
+    would divide by it or build empty batches only after the model has loaded."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name}={value} must be at least 1; pass 1 or more.")
 
 
 def derive_seed(*parts: Any) -> int:

@@ -191,5 +191,5 @@ def test_training_rows(tmp_path: Path) -> None:
 def test_bad_row_names_file_and_row(tmp_path: Path) -> None:
     path = tmp_path / "cd.jsonl"
     path.write_text('{"input": "1,2,3", "output": "6"}\n{"input": "1,2,x", "output": "6"}\n')
-    with pytest.raises(ValueError, match=rf"{path}: row 1 needs integer numbers and target"):
+    with pytest.raises(ValueError, match=rf"{path}: row 1 is not a Countdown problem of whole numbers"):
         TASK.load_test(path)

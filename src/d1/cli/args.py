@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import yaml
 from transformers import HfArgumentParser
+
+from d1.utils import read_yaml_mapping
 
 T = TypeVar("T")
 
@@ -33,7 +34,7 @@ def parse_config(
         path = Path(known.config)
         if not path.is_file():
             raise FileNotFoundError(f"--config {known.config!r}: no such file.")
-        values: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml_mapping(path, f"--config {known.config!r}")
         values = {aliases.get(f"--{k}", f"--{k}")[2:]: v for k, v in values.items()}
         valid = {a.dest for a in parser._actions}
         unknown = sorted(set(values) - valid)

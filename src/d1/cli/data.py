@@ -1,5 +1,6 @@
 """`d1 data make sudoku|countdown --n N --seed S --output FILE [--split test|train] [--empty_cells LO HI]`:
-synthetic data in d1's file formats (Sudoku CSV `Puzzle,Solution`, Countdown JSONL `{"input", "output"}`)."""
+synthetic data with d1's columns (Sudoku `Puzzle,Solution`, Countdown `{"input", "output"}`) in the format the
+output's extension names: .csv, .jsonl or .json (d1's own files: Sudoku .csv, Countdown .jsonl)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def main(argv: list[str]) -> int:
     make.add_argument("--n", type=int, required=True, help="Number of items.")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument(
-        "--output", required=True, help="File to write (.csv for sudoku, .jsonl for countdown)."
+        "--output", required=True, help="File to write: .csv, .jsonl or .json (d1's own: .csv for sudoku, .jsonl for countdown)."
     )
     make.add_argument("--split", choices=["test", "train"], default="test")
     make.add_argument(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from d1.models.presets import PRESETS, init_model
+from d1.models.presets import PRESETS, init_model, model_files
+from d1.utils import check_writable
 
 
 def main(argv: list[str]) -> int:
@@ -14,6 +15,16 @@ def main(argv: list[str]) -> int:
         "--output", required=True, help="Folder to write config, safetensors and tokenizer to."
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="Replace a model already in --output with the random one."
+    )
     args = parser.parse_args(argv)
+    check_writable(args.output, "output")
+    existing = model_files(args.output)
+    if existing and not args.overwrite:
+        raise ValueError(
+            f"--output {args.output!r} already holds a model ({', '.join(existing)}); a random one would replace "
+            "its weights. Choose another --output, or pass --overwrite."
+        )
     print(f"wrote {args.preset} model to {init_model(args.preset, args.output, args.seed)}")
     return 0

@@ -30,22 +30,52 @@ def detect_preset(train_data: str, preset: str | None) -> str:
     return preset
 
 
+class NotText(ValueError):
+    """A data field that must be text is not; `examples_from_rows` adds the file and row."""
+
+    def __init__(self, field: str, value: Any, expected: str = "text") -> None:
+        shown = "null" if value is None else f"of type {type(value).__name__} ({value!r:.80})"
+        super().__init__(
+            f"field {field!r} is {shown}, not {expected}; training on its Python repr would be silently wrong. "
+            "Fix the data, or name the right columns (--prompt_field/--response_field, --preset)."
+        )
+
+
+def _text(value: Any, field: str) -> str:
+    """`value` when it is a string; anything else (null, number, object) is refused naming `field`."""
+    if not isinstance(value, str):
+        raise NotText(field, value)
+    return value
+
+
+def _response(value: Any, field: str) -> str | None:
+    """A response: None when missing or blank (the row is skipped and counted), else it must be text."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _text(value, field)
+
+
 def _s1k(row: dict[str, Any]) -> Example | None:
     """d1's s1K preprocessing: system prompt + question as the user turn, reasoning/answer tags as the reply."""
-    response = f"<reasoning>{row['thinking_trajectories'][0]}</reasoning>\n<answer>{row['attempt']}</answer>"
-    return [{"role": "user", "content": D1_SYSTEM_PROMPT + "\n\n" + row["question"]}], response
+    trajectories = row["thinking_trajectories"]
+    if not isinstance(trajectories, list) or not trajectories:
+        raise NotText("thinking_trajectories", trajectories, "a non-empty list of strings")
+    thinking = _text(trajectories[0], "thinking_trajectories[0]")
+    question, attempt = _text(row["question"], "question"), _text(row["attempt"], "attempt")
+    response = f"<reasoning>{thinking}</reasoning>\n<answer>{attempt}</answer>"
+    return [{"role": "user", "content": D1_SYSTEM_PROMPT + "\n\n" + question}], response
 
 
 def _numina_lean(row: dict[str, Any]) -> Example | None:
     """NuminaMath-LEAN: the informal problem and the Lean 4 statement as the prompt, the formal proof as the reply."""
-    proof = row.get("formal_proof")
-    if not proof or not str(proof).strip():
+    proof = _response(row.get("formal_proof"), "formal_proof")
+    if proof is None:
         return None
     prompt = (
-        f"{row['problem']}\n\nComplete the following Lean 4 proof of this statement:\n"
-        f"```lean4\n{row['formal_statement']}\n```"
+        f"{_text(row['problem'], 'problem')}\n\nComplete the following Lean 4 proof of this statement:\n"
+        f"```lean4\n{_text(row['formal_statement'], 'formal_statement')}\n```"
     )
-    return [{"role": "user", "content": prompt}], str(proof)
+    return [{"role": "user", "content": prompt}], proof
 
 
 PRESET_COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], Example | None]]] = {
@@ -96,33 +126,52 @@ def examples_from_rows(
         )
 
         def convert(row: dict[str, Any]) -> Example | None:
-            response = row[response_field]
-            if response is None or not str(response).strip():
+            response = _response(row[response_field], response_field)
+            if response is None:
                 return None
-            return [{"role": "user", "content": str(row[prompt_field])}], str(response)
+            return [{"role": "user", "content": _text(row[prompt_field], prompt_field)}], response
 
-    examples, skipped = [], 0
-    for row in rows:
-        example = convert(row)
+    examples, skipped = [], []
+    for index, row in enumerate(rows):
+        try:
+            example = convert(row)
+        except NotText as err:
+            raise ValueError(f"Dataset {source!r} row {index}: {err}") from None
         if example is None:
-            skipped += 1
+            skipped.append(index)
             continue
         if system_prompt:
             example = ([{"role": "system", "content": system_prompt}, *example[0]], example[1])
         examples.append(example)
-    return examples, skipped
+    if not examples:
+        raise ValueError(
+            f"No usable rows in {source!r}: every row's response is empty or null (rows {_first(skipped)}). "
+            "Fill in the responses, or name the right column with --response_field."
+        )
+    return examples, len(skipped)
+
+
+def _first(indices: list[int], shown: int = 10) -> str:
+    """Row numbers for a message: all of them, or the first `shown` and how many more."""
+    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
+    return ", ".join(map(str, indices[:shown])) + more
 
 
 def _from_messages(row: dict[str, Any]) -> Example | None:
     """Chat rows: everything before the last assistant message is the prompt, that message is the response."""
-    messages = list(row["messages"])
-    if (
-        not messages
-        or messages[-1].get("role") != "assistant"
-        or not str(messages[-1].get("content", "")).strip()
-    ):
+    messages = row["messages"]
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise NotText("messages", messages, 'a list of {"role", "content"} objects')
+    if not messages or messages[-1].get("role") != "assistant":
         return None
-    return [{"role": m["role"], "content": m["content"]} for m in messages[:-1]], messages[-1]["content"]
+    response = _response(messages[-1].get("content"), f"messages[{len(messages) - 1}].content")
+    if response is None:
+        return None
+    prompt = [
+        {key: _text(m.get(key), f"messages[{i}].{key}") for key in ("role", "content")}
+        for i, m in enumerate(messages[:-1])
+    ]
+    return prompt, response
 
 
 def tokenize_examples(
@@ -167,6 +216,16 @@ def tokenize_examples(
             report.truncated += 1
         out.append({"input_ids": ids, "prompt_length": prompt_length, "index": len(out)})
     return out
+
+
+def texts_from_rows(rows: datasets.Dataset, source: str) -> list[str]:
+    """The `text` preset's column, every value checked to be text (a null or number is refused by row)."""
+    require_columns(rows, ["text"], source, "The 'text' preset trains on a `text` column.")
+    texts = list(rows["text"])
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"Dataset {source!r} row {index}: {NotText('text', text)}")
+    return texts
 
 
 def tokenize_texts(

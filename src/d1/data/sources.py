@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 
 from d1.hub import check_local_or_hub, hub_unreachable
+from d1.tasks.base import check_utf8, read_records
 
 LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -24,10 +25,19 @@ def load_rows(source: str | Path, split: str = "train", name: str | None = None)
         builder = LOCAL_FORMATS[files[0].suffix]
         if all(f.stat().st_size == 0 for f in files):
             raise ValueError(f"Dataset {str(source)!r} is empty: there is nothing to train or evaluate on.")
+        text_files = [f for f in files if f.suffix != ".parquet"]
+        for file in text_files:
+            check_utf8(file)  # datasets reads some bytes that are not UTF-8 without complaint
+        verbosity = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its parse errors log a traceback first
         try:
             rows = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train")
-        except Exception as err:  # datasets raises many kinds for unparsable files
+        except Exception as err:  # datasets raises many kinds for unparsable files and names no line
+            for file in text_files:
+                read_records(file)  # raises naming the file and line when d1's own reader finds the fault
             raise ValueError(f"Could not read {str(source)!r} as {builder}: {err}") from err
+        finally:
+            datasets.logging.set_verbosity(verbosity)
     else:
         check_local_or_hub(str(source), "train_data")
         try:

@@ -6,6 +6,8 @@ LLaDA checkpoints load into d1's native implementation (no remote code); other f
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,19 +65,32 @@ def load_tokenizer(name_or_path: str | Path, **kwargs: Any) -> PreTrainedTokeniz
 def resolve_mask_token_id(
     tokenizer: PreTrainedTokenizerBase | None = None, config: Any = None, override: int | None = None
 ) -> int:
-    """The mask token: an explicit override, else the tokenizer's, else the config's, else a clear error."""
-    for candidate in (
-        override,
-        getattr(tokenizer, "mask_token_id", None),
-        getattr(config, "mask_token_id", None),
+    """The mask token: an explicit override, else the tokenizer's, else the config's, else a clear error.
+    With `config`, an id outside the model's embedding table is refused here, before any weight loads."""
+    for source, candidate in (
+        ("--mask_token_id", override),
+        ("the tokenizer's mask_token_id", getattr(tokenizer, "mask_token_id", None)),
+        ("the model config's mask_token_id", getattr(config, "mask_token_id", None)),
     ):
         if candidate is not None:
+            _check_token_in_vocabulary(int(candidate), config, source)
             return int(candidate)
     raise ValueError(
         "No mask token: neither the tokenizer (mask_token) nor the model config (mask_token_id) defines one. "
         "Masked diffusion needs it: pass --mask_token_id ID (LLaDA uses 126336) or add `mask_token_id` to the "
         "model's config.json."
     )
+
+
+def _check_token_in_vocabulary(token_id: int, config: Any, source: str) -> None:
+    """Fail when `token_id` has no row in the embedding table (LLaDA's `embedding_size`, else `vocab_size`)."""
+    size = getattr(config, "embedding_size", None) or getattr(config, "vocab_size", None)
+    if size is not None and not 0 <= token_id < int(size):
+        raise ValueError(
+            f"mask token id {token_id} (from {source}) is outside the model's vocabulary of {size} tokens "
+            f"(ids 0..{int(size) - 1}). Pass --mask_token_id with the model's mask token (LLaDA: 126336), "
+            "or drop it to use the tokenizer's."
+        )
 
 
 def load_config(name_or_path: str | Path, trust_remote_code: bool = False) -> Any:
@@ -93,6 +108,42 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     return DTYPES[dtype]
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why the safetensors file `path` cannot load (truncated, not safetensors), read from its header alone;
+    None when its size matches what the header describes."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return f"it is {size} bytes, too short for a safetensors header"
+        (header_length,) = struct.unpack("<Q", prefix)
+        if 8 + header_length > size:
+            return f"its header claims {header_length} bytes but the file is {size} bytes"
+        try:
+            header = json.loads(handle.read(header_length))
+        except ValueError:
+            return "its header is not valid JSON"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and "data_offsets" in t]
+    expected = 8 + header_length + max(ends, default=0)
+    if expected != size:
+        return f"its tensors need {expected} bytes but the file is {size} bytes"
+    return None
+
+
+def check_weight_files(name_or_path: str | Path) -> None:
+    """Fail naming the file when a local model folder holds a truncated or corrupt `*.safetensors` file (an
+    interrupted copy or save), before `from_pretrained` fails with no file named."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.safetensors")):
+        problem = safetensors_problem(path)
+        if problem:
+            raise ValueError(
+                f"{path} is truncated or corrupt: {problem}. Copy or download the model again, or re-save it."
+            )
+
+
 def load_model(
     name_or_path: str | Path,
     *,
@@ -105,6 +156,7 @@ def load_model(
 ) -> PreTrainedModel:
     """Load a masked diffusion LM; `model(input_ids, attention_mask).logits` is [B, L, vocab] and
     `model.config.mask_token_id` is set (tokenizer's, else config's, else `mask_token_id`)."""
+    check_weight_files(name_or_path)
     config = load_config(name_or_path, trust_remote_code)
     tokenizer = None
     if mask_token_id is None:

@@ -76,6 +76,14 @@ def build_model(preset: str, tokenizer: PreTrainedTokenizerFast, seed: int = 0) 
     return LLaDAModelLM(config)
 
 
+def model_files(folder: str | Path) -> list[str]:
+    """The names of model files (config, weights) already in `folder`, which `init_model` would replace."""
+    path = Path(folder)
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin"))
+
+
 def init_model(preset: str, output: str | Path, seed: int = 0) -> Path:
     """Write a fresh preset model (safetensors) and its tokenizer to `output`; both load with `d1.load_*`."""
     tokenizer = build_tokenizer()

@@ -9,7 +9,7 @@ from transformers import TrainingArguments
 from d1.diffusion.likelihood import ESTIMATORS
 from d1.diffusion.sampling import check_block_schedule
 from d1.sft.config import bf16_available
-from d1.utils import cpu_only_launch, zero3_or_fsdp_launch
+from d1.utils import check_counts, cpu_only_launch, zero3_or_fsdp_launch
 
 GRPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"]
 """All of LLaDA's projection layers (d1 adapts every projection in RL)."""
@@ -189,6 +189,12 @@ class DiffuGRPOConfig(TrainingArguments):
 
     def validate(self, world_size: int) -> None:
         """Cheap checks that need no model; each error names the option, the value and a fix."""
+        check_counts(
+            {
+                "per_device_train_batch_size": self.per_device_train_batch_size,
+                "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            }
+        )
         global_batch = self.per_device_train_batch_size * world_size
         if global_batch % self.num_generations:
             working = [g for g in range(2, global_batch + 1) if global_batch % g == 0]

@@ -9,7 +9,7 @@ import torch
 from transformers import TrainingArguments
 
 from d1.models.loading import SFT_LORA
-from d1.utils import cpu_only_launch
+from d1.utils import check_counts, cpu_only_launch
 
 
 def bf16_available() -> bool:
@@ -55,7 +55,7 @@ class SFTConfig(TrainingArguments):
         default="truncate", metadata={"help": "truncate: cut rows longer than max_length; drop: skip them."}
     )
     eval_fraction: float = field(
-        default=0.01, metadata={"help": "Held-out fraction (d1: 1%), scored with fixed t."}
+        default=0.01, metadata={"help": "Held-out fraction (d1: 1%%), scored with fixed t; 0 turns it off."}
     )
     lora: bool = field(
         default=True, metadata={"help": "Train a LoRA adapter (d1's default) instead of all weights."}
@@ -102,7 +102,18 @@ class SFTConfig(TrainingArguments):
         if self.debugging:
             reports = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to or [])
             self.report_to = [r for r in reports if r not in ("wandb", "all")] or "none"
-        if self.eval_fraction <= 0:
+        check_counts(
+            {
+                "per_device_train_batch_size (--batch_size)": self.per_device_train_batch_size,
+                "gradient_accumulation_steps (--grad_accum_steps)": self.gradient_accumulation_steps,
+            }
+        )
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError(
+                f"eval_fraction={self.eval_fraction} must be in [0, 1): it is the share of rows held out of "
+                "training (d1: 0.01); pass e.g. 0.01, or 0 for no held-out set."
+            )
+        if self.eval_fraction == 0:
             self.eval_strategy = "no"
         self.use_cpu = self.use_cpu or cpu_only_launch()
         super().__post_init__()

@@ -12,10 +12,11 @@ from d1.data.sft import (
     detect_preset,
     eval_split,
     examples_from_rows,
+    texts_from_rows,
     tokenize_examples,
     tokenize_texts,
 )
-from d1.data.sources import load_rows, require_columns
+from d1.data.sources import load_rows
 from d1.models.loading import (
     check_lora_before_loading,
     load_config,
@@ -36,9 +37,8 @@ def prepare_sft_data(
     preset = detect_preset(config.train_data, config.preset)
     rows = load_rows(config.train_data, split=config.dataset_split)
     if preset == "text":
-        require_columns(rows, ["text"], config.train_data, "The 'text' preset trains on a `text` column.")
         report = SFTDataReport(rows=len(rows))
-        items = tokenize_texts(list(rows["text"]), tokenizer, config.max_length, config.truncation, report)
+        items = tokenize_texts(texts_from_rows(rows, config.train_data), tokenizer, config.max_length, config.truncation, report)
     else:
         examples, skipped = examples_from_rows(
             rows, preset, config.train_data, config.prompt_field, config.response_field, config.system_prompt

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,22 +44,71 @@ class ParsedAnswer:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def check_utf8(path: str | Path) -> None:
+    """Fail naming the file, line and byte when `path` is not UTF-8 text (read in chunks: any size)."""
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with Path(path).open("rb") as handle:
+        while True:
+            chunk, pending = handle.read(1 << 20), decoder.getstate()[0]
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as err:
+                line += chunk.count(b"\n", 0, max(err.start - len(pending), 0))
+                byte = (pending + chunk)[err.start]
+                raise ValueError(
+                    f"{path}: line {line} is not UTF-8 text (byte {byte:#04x}); save the file as UTF-8."
+                ) from None
+            if not chunk:
+                return
+            line += chunk.count(b"\n")
+
+
+def _json(path: Path, text: str, first_line: int = 1) -> Any:
+    """`json.loads(text)`; a syntax error names the file and line (`text` starts at line `first_line`)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: line {first_line + err.lineno - 1} is not valid JSON ({err.msg} at column {err.colno}); "
+            "fix or remove it."
+        ) from None
+
+
+def _row(path: Path, row: Any, where: str) -> dict[str, Any]:
+    """`row` when it is a JSON object (one row's columns); otherwise an error naming `where` it is."""
+    if not isinstance(row, dict):
+        raise ValueError(
+            f"{path}: {where} is {json.dumps(row)[:80]}, not a JSON object of one row's columns "
+            '(e.g. {"question": "...", "answer": "..."}).'
+        )
+    return row
+
+
 def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a local ``.csv`` (all columns as strings), ``.jsonl``, ``.json`` or ``.parquet`` file."""
+    """Rows of a local ``.csv`` (all columns as strings), ``.jsonl``, ``.json`` or ``.parquet`` file; text that
+    is not UTF-8, JSON syntax errors and rows that are not objects are errors naming the file and line."""
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix in (".csv", ".jsonl", ".json"):
+        check_utf8(path)
+        text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            return [dict(row) for row in csv.DictReader(handle)]
+        return [dict(row) for row in csv.DictReader(io.StringIO(text, newline=""))]
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
+        lines = enumerate(text.split("\n"), 1)
+        return [_row(path, _json(path, line, n), f"line {n}") for n, line in lines if line.strip()]
     if suffix == ".json":
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):  # column-oriented {"col": [...]} as pandas/HF write it
-            keys = list(data)
-            return [dict(zip(keys, values, strict=True)) for values in zip(*data.values(), strict=True)]
-        return list(data)
+        data = _json(path, text)
+        columns = list(data.values()) if isinstance(data, dict) else []
+        if isinstance(data, dict) and all(isinstance(c, list) and len(c) == len(columns[0]) for c in columns):
+            # column-oriented {"col": [...]} as pandas/HF write it
+            return [dict(zip(data, values, strict=True)) for values in zip(*columns, strict=True)]
+        if not isinstance(data, list):
+            raise ValueError(
+                f"{path}: expected a JSON list of rows or an object of equally long column lists, not "
+                f"{json.dumps(data)[:80]}."
+            )
+        return [_row(path, row, f"item {i} of its list") for i, row in enumerate(data)]
     if suffix == ".parquet":
         import pandas as pd
 

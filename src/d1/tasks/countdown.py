@@ -151,10 +151,11 @@ def _row_numbers_target(row: dict[str, Any], source: str, index: int) -> tuple[l
             nums = row["nums"]
             nums = json.loads(nums) if isinstance(nums, str) else nums
             return [int(n) for n in nums], int(row["target"])
-    except (TypeError, ValueError) as err:
+    except (ValueError, TypeError) as err:
         raise ValueError(
-            f"{source}: row {index} needs integer numbers and target (e.g. input '30,100,93', output '23'): {err}"
-        ) from err
+            f"{source}: row {index} is not a Countdown problem of whole numbers ({err}): {row!r:.200}. "
+            'd1\'s format is {"input": "3,5,7", "output": "15"}; fix or remove the row.'
+        ) from None
     raise ValueError(f"{source}: row {index} needs 'input'/'output' or 'nums'/'target'")
 
 

@@ -240,27 +240,49 @@ def make_countdown_problems(
 # ---------------------------------------------------------------- files and SFT traces
 
 
-def write_sudoku_csv(items: list[dict[str, str]], path: str | Path) -> Path:
-    """Write puzzles in d1's CSV format (header ``Puzzle,Solution``)."""
+DATA_FILE_TYPES = (".csv", ".jsonl", ".json")
+"""The formats `write_records` writes, named by the file's extension."""
+
+
+def check_data_file_type(path: str | Path) -> None:
+    """Fail before any work when `path`'s extension names no format `write_records` writes."""
+    if Path(path).suffix.lower() not in DATA_FILE_TYPES:
+        raise ValueError(
+            f"output={str(path)!r}: the extension names the file format; use .csv, .jsonl or .json "
+            "(d1's own: Sudoku .csv, Countdown .jsonl)."
+        )
+
+
+def write_records(records: list[dict[str, str]], path: str | Path) -> Path:
+    """Write rows in the format `path`'s extension names: CSV with a header, JSON lines, or a JSON list."""
+    check_data_file_type(path)
     path = Path(path)
+    suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["Puzzle", "Solution"])
-        writer.writerows([item["puzzle"], item["solution"]] for item in items)
+        if suffix == ".csv":
+            writer = csv.DictWriter(handle, fieldnames=list(records[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(records)
+        elif suffix == ".jsonl":
+            handle.writelines(json.dumps(record) + "\n" for record in records)
+        else:
+            json.dump(records, handle, indent=1)
     return path
+
+
+def write_sudoku_csv(items: list[dict[str, str]], path: str | Path) -> Path:
+    """Write puzzles with d1's columns ``Puzzle,Solution`` (d1's CSV; .jsonl/.json by `path`'s extension)."""
+    return write_records([{"Puzzle": item["puzzle"], "Solution": item["solution"]} for item in items], path)
 
 
 def write_countdown_jsonl(items: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write problems in d1's JSONL format (``{"input": "a,b,c", "output": "t"}``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [
-        json.dumps({"input": ",".join(str(x) for x in item["numbers"]), "output": str(item["target"])})
-        for item in items
+    """Write problems with d1's fields ``{"input": "a,b,c", "output": "t"}`` (d1's JSONL; .csv/.json by
+    `path`'s extension)."""
+    records = [
+        {"input": ",".join(map(str, item["numbers"])), "output": str(item["target"])} for item in items
     ]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
+    return write_records(records, path)
 
 
 def make_dataset(
@@ -271,8 +293,10 @@ def make_dataset(
     split: str = "test",
     empty_cells: Sequence[int] | None = None,
 ) -> Path:
-    """Generate ``n`` items of ``sudoku`` or ``countdown`` for ``split`` and write them in d1's format.
+    """Generate ``n`` items of ``sudoku`` or ``countdown`` for ``split`` and write them with d1's columns, in
+    the format the output's extension names (.csv, .jsonl or .json; d1's own: Sudoku .csv, Countdown .jsonl).
     ``empty_cells`` (Sudoku only): blanks per puzzle drawn from this inclusive range instead of d1's 8."""
+    check_data_file_type(output_path)
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     if n < 1:
