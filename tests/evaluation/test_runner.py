@@ -252,7 +252,7 @@ def test_files_without_settings_or_corrupt_are_refused_and_overwrite_starts_over
         ({"dtype": "fp8"}, "dtype='fp8'"),
         ({"temperature": float("inf")}, "temperature=inf must be a finite"),
         ({"threshold": float("nan")}, "threshold=nan"),
-        ({"mask_token_id": 10**6}, "mask_token_id=1000000 is outside the model's vocabulary"),
+        ({"mask_token_id": 10**6}, "mask token id 1000000 \\(from --mask_token_id\\) is outside the model's vocabulary"),
         ({"data_path": "/tmp"}, "a folder, not a file"),
     ],
 )

@@ -317,16 +317,6 @@ def check_config(config: EvalConfig) -> str:
     return kind
 
 
-def check_mask_token(mask_token_id: int, model_config: Any) -> None:
-    """The mask token must index the model's embedding (else generation fails after the weights load)."""
-    vocab_size = getattr(model_config, "vocab_size", None)
-    if vocab_size is not None and not 0 <= mask_token_id < vocab_size:
-        raise ValueError(
-            f"mask_token_id={mask_token_id} is outside the model's vocabulary (vocab_size={vocab_size}); "
-            "pass the mask token of this model's tokenizer."
-        )
-
-
 def checkpoint_kind(checkpoint_path: str) -> str:
     """'none', 'lora' (adapter_config.json) or 'full' (config.json + weights); anything else is an error."""
     if not checkpoint_path:
@@ -600,7 +590,6 @@ def run_eval(config: EvalConfig) -> Path:
     tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=config.trust_remote_code)
     model_config = load_config(weights, config.trust_remote_code)
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
-    check_mask_token(mask_token_id, model_config)
 
     state = distributed_state()
     rank, world = state.process_index, state.num_processes
