@@ -96,6 +96,33 @@ def cpu_only_launch() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def sharded_launch(args: Any = None) -> str | None:
+    """How the weights are sharded by the launch: "deepspeed-zero<stage>" (stage unknown: "deepspeed"),
+    "fsdp", or None for one process or plain DDP. Reads the TrainingArguments (`deepspeed`, `fsdp`) and the
+    environment `accelerate launch --config_file` sets (ACCELERATE_USE_DEEPSPEED / _FSDP), since under accelerate
+    the arguments carry neither."""
+    deepspeed = getattr(args, "deepspeed", None)
+    if deepspeed or _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        stage = _deepspeed_stage(deepspeed) or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        return f"deepspeed-zero{stage}" if stage is not None else "deepspeed"
+    if getattr(args, "fsdp", None) or _env_flag("ACCELERATE_USE_FSDP"):
+        return "fsdp"
+    return None
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _deepspeed_stage(deepspeed: str | dict | None) -> int | None:
+    """The ZeRO stage of a DeepSpeed config (a dict or a JSON file), None when it does not say."""
+    if isinstance(deepspeed, str) and Path(deepspeed).is_file():
+        deepspeed = json.loads(Path(deepspeed).read_text())
+    if not isinstance(deepspeed, dict):
+        return None
+    return deepspeed.get("zero_optimization", {}).get("stage")
+
+
 def distributed_state() -> PartialState:
     """accelerate's process state, initialised so that CPU-only multi-process launches use gloo."""
     return PartialState(cpu=cpu_only_launch())
