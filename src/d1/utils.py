@@ -97,26 +97,31 @@ def cpu_only_launch() -> bool:
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-def _deepspeed_zero_stage(config: Any) -> int | None:
-    """The ZeRO stage of a DeepSpeed config given as a dict or a JSON file path (None when unreadable)."""
-    if isinstance(config, (str, Path)) and Path(config).is_file():
-        config = json.loads(Path(config).read_text())
-    stage = config.get("zero_optimization", {}).get("stage") if isinstance(config, dict) else None
-    return int(stage) if str(stage).isdigit() else None
+def sharded_launch(args: Any = None) -> str | None:
+    """How the weights are sharded by the launch: "deepspeed-zero<stage>" (stage unknown: "deepspeed"),
+    "fsdp", or None for one process or plain DDP. Reads the TrainingArguments (`deepspeed`, `fsdp`) and the
+    environment `accelerate launch --config_file` sets (ACCELERATE_USE_DEEPSPEED / _FSDP and the DeepSpeed
+    config file), since under accelerate the arguments carry neither."""
+    deepspeed = getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if deepspeed or _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        stage = _deepspeed_stage(deepspeed) or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        return f"deepspeed-zero{stage}" if stage is not None else "deepspeed"
+    if getattr(args, "fsdp", None) or _env_flag("ACCELERATE_USE_FSDP"):
+        return "fsdp"
+    return None
 
 
-def zero3_or_fsdp_launch(args: Any) -> str | None:
-    """"DeepSpeed ZeRO-3" or "FSDP" when the weights will be sharded over processes, else None. Reads the
-    `TrainingArguments` (`deepspeed`, `fsdp`) and the variables `accelerate launch` sets from its config file
-    (there `args.deepspeed` stays None)."""
-    env = os.environ
-    if getattr(args, "fsdp", None) or env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return "FSDP"
-    config = getattr(args, "deepspeed", None) or env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
-    launched_zero3 = env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and (
-        env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-    )
-    return "DeepSpeed ZeRO-3" if launched_zero3 or _deepspeed_zero_stage(config) == 3 else None
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _deepspeed_stage(deepspeed: str | dict | None) -> int | None:
+    """The ZeRO stage of a DeepSpeed config (a dict or a JSON file), None when it does not say."""
+    if isinstance(deepspeed, str) and Path(deepspeed).is_file():
+        deepspeed = json.loads(Path(deepspeed).read_text())
+    if not isinstance(deepspeed, dict):
+        return None
+    return deepspeed.get("zero_optimization", {}).get("stage")
 
 
 def distributed_state() -> PartialState:

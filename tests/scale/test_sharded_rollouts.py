@@ -139,8 +139,8 @@ def grpo_config(tmp_path: Path, **changes) -> DiffuGRPOConfig:
 @pytest.mark.parametrize(
     "env, sharded",
     [
-        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "DeepSpeed ZeRO-3"),
-        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, "FSDP"),
+        ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "deepspeed-zero3"),
+        ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, "fsdp"),
     ],
 )
 def test_reference_copy_of_sharded_weights_is_refused_under_accelerate_launch(
@@ -160,7 +160,7 @@ def test_reference_copy_guard_reads_the_deepspeed_config_file(tmp_path, monkeypa
     path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(path))
-    with pytest.raises(ValueError, match="DeepSpeed ZeRO-3"):
+    with pytest.raises(ValueError, match="deepspeed-zero3"):
         config.validate(world_size=2)
     path.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     config.validate(world_size=2)

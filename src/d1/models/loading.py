@@ -7,6 +7,7 @@ LLaDA checkpoints load into d1's native implementation (no remote code); other f
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, 
 
 import d1.models.llada  # noqa: F401  (registers model_type "llada" with the Auto classes)
 from d1.hub import check_local_or_hub, hub_unreachable
+from d1.utils import say, sharded_launch
 
 SFT_LORA = {
     "r": 128,
@@ -177,17 +179,22 @@ def load_model(
     return model
 
 
-def bnb_4bit_config() -> Any:
-    """NF4 4-bit quantisation (d1's RL set-up); CUDA only, with a clear error elsewhere."""
+def require_4bit_support() -> None:
+    """Fail (before any model loads) where 4-bit weights cannot be loaded: no CUDA GPU or no bitsandbytes."""
     if not torch.cuda.is_available():
         raise RuntimeError(
-            "load_in_4bit needs a CUDA GPU (bitsandbytes); none is available here. Drop --load_in_4bit to load "
-            "in bfloat16/float32 on this machine."
+            "load_in_4bit=True needs a CUDA GPU (bitsandbytes); none is available here. Drop --load_in_4bit to "
+            "load in bfloat16/float32 on this machine."
         )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as err:
-        raise RuntimeError("load_in_4bit needs bitsandbytes: pip install 'd1[cuda]'.") from err
+        raise RuntimeError("load_in_4bit=True needs bitsandbytes: pip install 'd1[cuda]'.") from err
+
+
+def bnb_4bit_config() -> Any:
+    """NF4 4-bit quantisation (d1's RL set-up); CUDA only, with a clear error elsewhere."""
+    require_4bit_support()
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
@@ -199,25 +206,102 @@ def bnb_4bit_config() -> Any:
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
-    """The distinct leaf names of the model's Linear layers: the valid LoRA `target_modules`."""
+    """The distinct leaf names of the model's Linear layers: the valid LoRA leaf-name targets."""
     return sorted(
         {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, nn.Linear)}
     )
 
 
+LORA_TARGETS_HELP = (
+    "Linear layers to adapt. A plain name (q_proj) adapts every layer with that last name; any other entry "
+    "(with dots or regex characters) is a regular expression matched against the whole module name, e.g. "
+    r"'.*\.blocks\.\d+\.ff_out' (the blocks' ff_out, not the head model.transformer.ff_out)."
+)
+
+
+def _is_leaf_name(target: str) -> bool:
+    return target.isidentifier()
+
+
+def _target_regex(target: str) -> str:
+    """A regular expression for the full module names `target` stands for (see LORA_TARGETS_HELP)."""
+    return rf"(?:.*\.)?{re.escape(target)}" if _is_leaf_name(target) else target
+
+
+def lora_target_pattern(target_modules: Sequence[str]) -> str:
+    """One regular expression over full module names for peft's `target_modules` (peft full-matches a string),
+    so leaf names and full-name patterns can be mixed in one list."""
+    return "|".join(f"(?:{_target_regex(t)})" for t in target_modules)
+
+
+def modules_called_by_forward(model: nn.Module) -> set[str] | None:
+    """Names of the Linear layers whose own `forward` runs in one two-token forward pass (works on the meta
+    device); None when the model cannot run that pass. A Linear used as a raw weight (LLaDA's head, computed
+    with `F.linear(x, ff_out.weight)`) is not called: an adapter on it would never train."""
+    called: set[str] = set()
+    hooks = [
+        module.register_forward_hook(lambda *_, name=name: called.add(name))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+    ]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 2, dtype=torch.long, device=device))
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return None  # remote code that needs other inputs or real weights: only the name checks apply
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return called
+
+
+def _generalise(names: Sequence[str]) -> str:
+    """A full-name pattern for `names`, every layer number replaced by `\\d+` (blocks.3.x -> blocks\\.\\d+\\.x)."""
+    return "|".join(sorted({re.sub(r"\\\.\d+\\\.", r"\\.\\d+\\.", re.escape(n)) for n in names}))
+
+
 def check_lora_targets(model: nn.Module, target_modules: Sequence[str]) -> None:
-    """Fail before training when a LoRA target names no Linear layer of the model."""
-    available = linear_module_names(model)
-    missing = [t for t in target_modules if t not in available]
-    if missing:
-        raise ValueError(
-            f"lora_target_modules={list(target_modules)}: {missing} match no Linear layer of this model. "
-            f"Its Linear layers are named {available}; pass --lora_target_modules with some of those."
-        )
+    """Fail before training when a LoRA target is not a valid pattern, matches no Linear layer, matches
+    modules that are not Linear layers, or matches a Linear layer the forward never calls."""
+    field = f"lora_target_modules={list(target_modules)}"
+    modules = dict(model.named_modules())
+    called = modules_called_by_forward(model)
+    for target in target_modules:
+        try:
+            regex = re.compile(_target_regex(target))
+        except re.error as err:
+            raise ValueError(
+                f"{field}: {target!r} is not a valid regular expression ({err}). Use a plain layer name or fix "
+                "the pattern."
+            ) from err
+        matched = [name for name in modules if name and regex.fullmatch(name)]
+        linear = [name for name in matched if isinstance(modules[name], nn.Linear)]
+        other = [name for name in matched if name not in linear]
+        if not linear:
+            raise ValueError(
+                f"{field}: {target!r} matches no Linear layer of this model. Its Linear layers are named "
+                f"{linear_module_names(model)}; pass --lora_target_modules with some of those (or full-name "
+                "patterns)."
+            )
+        if other:
+            raise ValueError(
+                f"{field}: {target!r} also matches modules that are not Linear layers ({other[:4]}); LoRA adapts "
+                "Linear layers only: narrow the pattern."
+            )
+        never = [name for name in linear if called is not None and name not in called]
+        if never:
+            kept = [name for name in linear if name not in never]
+            fix = f"use the full-name pattern {_generalise(kept)!r} instead" if kept else "remove it from the list"
+            raise ValueError(
+                f"{field}: {target!r} matches {never}, which the forward never calls (it uses the weight "
+                f"directly), so an adapter there would never train and DDP would need find_unused_parameters. "
+                f"Fix: {fix}."
+            )
 
 
 class TrainableModelArgs(Protocol):
-    """The model options `SFTConfig` and `DiffuGRPOConfig` share."""
+    """The model options `SFTConfig` and `DiffuGRPOConfig` share (TrainingArguments fields included)."""
 
     dtype: str
     trust_remote_code: bool
@@ -227,6 +311,27 @@ class TrainableModelArgs(Protocol):
     lora_alpha: int
     lora_dropout: float
     lora_target_modules: list[str]
+    activation_checkpointing: bool
+    deepspeed: Any
+    fsdp: Any
+
+
+def training_dtype(args: TrainableModelArgs) -> str:
+    """The dtype to load weights in for training. Full fine-tuning without DeepSpeed/FSDP (which keep float32
+    master weights themselves) runs AdamW on the loaded weights, and bf16 weights drop updates below their
+    precision (most of them at lr 1e-5): `auto` then means float32 and 16-bit dtypes are refused."""
+    if args.lora or args.load_in_4bit or sharded_launch(args):
+        return args.dtype
+    if args.dtype in (None, "auto"):
+        return "float32"
+    if DTYPES.get(args.dtype) in (torch.bfloat16, torch.float16):
+        raise ValueError(
+            f"dtype={args.dtype!r} with full fine-tuning (lora=False) and no DeepSpeed/FSDP: AdamW on 16-bit weights "
+            "loses most updates at d1's learning rates. Use --dtype auto or float32 (float32 master weights; "
+            "--bf16 keeps the compute in bfloat16), or --lora, or launch with DeepSpeed/FSDP "
+            "(configs/accelerate/zero3.yaml, fsdp2.yaml)."
+        )
+    return args.dtype
 
 
 def check_lora_before_loading(model_config: Any, args: TrainableModelArgs) -> None:
@@ -237,19 +342,68 @@ def check_lora_before_loading(model_config: Any, args: TrainableModelArgs) -> No
         check_lora_targets(skeleton, args.lora_target_modules)
 
 
+def check_model_before_loading(model_config: Any, args: TrainableModelArgs) -> None:
+    """Every check of the model options that needs no weights: 4-bit support, the weights dtype, LoRA targets."""
+    if args.load_in_4bit:
+        require_4bit_support()
+    training_dtype(args)
+    check_lora_before_loading(model_config, args)
+
+
 def load_trainable_model(
     name_or_path: str | Path, args: TrainableModelArgs, mask_token_id: int
 ) -> PreTrainedModel:
-    """The model to train: loaded with the shared options, wrapped with LoRA when `args.lora`."""
+    """The model to train: loaded with the shared options (float32 masters for plain full fine-tuning),
+    wrapped with LoRA when `args.lora`."""
+    dtype = training_dtype(args)
+    if dtype != args.dtype:
+        say(
+            f"full fine-tuning without DeepSpeed/FSDP: float32 master weights (dtype {args.dtype} -> {dtype}); "
+            "--bf16 keeps the compute in bfloat16"
+        )
     model = load_model(
         name_or_path,
-        dtype=args.dtype,
+        dtype=dtype,
         trust_remote_code=args.trust_remote_code,
         load_in_4bit=args.load_in_4bit,
         mask_token_id=mask_token_id,
     )
     if args.lora:
-        model = apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+        model = apply_lora(
+            model,
+            args.lora_r,
+            args.lora_alpha,
+            args.lora_dropout,
+            args.lora_target_modules,
+            activation_checkpointing=args.activation_checkpointing,
+        )
+    return model
+
+
+NON_REENTRANT = {"use_reentrant": False}
+"""`activation_checkpointing_kwargs` everywhere checkpointing is on: reentrant checkpointing fires each
+parameter's gradient hook twice, which DDP with find_unused_parameters rejects ("mark a variable ready only
+once"), and needs inputs that require grad."""
+
+
+def non_reentrant(kwargs: dict[str, Any] | None, field: str = "activation_checkpointing_kwargs") -> dict[str, Any]:
+    """`kwargs` with `use_reentrant=False` added; an explicit `use_reentrant=True` is refused."""
+    kwargs = dict(kwargs or {})
+    if kwargs.get("use_reentrant", False):
+        raise ValueError(
+            f"{field}={kwargs}: reentrant checkpointing breaks DDP with LoRA (each gradient is marked ready twice). "
+            'Drop use_reentrant or set {"use_reentrant": false}.'
+        )
+    return {**kwargs, **NON_REENTRANT}
+
+
+def prepare_kbit_model(model: PreTrainedModel, activation_checkpointing: bool) -> PreTrainedModel:
+    """Prepare a 4-bit model for adapter training: freeze the base weights, keep every dtype (no float32
+    copies of embeddings, head or norms), and turn on checkpointing only when asked: non-reentrant, with
+    inputs that require grad (transformers' `activation_checkpointing_enable` sets that hook)."""
+    model.requires_grad_(False)
+    if activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=dict(NON_REENTRANT))
     return model
 
 
@@ -259,14 +413,16 @@ def apply_lora(
     lora_alpha: int = SFT_LORA["lora_alpha"],
     lora_dropout: float = SFT_LORA["lora_dropout"],
     target_modules: Sequence[str] = tuple(SFT_LORA["target_modules"]),
+    activation_checkpointing: bool = False,
 ) -> PreTrainedModel:
-    """Wrap `model` with a peft LoRA adapter (d1's SFT defaults); k-bit models are prepared for training first."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    """Wrap `model` with a peft LoRA adapter (d1's SFT defaults) on `target_modules` (leaf names or full-name
+    patterns, see LORA_TARGETS_HELP); 4-bit models are prepared with `prepare_kbit_model` first."""
+    from peft import LoraConfig, get_peft_model
 
     check_lora_targets(model, target_modules)
     if getattr(model, "is_loaded_in_4bit", False):
-        model = prepare_model_for_kbit_training(model)
+        model = prepare_kbit_model(model, activation_checkpointing)
     config = LoraConfig(
-        r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=list(target_modules)
+        r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=lora_target_pattern(target_modules)
     )
     return get_peft_model(model, config)

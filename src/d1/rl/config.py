@@ -8,11 +8,17 @@ from transformers import TrainingArguments
 
 from d1.diffusion.likelihood import ESTIMATORS
 from d1.diffusion.sampling import check_block_schedule
+from d1.models.loading import LORA_TARGETS_HELP, non_reentrant
 from d1.sft.config import bf16_available
-from d1.utils import check_counts, cpu_only_launch, zero3_or_fsdp_launch
+from d1.utils import check_counts, cpu_only_launch, sharded_launch
 
-GRPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"]
-"""All of LLaDA's projection layers (d1 adapts every projection in RL)."""
+GRPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", r".*\.blocks\.\d+\.ff_out"]
+"""Every projection inside LLaDA's blocks: attention q/k/v and output (`attn_out`), MLP gate (`ff_proj`), up
+(`up_proj`) and down (the blocks' `ff_out`, given as a full-name pattern). Not the output head
+`model.transformer.ff_out`: the model computes it as `F.linear(x, ff_out.weight)`, so an adapter there would
+never train (and the leaf name `ff_out` would match it). d1's RL list was q/k/v/o/gate/up/down_proj; LLaDA
+has no o_proj, gate_proj or down_proj, so d1 really adapted q_proj, k_proj, v_proj and up_proj only
+(`--lora_target_modules q_proj k_proj v_proj up_proj` reproduces that)."""
 
 
 ROLLOUT_SAMPLERS = {
@@ -50,7 +56,11 @@ class DiffuGRPOConfig(TrainingArguments):
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha (d1: 64)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (d1: 0.05)."})
     lora_target_modules: list[str] = field(
-        default_factory=lambda: list(GRPO_LORA_TARGETS), metadata={"help": "Linear layers to adapt."}
+        default_factory=lambda: list(GRPO_LORA_TARGETS),
+        metadata={
+            "help": f"{LORA_TARGETS_HELP} Default: every projection in the blocks, not the head (d1 adapted q, k, v "
+            "and up_proj only: its other names do not exist in LLaDA)."
+        },
     )
     # data
     dataset: str = field(default="gsm8k", metadata={"help": "Task: gsm8k, math, countdown or sudoku."})
@@ -179,6 +189,9 @@ class DiffuGRPOConfig(TrainingArguments):
             self.eval_on_start = True  # the starting model is a candidate for the best checkpoint too
         self.use_cpu = self.use_cpu or cpu_only_launch()
         super().__post_init__()
+        # checkpointing is always non-reentrant (under either name of the option)
+        self.activation_checkpointing_kwargs = non_reentrant(self.activation_checkpointing_kwargs)
+        self.gradient_checkpointing_kwargs = self.activation_checkpointing_kwargs
 
     def decoding(self) -> dict[str, object]:
         """Keyword arguments of `d1.generate` for rollouts (empty for the exact sampler)."""
@@ -235,8 +248,8 @@ class DiffuGRPOConfig(TrainingArguments):
                 "beta > 0 needs a reference policy, but a 4-bit model can only be trained with LoRA (whose disabled "
                 "adapter is the reference). Use --lora, or --beta 0."
             )
-        sharded = zero3_or_fsdp_launch(self)
-        if self.beta > 0 and not self.lora and sharded:
+        sharded = sharded_launch(self)
+        if self.beta > 0 and not self.lora and sharded in ("deepspeed-zero3", "fsdp"):
             raise ValueError(
                 f"beta={self.beta} with full fine-tuning (lora=False) under {sharded}: the reference policy "
                 "would be a frozen deep copy of sharded weights (a copy of one shard, or a full unsharded copy "

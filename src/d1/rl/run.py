@@ -8,7 +8,7 @@ from typing import Any
 
 from d1.cluster import PreemptionCallback
 from d1.models.loading import (
-    check_lora_before_loading,
+    check_model_before_loading,
     load_config,
     load_tokenizer,
     load_trainable_model,
@@ -98,7 +98,7 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
         f"diffu-GRPO on {task.name}: {len(train)} training prompts, {len(validation)} held out for validation; "
         f"rewards {[f.__name__ for f in reward_funcs]} x {reward_weights}"
     )
-    check_lora_before_loading(model_config, config)
+    check_model_before_loading(model_config, config)
 
     model = load_trainable_model(config.model_path, config, mask_token_id)
     trainer = DiffuGRPOTrainer(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import TrainingArguments
 
-from d1.models.loading import SFT_LORA
+from d1.models.loading import LORA_TARGETS_HELP, SFT_LORA, non_reentrant
 from d1.utils import check_counts, cpu_only_launch
 
 
@@ -64,7 +64,7 @@ class SFTConfig(TrainingArguments):
     lora_alpha: int = field(default=SFT_LORA["lora_alpha"], metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=SFT_LORA["lora_dropout"], metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(
-        default_factory=lambda: list(SFT_LORA["target_modules"]), metadata={"help": "Linear layers to adapt."}
+        default_factory=lambda: list(SFT_LORA["target_modules"]), metadata={"help": LORA_TARGETS_HELP}
     )
     mask_token_id: int | None = field(
         default=None, metadata={"help": "Mask token id when neither tokenizer nor config defines one."}
@@ -117,3 +117,6 @@ class SFTConfig(TrainingArguments):
             self.eval_strategy = "no"
         self.use_cpu = self.use_cpu or cpu_only_launch()
         super().__post_init__()
+        # checkpointing is always non-reentrant (under either name of the option)
+        self.activation_checkpointing_kwargs = non_reentrant(self.activation_checkpointing_kwargs)
+        self.gradient_checkpointing_kwargs = self.activation_checkpointing_kwargs

@@ -18,7 +18,7 @@ from d1.data.sft import (
 )
 from d1.data.sources import load_rows
 from d1.models.loading import (
-    check_lora_before_loading,
+    check_model_before_loading,
     load_config,
     load_tokenizer,
     load_trainable_model,
@@ -70,7 +70,7 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
         )
     if eval_set is None and config.eval_strategy != "no":
         config.eval_strategy = "no"
-    check_lora_before_loading(model_config, config)
+    check_model_before_loading(model_config, config)
 
     model = load_trainable_model(config.model_name, config, mask_token_id)
     collator = MaskedDiffusionCollator(
