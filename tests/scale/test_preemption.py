@@ -19,18 +19,21 @@ from transformers import TrainerControl
 
 from d1.cluster import PREEMPTED_EXIT_CODE, STOP_FILE_ENV, Preempted, PreemptionCallback
 from d1.sft.run import run_sft
-from d1.utils import resolve_checkpoint
+from d1.utils import resolve_checkpoint, write_manifest
 from tests.sft.test_sft_run import config_of, sft_argv
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def checkpoint(folder: Path, step: int, state: str | None = None) -> Path:
+    """A fake checkpoint-N: complete (weights + manifest), cut off before its manifest, or with truncated weights."""
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(bytes(64))
     if state != "missing":
-        text = json.dumps({"global_step": step})
-        (path / "trainer_state.json").write_text(text[:5] if state == "truncated" else text)
+        write_manifest(path, step)
+    if state == "truncated":
+        (path / "model.safetensors").write_bytes(bytes(10))
     return path
 
 
@@ -42,8 +45,8 @@ def test_auto_resume_skips_incomplete_checkpoints(tmp_path, capsys) -> None:
     (tmp_path / "checkpoint-16-reward-error").mkdir()
     assert resolve_checkpoint("auto", tmp_path) == str(good)
     out = capsys.readouterr().out
-    assert "checkpoint-14: incomplete checkpoint (no trainer_state.json)" in out
-    assert "checkpoint-12: incomplete checkpoint (trainer_state.json is truncated)" in out
+    assert "checkpoint-14: incomplete checkpoint (no d1_complete.json)" in out
+    assert "checkpoint-12: incomplete checkpoint (model.safetensors has 10 bytes, 64 expected" in out
     assert resolve_checkpoint("auto", tmp_path / "absent") is None
     assert resolve_checkpoint(None, tmp_path) is None
 
@@ -73,7 +76,7 @@ def test_stop_then_resume_equals_an_uninterrupted_run(
     tiny_model_dir, arithmetic_jsonl, tmp_path, monkeypatch
 ) -> None:
     """(d): a stop request after step 1 (a complete checkpoint-1), then a kill while writing checkpoint-3 (its
-    folder has truncated weights and no trainer_state.json). `auto` resumes from checkpoint-1 and ends where an
+    folder has truncated weights and no d1_complete.json). `auto` resumes from checkpoint-1 and ends where an
     uninterrupted run ends."""
     argv = ("--max_steps", "4", "--save_steps", "100", "--batch_size", "4")
     run_sft(config_of(*sft_argv(tiny_model_dir, arithmetic_jsonl, tmp_path / "a", *argv)))
@@ -88,7 +91,7 @@ def test_stop_then_resume_equals_an_uninterrupted_run(
     monkeypatch.delenv(STOP_FILE_ENV)
     half = run / "checkpoint-3"
     shutil.copytree(run / "checkpoint-1", half)
-    (half / "trainer_state.json").unlink()
+    (half / "d1_complete.json").unlink()
     weights = half / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     trainer = run_sft(

@@ -19,7 +19,16 @@ from d1.rl.trainer import DiffuGRPOTrainer
 from d1.tasks import Task, get_task
 from d1.tasks.base import shuffle_and_hold_out
 from d1.tasks.synthetic import make_dataset
-from d1.utils import check_writable, distributed_state, say, train_and_save
+from d1.utils import (
+    check_output_dir,
+    check_training_length,
+    check_writable,
+    claim_output_dir,
+    distributed_state,
+    run_settings,
+    say,
+    train_and_save,
+)
 
 SYNTHETIC_SUFFIX = {"sudoku": ".csv", "countdown": ".jsonl"}
 
@@ -82,6 +91,9 @@ def training_rows(config: DiffuGRPOConfig, task: Task) -> tuple[list[dict[str, A
 def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
     """Train; returns the trainer (its `state.log_history` holds every logged metric)."""
     check_writable(config.output_dir, "output_dir")
+    check_training_length(config)
+    settings = run_settings(config)
+    checkpoint = check_output_dir(config, settings)
     config.validate(distributed_state().num_processes)
     task = get_task(config.dataset)
     reward_funcs, reward_weights = resolve_rewards(task, config.reward_funcs, config.reward_weights)
@@ -99,6 +111,7 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
         f"rewards {[f.__name__ for f in reward_funcs]} x {reward_weights}"
     )
     check_lora_before_loading(model_config, config)
+    claim_output_dir(config, settings)
 
     model = load_trainable_model(config.model_path, config, mask_token_id)
     trainer = DiffuGRPOTrainer(
@@ -112,5 +125,5 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
         processing_class=tokenizer,
         callbacks=[PreemptionCallback()],
     )
-    train_and_save(trainer, config.resume_from_checkpoint)
+    train_and_save(trainer, checkpoint)
     return trainer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from d1.diffusion.likelihood import per_token_logps
 from d1.diffusion.losses import grpo_loss
@@ -31,7 +32,7 @@ from d1.rl.config import DiffuGRPOConfig
 from d1.rl.rollout import RewardError, completion_mask, encode_prompts, score_completions
 from d1.rl.sampler import RepeatSampler
 from d1.tasks import Task
-from d1.utils import derive_seed, say
+from d1.utils import CompleteCheckpoints, derive_seed, say
 
 BUFFER_FILE = "rollout_buffer.pt"
 BEST_FILE = "best_checkpoint.json"
@@ -41,21 +42,7 @@ def _rows(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
 
 
-class RolloutBufferCallback(TrainerCallback):
-    """Saves the current rollouts into each checkpoint, so a run resumed between two inner updates of a
-    rollout continues with exactly the same completions, advantages and old log-probs."""
-
-    def __init__(self, trainer: DiffuGRPOTrainer):
-        self.trainer = trainer
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir() and self.trainer.rollout_buffer:
-            rank = self.trainer.accelerator.process_index
-            torch.save(self.trainer.rollout_buffer, folder / f"{rank}_{BUFFER_FILE}")
-
-
-class DiffuGRPOTrainer(Trainer):
+class DiffuGRPOTrainer(CompleteCheckpoints, Trainer):
     """diffu-GRPO (d1): rollouts with the diffusion sampler, verifiable rewards, group-relative advantages,
     `num_iterations` inner updates per rollout with one-pass log-probabilities."""
 
@@ -99,7 +86,6 @@ class DiffuGRPOTrainer(Trainer):
             model, "peft_config", None
         ):  # LoRA uses the disabled adapter instead
             self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(model)).eval().requires_grad_(False)
-        self.add_callback(RolloutBufferCallback(self))
 
     # ----- data -----
     def get_train_dataloader(self) -> DataLoader:
@@ -294,6 +280,15 @@ class DiffuGRPOTrainer(Trainer):
         loss = super().training_step(model, batch, num_items_in_batch)
         self._metrics["time/update"].append(time.perf_counter() - start)
         return loss
+
+    def save_resume_state(self, folder: Path) -> None:
+        """This rank's rollouts, so a run resumed between two inner updates of a rollout continues with exactly
+        the same completions, advantages and old log-probs (written to a temporary name, renamed when done)."""
+        if self.rollout_buffer:
+            path = folder / f"{self.accelerator.process_index}_{BUFFER_FILE}"
+            temp = path.with_name(f".{path.name}.tmp")
+            torch.save(self.rollout_buffer, temp)
+            os.replace(temp, path)
 
     def _load_buffer(self) -> None:
         path = Path(self._resume_from or "") / f"{self.accelerator.process_index}_{BUFFER_FILE}"

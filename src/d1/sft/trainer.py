@@ -13,6 +13,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from d1.diffusion.losses import masked_sft_loss
+from d1.utils import CompleteCheckpoints
 
 
 class CollatorEpochCallback(TrainerCallback):
@@ -25,7 +26,7 @@ class CollatorEpochCallback(TrainerCallback):
         self.collator.epoch = math.floor(state.epoch or 0)
 
 
-class MaskedSFTTrainer(Trainer):
+class MaskedSFTTrainer(CompleteCheckpoints, Trainer):
     """Trainer for completion-only masked SFT; logs the 1/t-weighted loss and the plain masked CE."""
 
     loss_is_scaled_for_ga = False  # the loss is a per-micro-batch mean: Trainer divides by accumulation steps
