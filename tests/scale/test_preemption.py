@@ -3,7 +3,6 @@ skips checkpoints cut off mid-write (d), and the stop reaches every rank of a 2-
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,8 +17,11 @@ from safetensors.torch import load_file
 from transformers import TrainerControl
 
 from d1.cluster import PREEMPTED_EXIT_CODE, STOP_FILE_ENV, Preempted, PreemptionCallback
+from d1.rl.run import run_grpo
 from d1.sft.run import run_sft
 from d1.utils import resolve_checkpoint, write_manifest
+from tests.rl.test_grpo_run import config_of as grpo_config_of
+from tests.rl.test_grpo_run import grpo_argv
 from tests.sft.test_sft_run import config_of, sft_argv
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,6 +106,34 @@ def test_stop_then_resume_equals_an_uninterrupted_run(
     assert trainer.state.global_step == 4
     a, b = load_file(tmp_path / "a" / "run" / "model.safetensors"), load_file(run / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_grpo_cut_off_before_its_rollouts_are_saved_resumes_from_the_previous_checkpoint(
+    tiny_model_dir, tmp_path, monkeypatch
+) -> None:
+    """A crash while checkpoint-3 (mid-rollout) writes its rollout buffer, after the Trainer's own files: with
+    save_total_limit 1 the complete checkpoint-2 must survive, and `auto` resumes from it to the same model."""
+    argv = ("--save_steps", "1", "--beta", "0.0", "--save_total_limit", "1")
+    run_grpo(grpo_config_of(*grpo_argv(tiny_model_dir, tmp_path / "a", *argv)))
+    real_save = torch.save
+
+    def crash_at_step_3(obj, path, *args, **kwargs):
+        if "checkpoint-3" in str(path) and "rollout_buffer" in str(path):
+            raise KeyboardInterrupt("killed while saving the rollouts")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_grpo(grpo_config_of(*grpo_argv(tiny_model_dir, tmp_path / "b", *argv)))
+    monkeypatch.undo()
+    assert (tmp_path / "b" / "checkpoint-3" / "trainer_state.json").exists()
+    trainer = run_grpo(
+        grpo_config_of(*grpo_argv(tiny_model_dir, tmp_path / "b", *argv), "--resume_from_checkpoint", "auto")
+    )
+    assert trainer.state.global_step == 4
+    assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-4"]
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
