@@ -2,7 +2,8 @@
 
 Overridden: `get_train_dataloader` (prompt groups repeated for the inner updates), `training_step` (a rollout
 every `num_iterations` steps, then reuse), `compute_loss` (one-pass log-probs under this iteration's prompt
-mask, clipped objective with KL), `evaluate` (accuracy on held-out training items) and `log`. Optimizers,
+mask, clipped objective with KL), `evaluate` (accuracy on held-out training items), `log` and
+`save_resume_state` (each rank's rollouts in every checkpoint). Optimizers,
 schedulers, accelerate/DeepSpeed/FSDP, LoRA, checkpointing and resume stay the Trainer's.
 """
 
