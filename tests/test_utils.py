@@ -4,12 +4,17 @@ that never leaves only an incomplete checkpoint."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 import d1.rl.run
 import d1.sft.run
+from d1.cluster import CompleteCheckpointsCallback
+from d1.tasks import get_task
 from d1.utils import (
+    BEST_CHECKPOINT_NAME,
     RUN_SETTINGS_NAME,
     check_output_dir,
     checkpoint_problem,
@@ -117,7 +122,43 @@ def test_rotation_counts_only_complete_checkpoints(tmp_path) -> None:
     for step in (1, 2, 3):
         fake_checkpoint(tmp_path, step, {"model.safetensors": 4})
     (tmp_path / "checkpoint-4").mkdir()  # being written
-    rotate_checkpoints(tmp_path, 2, keep=str(tmp_path / "checkpoint-1"))
+    rotate_checkpoints(tmp_path, 2, keep=[str(tmp_path / "checkpoint-1")])
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"checkpoint-{s}" for s in (1, 2, 3, 4)]
-    rotate_checkpoints(tmp_path, 1, keep=None)
+    rotate_checkpoints(tmp_path, 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_save_completes_the_checkpoint_then_rotates_keeping_the_best(tmp_path) -> None:
+    """`on_save`: the rank's extra file is written, then the manifest (listing it), then rotation to the user's
+    save_total_limit, which the Trainer's own rotation no longer sees; the best checkpoint stays."""
+    for step in (1, 2):
+        fake_checkpoint(tmp_path, step, {"model.safetensors": 4})
+    (tmp_path / BEST_CHECKPOINT_NAME).write_text(json.dumps({"checkpoint": str(tmp_path / "checkpoint-1")}))
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "model.safetensors").write_bytes(bytes(4))
+    args = SimpleNamespace(save_total_limit=1, output_dir=str(tmp_path), should_save=True)
+    callback = CompleteCheckpointsCallback(args, lambda folder: (folder / "0_buffer.pt").write_bytes(bytes(3)))
+    assert args.save_total_limit is None
+    callback.on_save(args, SimpleNamespace(global_step=3, best_model_checkpoint=None), None)
+    manifest = json.loads((tmp_path / "checkpoint-3" / "d1_complete.json").read_text())
+    assert manifest == {"step": 3, "files": {"0_buffer.pt": 3, "model.safetensors": 4}}
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-3"]
+
+
+def test_synthetic_training_data_cut_off_while_written_is_not_taken(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    """A kill while `synthetic_train_size` rows are written leaves no file at the data's name: the next run
+    generates all of them instead of training on the truncated file."""
+    config = grpo_config_of(*grpo_argv(tiny_model_dir, tmp_path))
+
+    def cut_off(task_name, n, seed, path, split):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("puzzle,solution\n")
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(d1.rl.run, "make_dataset", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        d1.rl.run.training_rows(config, get_task("sudoku"))
+    assert not (tmp_path / "data" / "sudoku_train.csv").exists()
+    monkeypatch.undo()
+    train, validation = d1.rl.run.training_rows(config, get_task("sudoku"))
+    assert len(train) + len(validation) == 64

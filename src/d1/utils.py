@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -95,39 +96,30 @@ def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
-def rotate_checkpoints(output_dir: str | Path, limit: int | None, keep: str | None) -> None:
-    """Keep the `limit` newest complete checkpoints (and `keep`, the best one), deleting older ones; a
-    checkpoint still being written never counts, so the newest complete one always stays."""
+BEST_CHECKPOINT_NAME = "best_checkpoint.json"
+"""Written into output_dir by `d1 grpo`'s validation: the best step so far and its checkpoint folder."""
+
+
+def best_checkpoints(output_dir: str | Path, best_model_checkpoint: str | None) -> list[str]:
+    """Checkpoints that rotation must keep: the Trainer's best one and the one `best_checkpoint.json` names."""
+    kept = [best_model_checkpoint] if best_model_checkpoint else []
+    try:
+        kept.append(str(json.loads((Path(output_dir) / BEST_CHECKPOINT_NAME).read_text())["checkpoint"]))
+    except (FileNotFoundError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    return kept
+
+
+def rotate_checkpoints(output_dir: str | Path, limit: int | None, keep: Collection[str] = ()) -> None:
+    """Keep the `limit` newest complete checkpoints (and those in `keep`, the best ones), deleting older ones;
+    a checkpoint still being written never counts, so the newest complete one always stays."""
     if not limit or limit <= 0:
         return
+    kept = {Path(k).resolve() for k in keep}
     complete = [p for p in _checkpoints(output_dir) if checkpoint_problem(p) is None]
     for folder in complete[limit:]:
-        if keep is None or Path(keep).resolve() != folder.resolve():
+        if folder.resolve() not in kept:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-class CompleteCheckpoints:
-    """Trainer mixin: a checkpoint is complete (`d1_complete.json`) only once the Trainer's files and every
-    rank's `save_resume_state` files are on disk; rotation (`save_total_limit`) runs only after that."""
-
-    def save_resume_state(self, folder: Path) -> None:
-        """Write this rank's extra files that a resume from `folder` needs (none by default)."""
-
-    def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        args = self.args
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if args.should_save:  # a rewrite of an older folder is incomplete until it is done
-            (folder / COMPLETE_NAME).unlink(missing_ok=True)
-        limit, args.save_total_limit = args.save_total_limit, None  # the Trainer would rotate too early
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            args.save_total_limit = limit
-        self.save_resume_state(folder)
-        self.accelerator.wait_for_everyone()
-        if args.should_save:
-            write_manifest(folder, self.state.global_step)
-            rotate_checkpoints(folder.parent, limit, self.state.best_model_checkpoint)
 
 
 def resolve_checkpoint(resume: str | bool | None, output_dir: str | Path) -> str | None:

@@ -2,8 +2,8 @@
 
 Overridden: `get_train_dataloader` (prompt groups repeated for the inner updates), `training_step` (a rollout
 every `num_iterations` steps, then reuse), `compute_loss` (one-pass log-probs under this iteration's prompt
-mask, clipped objective with KL), `evaluate` (accuracy on held-out training items), `log` and
-`save_resume_state` (each rank's rollouts in every checkpoint). Optimizers,
+mask, clipped objective with KL), `evaluate` (accuracy on held-out training items) and `log`; callbacks add
+each rank's rollouts to every checkpoint and mark it complete (`CompleteCheckpointsCallback`). Optimizers,
 schedulers, accelerate/DeepSpeed/FSDP, LoRA, checkpointing and resume stay the Trainer's.
 """
 
@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
+from d1.cluster import CompleteCheckpointsCallback
 from d1.diffusion.likelihood import per_token_logps
 from d1.diffusion.losses import grpo_loss
 from d1.diffusion.sampling import generate
@@ -33,17 +34,16 @@ from d1.rl.config import DiffuGRPOConfig
 from d1.rl.rollout import RewardError, completion_mask, encode_prompts, score_completions
 from d1.rl.sampler import RepeatSampler
 from d1.tasks import Task
-from d1.utils import CompleteCheckpoints, derive_seed, say
+from d1.utils import BEST_CHECKPOINT_NAME, derive_seed, say
 
 BUFFER_FILE = "rollout_buffer.pt"
-BEST_FILE = "best_checkpoint.json"
 
 
 def _rows(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return batch
 
 
-class DiffuGRPOTrainer(CompleteCheckpoints, Trainer):
+class DiffuGRPOTrainer(Trainer):
     """diffu-GRPO (d1): rollouts with the diffusion sampler, verifiable rewards, group-relative advantages,
     `num_iterations` inner updates per rollout with one-pass log-probabilities."""
 
@@ -87,6 +87,7 @@ class DiffuGRPOTrainer(CompleteCheckpoints, Trainer):
             model, "peft_config", None
         ):  # LoRA uses the disabled adapter instead
             self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(model)).eval().requires_grad_(False)
+        self.add_callback(CompleteCheckpointsCallback(self.args, self.save_resume_state))
 
     # ----- data -----
     def get_train_dataloader(self) -> DataLoader:
@@ -376,7 +377,7 @@ class DiffuGRPOTrainer(CompleteCheckpoints, Trainer):
             self.control.should_save = not start
             if self.is_world_process_zero():
                 Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-                (Path(args.output_dir) / BEST_FILE).write_text(json.dumps(self._best, indent=2))
+                (Path(args.output_dir) / BEST_CHECKPOINT_NAME).write_text(json.dumps(self._best, indent=2))
         self.log(metrics)
         # as Trainer.evaluate does: callbacks see the metrics and the pending evaluation is cleared (else the
         # Trainer's end-of-training check evaluates the last step a second time)
