@@ -162,3 +162,15 @@ def test_synthetic_training_data_cut_off_while_written_is_not_taken(tiny_model_d
     monkeypatch.undo()
     train, validation = d1.rl.run.training_rows(config, get_task("sudoku"))
     assert len(train) + len(validation) == 64
+
+
+def test_a_folder_of_this_step_from_an_earlier_run_is_incomplete_until_saved_again(tmp_path) -> None:
+    """Resumed from checkpoint-2 with an earlier run's checkpoint-3 on disk: once step 3 runs, a kill while
+    checkpoint-3 is rewritten must not leave the old manifest vouching for a half-overwritten folder."""
+    old = fake_checkpoint(tmp_path, 3, {"model.safetensors": 4})
+    args = SimpleNamespace(save_total_limit=None, output_dir=str(tmp_path), should_save=True)
+    callback = CompleteCheckpointsCallback(args)
+    callback.on_step_end(args, SimpleNamespace(global_step=2), None)
+    assert checkpoint_problem(old) is None
+    callback.on_step_end(args, SimpleNamespace(global_step=3), None)
+    assert checkpoint_problem(old) == "no d1_complete.json"
