@@ -1,11 +1,13 @@
-"""Running on clusters: `PreemptionCallback` (save a checkpoint and stop when SLURM warns of the end of a job)
-and `check_launch_config` (does an accelerate config fit this machine?)."""
+"""Running on clusters: `PreemptionCallback` (save a checkpoint and stop when SLURM warns of the end of a job),
+`CompleteCheckpointsCallback` (a checkpoint counts only once all of it is on disk) and `check_launch_config`
+(does an accelerate config fit this machine?)."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -14,7 +16,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from d1.utils import read_yaml_mapping
+from d1.utils import COMPLETE_NAME, best_checkpoints, read_yaml_mapping, rotate_checkpoints, write_manifest
 
 PREEMPTED_EXIT_CODE = 75
 """Exit status of a run stopped by `PreemptionCallback` after saving (sysexits' EX_TEMPFAIL: retry later)."""
@@ -86,6 +88,35 @@ class PreemptionCallback(TrainerCallback):
                 dist.barrier()
                 dist.destroy_process_group()
             raise Preempted(state.global_step, self.reason)
+
+
+class CompleteCheckpointsCallback(TrainerCallback):
+    """Marks each checkpoint complete (`d1_complete.json`, written last) once the Trainer's files and every
+    rank's `write_extra_files` are on disk, then rotates: `save_total_limit` keeps that many newest complete
+    checkpoints (and the best ones), so a kill while saving never leaves only an incomplete checkpoint.
+
+    The Trainer's own rotation runs inside its save, before `on_save`, and would count (and keep) the
+    checkpoint still being completed: this callback takes `args.save_total_limit` over and sets it to None."""
+
+    def __init__(self, args: Any, write_extra_files: Callable[[Path], None] | None = None):
+        self.save_total_limit, args.save_total_limit = args.save_total_limit, None
+        self.write_extra_files = write_extra_files
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """A folder of this step left by an earlier run is incomplete until this run's save of it is done."""
+        if args.should_save:
+            (Path(args.output_dir) / f"checkpoint-{state.global_step}" / COMPLETE_NAME).unlink(missing_ok=True)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.write_extra_files is not None:
+            self.write_extra_files(folder)
+        if dist.is_available() and dist.is_initialized():  # every rank's files are written
+            dist.barrier()
+        if args.should_save and folder.is_dir():
+            write_manifest(folder, state.global_step)
+            keep = best_checkpoints(args.output_dir, state.best_model_checkpoint)
+            rotate_checkpoints(args.output_dir, self.save_total_limit, keep)
 
 
 def _gpu_count() -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +27,69 @@ def check_writable(path: str | Path, field: str) -> None:
         )
 
 
-TRAINER_STATE_NAME = "trainer_state.json"  # as transformers.trainer names it (not imported: heavy)
+COMPLETE_NAME = "d1_complete.json"
+"""Written last into a checkpoint, after every rank's files: lists each file with its size."""
+
+RUN_SETTINGS_NAME = "run_settings.json"
+"""Written into output_dir when a training run starts: the settings that define what the run computes."""
+
+NOT_RUN_SETTINGS = ("output_dir", "job_name", "overwrite_output_dir", "resume_from_checkpoint", "local_rank")
+"""Config fields that may change between a run and its resume: where it writes, how it resumes, and (with the
+prefixes below) what it logs, reports, saves and uploads. Everything else (model, data, every
+hyper-parameter) defines the run."""
+
+NOT_RUN_SETTINGS_PREFIXES = ("logging_", "log_", "report_", "run_name", "project", "trackio_", "disable_tqdm",
+                             "save_", "hub_", "push_to_hub", "debugging")  # fmt: skip
+
+
+def _checkpoints(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, newest (highest N) first."""
+    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    return sorted(folders, key=lambda p: int(p.name[11:]), reverse=True)
+
+
+def _write_json_atomically(path: Path, value: Any) -> None:
+    """Write JSON to a temporary name, then rename: a reader sees the old file or the new one, never half."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(temp, path)
+
+
+def write_manifest(folder: str | Path, step: int) -> None:
+    """Mark checkpoint `folder` complete: every file in it (all ranks' files must be written) with its size."""
+    folder = Path(folder)
+    files = {
+        str(p.relative_to(folder)): p.stat().st_size
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != COMPLETE_NAME and not p.name.endswith(".tmp")
+    }
+    _write_json_atomically(folder / COMPLETE_NAME, {"step": step, "files": files})
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:
-    """Why `folder` is not a complete Trainer checkpoint (None when it is). The Trainer writes
-    `trainer_state.json` last, after the weights, optimizer, scheduler and RNG states, so a folder without a
-    readable one for its own step was cut off mid-write."""
-    state_file = Path(folder) / TRAINER_STATE_NAME
-    if not state_file.is_file():
-        return f"no {TRAINER_STATE_NAME}"
+    """Why `folder` is not a complete checkpoint (None when it is): d1 writes `d1_complete.json` last, so a
+    folder without it was cut off while saving; a listed file that is missing or has another size was damaged."""
+    folder = Path(folder)
     try:
-        step = json.loads(state_file.read_text()).get("global_step")
+        manifest = json.loads((folder / COMPLETE_NAME).read_text())
+    except FileNotFoundError:
+        return f"no {COMPLETE_NAME}"
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return f"{TRAINER_STATE_NAME} is truncated"
-    expected = Path(folder).name.rsplit("-", 1)[-1]
-    return None if str(step) == expected else f"{TRAINER_STATE_NAME} says step {step}"
+        return f"{COMPLETE_NAME} is truncated"
+    if str(manifest.get("step")) != folder.name.rsplit("-", 1)[-1]:
+        return f"{COMPLETE_NAME} says step {manifest.get('step')}"
+    for name, size in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} expected (truncated or overwritten)"
+    return None
 
 
 def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
     """The `checkpoint-N` folder of `output_dir` with the highest N that is complete; says which it skipped."""
-    folders = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
-    for folder in sorted(folders, key=lambda p: int(p.name[11:]), reverse=True):
+    for folder in _checkpoints(output_dir):
         problem = checkpoint_problem(folder)
         if problem is None:
             return str(folder)
@@ -54,8 +97,35 @@ def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
-def resolve_checkpoint(resume: str | bool | None, output_dir: str | Path) -> str | bool | None:
-    """`auto`/`True` -> the latest complete `checkpoint-N` under output_dir (None when there is none); a path as is."""
+BEST_CHECKPOINT_NAME = "best_checkpoint.json"
+"""Written into output_dir by `d1 grpo`'s validation: the best step so far and its checkpoint folder."""
+
+
+def best_checkpoints(output_dir: str | Path, best_model_checkpoint: str | None) -> list[str]:
+    """Checkpoints that rotation must keep: the Trainer's best one and the one `best_checkpoint.json` names."""
+    kept = [best_model_checkpoint] if best_model_checkpoint else []
+    try:
+        kept.append(str(json.loads((Path(output_dir) / BEST_CHECKPOINT_NAME).read_text())["checkpoint"]))
+    except (FileNotFoundError, KeyError, TypeError, json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    return kept
+
+
+def rotate_checkpoints(output_dir: str | Path, limit: int | None, keep: Collection[str] = ()) -> None:
+    """Keep the `limit` newest complete checkpoints (and those in `keep`, the best ones), deleting older ones;
+    a checkpoint still being written never counts, so the newest complete one always stays."""
+    if not limit or limit <= 0:
+        return
+    kept = {Path(k).resolve() for k in keep}
+    complete = [p for p in _checkpoints(output_dir) if checkpoint_problem(p) is None]
+    for folder in complete[limit:]:
+        if folder.resolve() not in kept:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def resolve_checkpoint(resume: str | bool | None, output_dir: str | Path) -> str | None:
+    """`auto`/`True` -> the latest complete `checkpoint-N` under output_dir (None when there is none); a
+    folder as is, unless it is known to be damaged."""
     if resume in (None, False, "", "none", "None", "false", "False"):
         return None
     if resume in (True, "auto", "true", "True", "latest"):
@@ -66,16 +136,105 @@ def resolve_checkpoint(resume: str | bool | None, output_dir: str | Path) -> str
         )
     else:
         found = str(resume)
+        problem = checkpoint_problem(found)
+        if problem == f"no {COMPLETE_NAME}":
+            say(f"warning: {found} has no {COMPLETE_NAME} (saved by an older d1, or cut off while saving)")
+        elif problem:
+            raise ValueError(
+                f"resume_from_checkpoint={resume!r} is damaged ({problem}); pass auto to take the newest "
+                "complete checkpoint, or another checkpoint-N folder."
+            )
     if found:
         say(f"resuming from {found}")
     return found
 
 
-def train_and_save(trainer: Any, resume_from_checkpoint: str | None) -> None:
-    """`trainer.train`, resuming from `resume_from_checkpoint` (a folder, "auto" for the latest complete
-    checkpoint in output_dir, or None), then save the final model and tokenizer to output_dir."""
+def check_training_length(config: Any) -> None:
+    """Refuse a run that would train for 0 steps and save the starting model as if trained."""
+    if config.max_steps == 0:
+        raise ValueError(
+            "max_steps=0 trains nothing (the starting model would be saved as if trained). Pass a positive "
+            "--max_steps, or -1 (the default) to train --num_train_epochs epochs."
+        )
+    if config.max_steps < 0 and config.num_train_epochs <= 0:
+        raise ValueError(
+            f"num_train_epochs={config.num_train_epochs} trains nothing (the starting model would be saved as if "
+            "trained). Pass a positive --num_train_epochs (d1 sft: --num_epochs), or a positive --max_steps."
+        )
+
+
+def run_settings(config: Any) -> dict[str, Any]:
+    """The config fields that define what a run computes (all but `NOT_RUN_SETTINGS`), as JSON values."""
+    fields = config.to_dict()
+    kept = {
+        k: v
+        for k, v in fields.items()
+        if k not in NOT_RUN_SETTINGS and not k.startswith(NOT_RUN_SETTINGS_PREFIXES)
+    }
+    return json.loads(json.dumps(kept, default=str))
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    missing = "(unset)"
+    return [
+        f"{k} {old.get(k, missing)!r} -> {new.get(k, missing)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k, missing) != new.get(k, missing)
+    ]
+
+
+def check_output_dir(config: Any, settings: dict[str, Any]) -> str | None:
+    """Before any loading, on every process: refuse an output folder that holds another run (checkpoints
+    without `--resume_from_checkpoint`, or a run with settings other than `settings`) unless
+    `--overwrite_output_dir`; returns the checkpoint to resume from."""
+    out, resume = Path(config.output_dir), config.resume_from_checkpoint
+    resuming = resume not in (None, False, "", "none", "None", "false", "False")
+    if config.overwrite_output_dir:
+        if resuming:
+            raise ValueError(
+                f"resume_from_checkpoint={resume!r} and overwrite_output_dir contradict each other: pass one."
+            )
+        return None
+    checkpoints = _checkpoints(out)
+    if checkpoints and not resuming:
+        raise ValueError(
+            f"output_dir={str(out)!r} holds checkpoints of an earlier run ({checkpoints[0].name}, ...). Pass "
+            "--resume_from_checkpoint auto to continue it, --overwrite_output_dir to delete them and start over, "
+            "or another --output_dir."
+        )
+    record = out / RUN_SETTINGS_NAME
+    if record.is_file():
+        changed = _differences(json.loads(record.read_text()), settings)
+        if changed:
+            raise ValueError(
+                f"output_dir={str(out)!r} holds a run with other settings: {'; '.join(changed)}. Use that run's "
+                "settings to resume it, --overwrite_output_dir to delete its checkpoints and start over, or "
+                "another --output_dir."
+            )
+    elif checkpoints:
+        say(f"note: {out} has no {RUN_SETTINGS_NAME} (an older d1): its checkpoints are taken as this run's")
+    return resolve_checkpoint(resume, out)
+
+
+def claim_output_dir(config: Any, settings: dict[str, Any]) -> None:
+    """After every cheap check passed, before the model loads: with `--overwrite_output_dir` delete the old
+    checkpoints, then record `settings` (main process, once all processes have checked)."""
+    distributed_state().wait_for_everyone()
+    if not is_main_process():
+        return
+    out = Path(config.output_dir)
+    if config.overwrite_output_dir:
+        for folder in _checkpoints(out):
+            shutil.rmtree(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json_atomically(out / RUN_SETTINGS_NAME, settings)
+
+
+def train_and_save(trainer: Any, checkpoint: str | None) -> None:
+    """`trainer.train`, resuming from `checkpoint` (a folder from `check_output_dir`, or None), then save the
+    final model and tokenizer to output_dir."""
     output_dir = trainer.args.output_dir
-    trainer.train(resume_from_checkpoint=resolve_checkpoint(resume_from_checkpoint, output_dir))
+    trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model(output_dir)
     trainer.processing_class.save_pretrained(output_dir)
 

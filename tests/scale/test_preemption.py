@@ -3,7 +3,6 @@ skips checkpoints cut off mid-write (d), and the stop reaches every rank of a 2-
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -18,19 +17,25 @@ from safetensors.torch import load_file
 from transformers import TrainerControl
 
 from d1.cluster import PREEMPTED_EXIT_CODE, STOP_FILE_ENV, Preempted, PreemptionCallback
+from d1.rl.run import run_grpo
 from d1.sft.run import run_sft
-from d1.utils import resolve_checkpoint
+from d1.utils import resolve_checkpoint, write_manifest
+from tests.rl.test_grpo_run import config_of as grpo_config_of
+from tests.rl.test_grpo_run import grpo_argv
 from tests.sft.test_sft_run import config_of, sft_argv
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def checkpoint(folder: Path, step: int, state: str | None = None) -> Path:
+    """A fake checkpoint-N: complete (weights + manifest), cut off before its manifest, or with truncated weights."""
     path = folder / f"checkpoint-{step}"
     path.mkdir(parents=True)
+    (path / "model.safetensors").write_bytes(bytes(64))
     if state != "missing":
-        text = json.dumps({"global_step": step})
-        (path / "trainer_state.json").write_text(text[:5] if state == "truncated" else text)
+        write_manifest(path, step)
+    if state == "truncated":
+        (path / "model.safetensors").write_bytes(bytes(10))
     return path
 
 
@@ -42,8 +47,8 @@ def test_auto_resume_skips_incomplete_checkpoints(tmp_path, capsys) -> None:
     (tmp_path / "checkpoint-16-reward-error").mkdir()
     assert resolve_checkpoint("auto", tmp_path) == str(good)
     out = capsys.readouterr().out
-    assert "checkpoint-14: incomplete checkpoint (no trainer_state.json)" in out
-    assert "checkpoint-12: incomplete checkpoint (trainer_state.json is truncated)" in out
+    assert "checkpoint-14: incomplete checkpoint (no d1_complete.json)" in out
+    assert "checkpoint-12: incomplete checkpoint (model.safetensors has 10 bytes, 64 expected" in out
     assert resolve_checkpoint("auto", tmp_path / "absent") is None
     assert resolve_checkpoint(None, tmp_path) is None
 
@@ -73,7 +78,7 @@ def test_stop_then_resume_equals_an_uninterrupted_run(
     tiny_model_dir, arithmetic_jsonl, tmp_path, monkeypatch
 ) -> None:
     """(d): a stop request after step 1 (a complete checkpoint-1), then a kill while writing checkpoint-3 (its
-    folder has truncated weights and no trainer_state.json). `auto` resumes from checkpoint-1 and ends where an
+    folder has truncated weights and no d1_complete.json). `auto` resumes from checkpoint-1 and ends where an
     uninterrupted run ends."""
     argv = ("--max_steps", "4", "--save_steps", "100", "--batch_size", "4")
     run_sft(config_of(*sft_argv(tiny_model_dir, arithmetic_jsonl, tmp_path / "a", *argv)))
@@ -88,7 +93,7 @@ def test_stop_then_resume_equals_an_uninterrupted_run(
     monkeypatch.delenv(STOP_FILE_ENV)
     half = run / "checkpoint-3"
     shutil.copytree(run / "checkpoint-1", half)
-    (half / "trainer_state.json").unlink()
+    (half / "d1_complete.json").unlink()
     weights = half / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     trainer = run_sft(
@@ -101,6 +106,34 @@ def test_stop_then_resume_equals_an_uninterrupted_run(
     assert trainer.state.global_step == 4
     a, b = load_file(tmp_path / "a" / "run" / "model.safetensors"), load_file(run / "model.safetensors")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_grpo_cut_off_before_its_rollouts_are_saved_resumes_from_the_previous_checkpoint(
+    tiny_model_dir, tmp_path, monkeypatch
+) -> None:
+    """A crash while checkpoint-3 (mid-rollout) writes its rollout buffer, after the Trainer's own files: with
+    save_total_limit 1 the complete checkpoint-2 must survive, and `auto` resumes from it to the same model."""
+    argv = ("--save_steps", "1", "--beta", "0.0", "--save_total_limit", "1")
+    run_grpo(grpo_config_of(*grpo_argv(tiny_model_dir, tmp_path / "a", *argv)))
+    real_save = torch.save
+
+    def crash_at_step_3(obj, path, *args, **kwargs):
+        if "checkpoint-3" in str(path) and "rollout_buffer" in str(path):
+            raise KeyboardInterrupt("killed while saving the rollouts")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_grpo(grpo_config_of(*grpo_argv(tiny_model_dir, tmp_path / "b", *argv)))
+    monkeypatch.undo()
+    assert (tmp_path / "b" / "checkpoint-3" / "trainer_state.json").exists()
+    trainer = run_grpo(
+        grpo_config_of(*grpo_argv(tiny_model_dir, tmp_path / "b", *argv), "--resume_from_checkpoint", "auto")
+    )
+    assert trainer.state.global_step == 4
+    assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-4"]
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow

@@ -165,6 +165,10 @@ class DiffuGRPOConfig(TrainingArguments):
     )
     # d1's optimisation choices
     output_dir: str = field(default="grpo_output", metadata={"help": "Checkpoints and logs."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete the checkpoints already in the output folder and start over."},
+    )
     learning_rate: float = 3e-6
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,16 @@ from d1.rl.trainer import DiffuGRPOTrainer
 from d1.tasks import Task, get_task
 from d1.tasks.base import shuffle_and_hold_out
 from d1.tasks.synthetic import make_dataset
-from d1.utils import check_writable, distributed_state, say, train_and_save
+from d1.utils import (
+    check_output_dir,
+    check_training_length,
+    check_writable,
+    claim_output_dir,
+    distributed_state,
+    run_settings,
+    say,
+    train_and_save,
+)
 
 SYNTHETIC_SUFFIX = {"sudoku": ".csv", "countdown": ".jsonl"}
 
@@ -45,6 +55,14 @@ def resolve_rewards(
     return [known[n] for n in names], weights
 
 
+def _make_synthetic_train(task_name: str, size: int, seed: int, path: Path) -> None:
+    """Generate the synthetic training set under a temporary name (same folder and extension), then rename:
+    a run killed while writing leaves no truncated file that a later run would take as the data."""
+    temp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    make_dataset(task_name, size, seed, temp, split="train")
+    os.replace(temp, path)
+
+
 def training_rows(config: DiffuGRPOConfig, task: Task) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, validation) rows: the training source (d1's, a local file, or synthetic data) shuffled with the
     hold-out (d1: the last 500 countdown/sudoku rows; none for synthetic data, whose test set is generated
@@ -59,7 +77,7 @@ def training_rows(config: DiffuGRPOConfig, task: Task) -> tuple[list[dict[str, A
         holdout = 0 if holdout is None else holdout
         with distributed_state().main_process_first():
             if not Path(path).exists():
-                make_dataset(task.name, config.synthetic_train_size, config.seed, path, split="train")
+                _make_synthetic_train(task.name, config.synthetic_train_size, config.seed, Path(path))
     holdout = task.train_holdout if holdout is None else holdout
     rows = shuffle_and_hold_out(task.load_train(path), config.seed, holdout)
     if config.validation_path:
@@ -82,6 +100,9 @@ def training_rows(config: DiffuGRPOConfig, task: Task) -> tuple[list[dict[str, A
 def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
     """Train; returns the trainer (its `state.log_history` holds every logged metric)."""
     check_writable(config.output_dir, "output_dir")
+    check_training_length(config)
+    settings = run_settings(config)
+    checkpoint = check_output_dir(config, settings)
     config.validate(distributed_state().num_processes)
     task = get_task(config.dataset)
     reward_funcs, reward_weights = resolve_rewards(task, config.reward_funcs, config.reward_weights)
@@ -99,6 +120,7 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
         f"rewards {[f.__name__ for f in reward_funcs]} x {reward_weights}"
     )
     check_model_before_loading(model_config, config)
+    claim_output_dir(config, settings)
 
     model = load_trainable_model(config.model_path, config, mask_token_id)
     trainer = DiffuGRPOTrainer(
@@ -112,5 +134,5 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
         processing_class=tokenizer,
         callbacks=[PreemptionCallback()],
     )
-    train_and_save(trainer, config.resume_from_checkpoint)
+    train_and_save(trainer, checkpoint)
     return trainer

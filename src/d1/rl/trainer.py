@@ -2,7 +2,8 @@
 
 Overridden: `get_train_dataloader` (prompt groups repeated for the inner updates), `training_step` (a rollout
 every `num_iterations` steps, then reuse), `compute_loss` (one-pass log-probs under this iteration's prompt
-mask, clipped objective with KL), `evaluate` (accuracy on held-out training items) and `log`. Optimizers,
+mask, clipped objective with KL), `evaluate` (accuracy on held-out training items) and `log`; callbacks add
+each rank's rollouts to every checkpoint and mark it complete (`CompleteCheckpointsCallback`). Optimizers,
 schedulers, accelerate/DeepSpeed/FSDP, LoRA, checkpointing and resume stay the Trainer's.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -20,8 +22,9 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
+from d1.cluster import CompleteCheckpointsCallback
 from d1.diffusion.likelihood import per_token_logps
 from d1.diffusion.losses import grpo_loss
 from d1.diffusion.sampling import generate
@@ -32,10 +35,9 @@ from d1.rl.rollout import RewardError, completion_mask, encode_prompts, score_co
 from d1.rl.sampler import RepeatSampler
 from d1.rl.sharding import all_ranks_done, gathered_for_generation, sharding_kind
 from d1.tasks import Task
-from d1.utils import derive_seed, say
+from d1.utils import BEST_CHECKPOINT_NAME, derive_seed, say
 
 BUFFER_FILE = "rollout_buffer.pt"
-BEST_FILE = "best_checkpoint.json"
 
 
 def _rows(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -53,20 +55,6 @@ def padded_shard(items: list[Any], rank: int, world: int, batch_size: int) -> tu
     if -(-real // batch_size) < batches:
         shard = shard + [items[0]] * ((batches - 1) * batch_size + 1 - real)
     return shard, real
-
-
-class RolloutBufferCallback(TrainerCallback):
-    """Saves the current rollouts into each checkpoint, so a run resumed between two inner updates of a
-    rollout continues with exactly the same completions, advantages and old log-probs."""
-
-    def __init__(self, trainer: DiffuGRPOTrainer):
-        self.trainer = trainer
-
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if folder.is_dir() and self.trainer.rollout_buffer:
-            rank = self.trainer.accelerator.process_index
-            torch.save(self.trainer.rollout_buffer, folder / f"{rank}_{BUFFER_FILE}")
 
 
 class DiffuGRPOTrainer(Trainer):
@@ -114,7 +102,7 @@ class DiffuGRPOTrainer(Trainer):
             model, "peft_config", None
         ):  # LoRA uses the disabled adapter instead
             self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(model)).eval().requires_grad_(False)
-        self.add_callback(RolloutBufferCallback(self))
+        self.add_callback(CompleteCheckpointsCallback(self.args, self.save_resume_state))
 
     # ----- data -----
     def get_train_dataloader(self) -> DataLoader:
@@ -312,6 +300,15 @@ class DiffuGRPOTrainer(Trainer):
         self._metrics["time/update"].append(time.perf_counter() - start)
         return loss
 
+    def save_resume_state(self, folder: Path) -> None:
+        """This rank's rollouts, so a run resumed between two inner updates of a rollout continues with exactly
+        the same completions, advantages and old log-probs (written to a temporary name, renamed when done)."""
+        if self.rollout_buffer:
+            path = folder / f"{self.accelerator.process_index}_{BUFFER_FILE}"
+            temp = path.with_name(f".{path.name}.tmp")
+            torch.save(self.rollout_buffer, temp)
+            os.replace(temp, path)
+
     def _load_buffer(self) -> None:
         path = Path(self._resume_from or "") / f"{self.accelerator.process_index}_{BUFFER_FILE}"
         if not path.is_file():
@@ -400,7 +397,7 @@ class DiffuGRPOTrainer(Trainer):
             self.control.should_save = not start
             if self.is_world_process_zero():
                 Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-                (Path(args.output_dir) / BEST_FILE).write_text(json.dumps(self._best, indent=2))
+                (Path(args.output_dir) / BEST_CHECKPOINT_NAME).write_text(json.dumps(self._best, indent=2))
         self.log(metrics)
         # as Trainer.evaluate does: callbacks see the metrics and the pending evaluation is cleared (else the
         # Trainer's end-of-training check evaluates the last step a second time)

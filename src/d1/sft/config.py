@@ -75,6 +75,10 @@ class SFTConfig(TrainingArguments):
         default=False, metadata={"help": "Allow the checkpoint's own model code."}
     )
     debugging: bool = field(default=False, metadata={"help": "d1's flag: turn wandb off."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Delete the checkpoints already in the output folder and start over."},
+    )
 
     # d1's TrainingArguments choices
     output_dir: str = field(default="sft_output", metadata={"help": "Parent folder of output_dir/job_name."})

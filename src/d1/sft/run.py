@@ -27,7 +27,15 @@ from d1.models.loading import (
 from d1.sft.collator import MaskedDiffusionCollator
 from d1.sft.config import SFTConfig
 from d1.sft.trainer import MaskedSFTTrainer
-from d1.utils import check_writable, say, train_and_save
+from d1.utils import (
+    check_output_dir,
+    check_training_length,
+    check_writable,
+    claim_output_dir,
+    run_settings,
+    say,
+    train_and_save,
+)
 
 
 def prepare_sft_data(
@@ -55,6 +63,9 @@ def prepare_sft_data(
 def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
     """Train; returns the trainer (its `state.log_history` holds the loss curve)."""
     check_writable(config.output_dir, "output_dir")
+    check_training_length(config)
+    settings = run_settings(config)
+    checkpoint = check_output_dir(config, settings)
     tokenizer = load_tokenizer(config.model_name, trust_remote_code=config.trust_remote_code)
     model_config = load_config(config.model_name, config.trust_remote_code)
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
@@ -71,6 +82,7 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
     if eval_set is None and config.eval_strategy != "no":
         config.eval_strategy = "no"
     check_model_before_loading(model_config, config)
+    claim_output_dir(config, settings)
 
     model = load_trainable_model(config.model_name, config, mask_token_id)
     collator = MaskedDiffusionCollator(
@@ -85,7 +97,7 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
         processing_class=tokenizer,
         callbacks=[PreemptionCallback()],
     )
-    train_and_save(trainer, config.resume_from_checkpoint)
+    train_and_save(trainer, checkpoint)
     return trainer
 
 

@@ -1,7 +1,8 @@
 """`MaskedSFTTrainer`: a `transformers.Trainer` whose loss is LLaDA's masked diffusion loss.
 
-Only public extension points are overridden (`compute_loss`, `log`), so every `TrainingArguments` option,
-accelerate/DeepSpeed/FSDP, LoRA and checkpointing work as in any Trainer run.
+Only public extension points are used (`compute_loss` and `log` overridden, callbacks), so every
+`TrainingArguments` option, accelerate/DeepSpeed/FSDP, LoRA and checkpointing work as in any Trainer run;
+`CompleteCheckpointsCallback` marks each checkpoint complete and does the `save_total_limit` rotation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
+from d1.cluster import CompleteCheckpointsCallback
 from d1.diffusion.losses import masked_sft_loss
 
 
@@ -33,6 +35,7 @@ class MaskedSFTTrainer(Trainer):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._unscaled: list[float] = []
+        self.add_callback(CompleteCheckpointsCallback(self.args))
         if hasattr(self.data_collator, "epoch"):
             self.add_callback(CollatorEpochCallback(self.data_collator))
 
