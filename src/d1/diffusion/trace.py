@@ -108,7 +108,8 @@ class Trace:
         probs = F.softmax(logits[transfer].to(torch.float64), dim=-1).gather(-1, chosen[:, None])[:, 0]
         rows, columns = transfer.nonzero(as_tuple=True)
         per_row = [TraceStep(block) for _ in self.rows]
-        for b, c, token, p in zip(rows.tolist(), columns.tolist(), chosen.tolist(), probs.tolist(), strict=True):
+        decided = zip(rows.tolist(), columns.tolist(), chosen.tolist(), probs.tolist(), strict=True)
+        for b, c, token, p in decided:
             per_row[b].positions.append(offset + c)
             per_row[b].tokens.append(token)
             per_row[b].confidences.append(p)
