@@ -1,5 +1,5 @@
-"""`d1 eval --save_traces N` and `d1 trace`: the trace file beside the generations, its bad inputs, and the HTML
-viewer replayed in a real headless Chromium (slider driven by key presses, the play button clicked, the DOM
+"""`d1 eval --save_traces N` and `d1 trace`: the trace file beside the generations, its bad inputs, and the
+HTML viewer replayed in a real headless Chromium (slider driven by key presses, the play button clicked, the DOM
 checked against the trace, a screenshot that is not blank)."""
 
 from __future__ import annotations
@@ -64,7 +64,10 @@ def test_save_traces_larger_than_the_run_fails_before_loading(tiny_model_dir, tm
     "damage, message",
     [
         (lambda text: text[: len(text) // 2], "is not complete JSON .* truncated"),
-        (lambda text: text.replace('"version": 1', '"version": 7', 1), "a d1 trace of version 7; this d1 reads version 1"),
+        (
+            lambda text: text.replace('"version": 1', '"version": 7', 1),
+            "a d1 trace of version 7; this d1 reads version 1",
+        ),
         (lambda text: '{"generations": []}', "is not a d1 trace file"),
     ],
     ids=["truncated", "other-version", "generation-file"],

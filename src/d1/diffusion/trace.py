@@ -10,6 +10,7 @@ form, stamped with `TRACE_FORMAT`/`TRACE_VERSION`; reading another version is an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -81,10 +82,12 @@ def check_version(data: Any, where: str) -> None:
 
 
 class Trace:
-    """What `generate` fills when given one: `rows[b]` for each batch row."""
+    """What `generate` fills when given one: `rows[b]` for each batch row. `on_step(trace)`, if given, is
+    called after every recorded step (e.g. to redraw a live display)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_step: Callable[[Trace], None] | None = None) -> None:
         self.rows: list[RowTrace] = []
+        self.on_step = on_step
 
     def start(self, batch: int, gen_length: int, block_length: int) -> None:
         self.rows = [RowTrace(gen_length, block_length) for _ in range(batch)]
@@ -103,6 +106,7 @@ class Trace:
         if transfer is None:
             for row in self.rows:
                 row.steps.append(TraceStep(block))
+            self._stepped()
             return
         chosen = x0[transfer]
         probs = F.softmax(logits[transfer].to(torch.float64), dim=-1).gather(-1, chosen[:, None])[:, 0]
@@ -115,6 +119,11 @@ class Trace:
             per_row[b].confidences.append(p)
         for row, step in zip(self.rows, per_row, strict=True):
             row.steps.append(step)
+        self._stepped()
+
+    def _stepped(self) -> None:
+        if self.on_step is not None:
+            self.on_step(self)
 
     def fill(self, masked: torch.Tensor, offset: int, token: int) -> None:
         """Early stop wrote `token` over the masked columns `masked` [B, W] (window starts at `offset`)."""

@@ -71,7 +71,8 @@ function render(){
     for (let c = 0; c < 16; c++){
       const cell = document.createElement('div'), given = it.puzzle[c] !== '0';
       const digit = given ? it.puzzle[c] : now[c];
-      cell.className = 'cell' + (given ? ' given' : digit !== '0' ? (digit === it.ground_truth[c] ? ' right' : ' wrong') : '');
+      const verdict = digit === it.ground_truth[c] ? ' right' : ' wrong';
+      cell.className = 'cell' + (given ? ' given' : digit !== '0' ? verdict : '');
       cell.textContent = digit === '0' ? '' : digit; grid.appendChild(cell);
     }
   }
@@ -120,8 +121,8 @@ def viewer_item(item: dict[str, Any]) -> dict[str, Any]:
         for position, value in zip(step.positions, step.confidences, strict=True):
             confidence[position] = value
     keep = ("index", "question", "ground_truth", "pieces", "correct", "extracted", "puzzle", "grids")
-    return {**{key: item.get(key) for key in keep}, "decided_at": decided_at, "confidence": confidence,
-            "last": max(decided_at)}
+    shown = {key: item.get(key) for key in keep}
+    return {**shown, "decided_at": decided_at, "confidence": confidence, "last": max(decided_at)}
 
 
 def render_html(items: list[dict[str, Any]], title: str) -> str:
