@@ -48,15 +48,20 @@ def test_eval_saves_traces_of_the_first_items_beside_the_generations(traced: Pat
         assert item["grids"][0] in ("", "0" * 16)  # before any step nothing is filled in
 
 
-def test_save_traces_larger_than_the_run_fails_before_loading(tiny_model_dir, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "count, message",
+    [
+        ("9", "save_traces=9 is more than this run's 4 test items; pass at most --save_traces 4"),
+        ("-1", "save_traces=-1 must be >= 0"),
+    ],
+)
+def test_bad_save_traces_fail_before_loading(tiny_model_dir, tmp_path, monkeypatch, capsys, count, message):
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
     data = make_dataset("sudoku", 4, 0, tmp_path / "sudoku.csv")
     args = ["eval", "--model_path", str(tiny_model_dir), "--dataset", "sudoku", "--data_path", str(data),
-            "--output_dir", str(tmp_path / "out"), "--save_traces", "9", *SETTINGS]  # fmt: skip
+            "--output_dir", str(tmp_path / "out"), "--save_traces", count, *SETTINGS]  # fmt: skip
     assert main(args) == 1
-    assert "save_traces=9 is more than this run's 4 test items; pass at most --save_traces 4" in (
-        capsys.readouterr().err
-    )
+    assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
