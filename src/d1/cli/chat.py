@@ -10,7 +10,8 @@ import sys
 import time
 from typing import Any
 
-from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS
+from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, check_block_schedule, generate
+from d1.diffusion.trace import Trace
 
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -42,7 +43,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     """The sampler settings, checked before the model loads (the same checks `generate` makes)."""
-    from d1.diffusion.sampling import check_block_schedule
     from d1.hub import check_local_or_hub
 
     for name in ("gen_length", "block_length", "steps"):
@@ -88,8 +88,6 @@ class Chat:
         import torch
         from rich.live import Live
 
-        from d1.diffusion.sampling import generate
-        from d1.diffusion.trace import Trace
         from d1.viz.live import denoising_text
 
         messages = [*self.messages, {"role": "user", "content": question}]
@@ -110,6 +108,7 @@ class Chat:
             live.update(denoising_text(pieces, confidence, set(step.positions), hidden), refresh=True)
 
         show = args.live and self.console.is_terminal and not self.console.is_dumb_terminal
+        eos_id = self.tokenizer.eos_token_id
         stats: dict[str, int] = {}
         began = time.perf_counter()
         display = Live(console=self.console, transient=True, auto_refresh=False) if show else _Nothing()
@@ -118,8 +117,8 @@ class Chat:
                 self.model, prompt_ids, gen_length=args.gen_length, block_length=args.block_length,
                 steps=args.steps, temperature=args.temperature, remasking=args.remasking,
                 cfg_scale=args.cfg_scale, cache=args.cache, unmask=args.unmask, threshold=args.threshold,
-                factor=args.factor, early_stop=not args.no_early_stop, generator=self.generator,
-                eos_token_id=self.tokenizer.eos_token_id, stats=stats,
+                factor=args.factor, early_stop=not args.no_early_stop and eos_id is not None,
+                eos_token_id=eos_id, generator=self.generator, stats=stats,
                 trace=Trace(on_step=redraw) if show else None,
             )  # fmt: skip
         seconds = time.perf_counter() - began
@@ -131,7 +130,8 @@ class Chat:
             return reply
         masked = {p for p, piece in enumerate(pieces) if piece is None}  # early stop's EOS fill
         self.console.print(denoising_text(pieces, confidence, set(), hidden | masked))
-        tokens = int((~torch.isin(completion, torch.tensor(sorted(self.special)))).sum())
+        special = torch.tensor(sorted(self.special), device=completion.device)
+        tokens = int((~torch.isin(completion, special)).sum())
         self.console.print(
             f"[dim]{stats['steps']} steps, {tokens} tokens in {seconds:.2f} s "
             f"({tokens / max(seconds, 1e-9):.1f} tokens/s)[/dim]"
