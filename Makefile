@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/d1 demo
 
-test: $(STAMP)
+# The trace viewer's test runs in a real headless Chromium: installed here when missing and we are root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (apt-get) for the trace viewer's browser test"; \
+		{ apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+			echo "could not install chromium: the browser test will fail and say so"; \
+	else \
+		echo "chromium not found and not root: the browser test will be skipped (apt-get install chromium)"; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)

@@ -1,6 +1,6 @@
 """d1: masked SFT, diffu-GRPO and evaluation for masked diffusion language models (LLaDA).
 
-Public API: `load_model`, `load_tokenizer`, `generate`, `per_token_logps`, `tasks`. Imported lazily so that
+Public API: `load_model`, `load_tokenizer`, `generate` (and its `Trace`), `per_token_logps`, `tasks`. Imported lazily so that
 `d1 --help` starts fast.
 """
 
@@ -15,6 +15,7 @@ _EXPORTS = {
     "load_model": "d1.models.loading",
     "load_tokenizer": "d1.models.loading",
     "generate": "d1.diffusion.sampling",
+    "Trace": "d1.diffusion.trace",
     "per_token_logps": "d1.diffusion.likelihood",
 }
 __all__ = [*_EXPORTS, "tasks"]

@@ -7,13 +7,15 @@ import csv
 import json
 from collections import namedtuple
 
+import matplotlib.image
 import pytest
 
 from d1.demo import pipeline
 from d1.demo.data import make_demo_data
 from d1.demo.pipeline import ROWS, DemoConfig, run_demo
-from d1.demo.report import rl_signal
+from d1.demo.report import rl_signal, write_report
 from d1.tasks.synthetic import make_sudoku_split
+from d1.viz.strip import strip_steps
 
 
 @pytest.mark.slow
@@ -117,3 +119,32 @@ def test_unknown_lr_scheduler_is_named_before_anything_runs(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"lr_scheduler_type='cosin'.*constant_with_warmup"):
         DemoConfig(output_dir=str(tmp_path / "demo"), lr_scheduler_type="cosin")
     assert not (tmp_path / "demo").exists()
+
+
+def test_report_shows_the_denoising_of_a_test_puzzle_and_rl_curves_per_stage(tmp_path, tiny_model_dir) -> None:
+    config = DemoConfig(quick=True, output_dir=str(tmp_path / "demo"), eval_gen_lengths=[28], n_test=3)
+    data = make_demo_data(tmp_path / "data", 0, 8, 8, 4, config.n_test, lambda q, a: q + a, "none", (2, 6))
+    evaluated = pipeline._evaluate(config, data, {row: str(tiny_model_dir) for row in ROWS})
+    logs = {"log_history": [{"step": i, "reward": 0.1 * i, "eval_accuracy": 5.0 * i} for i in range(4)]}
+    done = {stage: {**logs, "seconds": 1.0} for stage in ("pretrain", "sft", "rl_base", "d1")}
+    done["eval"] = {**evaluated, "seconds": 1.0}
+    text = write_report(config, done, 4.0).read_text()
+    out = tmp_path / "demo"
+    assert "## Denoising one test puzzle" in text and "![denoising](denoising.png)" in text
+    assert "[+SFT](trace_sft.html)" in text and "[d1 (SFT + diffu-GRPO)](trace_d1.html)" in text
+    for name in ("denoising.png", "rl_curves.png"):
+        assert (out / name).stat().st_size > 5000
+    for row in ("sft", "d1"):
+        page = (out / f"trace_{row}.html").read_text()
+        assert "Solve the following Sudoku puzzle" in page and "<script src" not in page
+    strip = matplotlib.image.imread(out / "denoising.png")
+    assert strip.shape[0] < strip.shape[1] and strip.std() > 0.05  # a wide strip, not blank
+    rl = matplotlib.image.imread(out / "rl_curves.png")
+    assert rl.shape[0] > 0.5 * rl.shape[1]  # two rows of plots (one per RL stage), not one wide row
+
+
+def test_strip_steps_run_from_nothing_decided_to_everything_decided() -> None:
+    item = {"trace": {"gen_length": 4, "block_length": 4, "steps": [
+        {"block": 0, "positions": [p], "tokens": [1], "confidences": [0.5]} for p in range(4)]}}  # fmt: skip
+    assert strip_steps(item, 8) == [0, 1, 2, 3, 4]
+    assert strip_steps(item, 3) == [0, 2, 4]

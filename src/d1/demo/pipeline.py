@@ -280,6 +280,7 @@ def _evaluate(config: DemoConfig, data: DemoData, models: dict[str, str]) -> dic
                     system_prompt="",
                     seed=config.seed,
                     dtype="float32",
+                    save_traces=1,  # the report replays the first test puzzle's denoising
                 )
             )
     scores = score_paths([out])

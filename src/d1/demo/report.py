@@ -49,16 +49,14 @@ def _plots(config: DemoConfig, done: dict[str, Any], folder: Path) -> list[str]:
     ax.legend()
     files.append(_save(fig, folder / "sft_loss.png"))
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for stage in ("rl_base", "d1"):
-        left.plot(*_history(done, stage, "reward"), label=ROW_NAMES[stage])
-        right.plot(*_history(done, stage, "eval_accuracy"), marker="o", label=ROW_NAMES[stage])
-    left.set(
-        xlabel="step", ylabel="mean reward", title=f"diffu-GRPO reward ({', '.join(config.reward_funcs)})"
-    )
-    right.set(xlabel="step", ylabel="validation cell accuracy %", title="Validation accuracy (not test)")
-    left.legend()
-    right.legend()
+    stages = ("rl_base", "d1")
+    fig, axes = plt.subplots(len(stages), 2, figsize=(10, 3 * len(stages)), squeeze=False)
+    for (left, right), stage in zip(axes, stages, strict=True):  # one row per RL stage
+        left.plot(*_history(done, stage, "reward"))
+        right.plot(*_history(done, stage, "eval_accuracy"), marker="o", color="C1")
+        rewards = ", ".join(config.reward_funcs)
+        left.set(xlabel="step", ylabel=f"mean reward\n({rewards})", title=f"{ROW_NAMES[stage]}: rollout reward")
+        right.set(xlabel="step", ylabel="cell accuracy %", title=f"{ROW_NAMES[stage]}: validation (not test)")
     files.append(_save(fig, folder / "rl_curves.png"))
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -75,6 +73,34 @@ def _plots(config: DemoConfig, done: dict[str, Any], folder: Path) -> list[str]:
     ax.legend()
     files.append(_save(fig, folder / "accuracy_by_length.png"))
     return files
+
+
+DENOISED_ROWS = ("sft", "d1")
+
+
+def denoising(config: DemoConfig, folder: Path) -> list[str]:
+    """The report's denoising section: the first test puzzle decoded by +SFT and by d1, as a PNG strip of the
+    grid over the steps and one HTML replay per model (from the eval's trace files); [] without traces."""
+    from d1.evaluation.traces import read_traces
+    from d1.viz.html import write_trace_html
+    from d1.viz.strip import write_strip
+
+    length = config.eval_gen_lengths[0]
+    name = f"_{length}_{length // 2}_0_traces.json"
+    files = {row: folder / "eval" / f"sudoku_{row}{name}" for row in DENOISED_ROWS}
+    if not all(path.is_file() for path in files.values()):
+        return []
+    items = {ROW_NAMES[row]: read_traces(path)[0] for row, path in files.items()}
+    strip = write_strip(items, folder / "denoising.png")
+    pages = [write_trace_html(path, folder / f"trace_{row}.html").name for row, path in files.items()]
+    links = " and ".join(f"[{ROW_NAMES[r]}]({page})" for r, page in zip(DENOISED_ROWS, pages, strict=True))
+    return [
+        f"The first test puzzle at generation length {length}, decoded by +SFT and by d1: the grid the "
+        "Sudoku parser reads after each shown step (grey given, green right, red wrong). Step-by-step "
+        f"replays (open in a browser, no network needed): {links}.",
+        "",
+        f"![denoising]({strip.name})",
+    ]
 
 
 def _save(fig: Any, path: Path) -> str:
@@ -165,6 +191,10 @@ def write_report(config: DemoConfig, done: dict[str, Any], total_seconds: float)
         "## Plots",
         "",
         *[f"![{p}]({p})" for p in plots],
+        "",
+        "## Denoising one test puzzle",
+        "",
+        *(denoising(config, folder) or ["No traces in this run's eval folder (written before d1 kept them)."]),
         "",
         "## Hyperparameters",
         "",

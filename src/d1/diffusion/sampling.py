@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d1.diffusion.trace import Trace
+
 REMASKING = ("low_confidence", "random")
 CACHES = (None, "prefix", "dual")
 UNMASKS = ("schedule", "threshold", "factor")
@@ -266,6 +268,8 @@ class _Decoder:
     threshold: float
     factor: float
     sync_done: Callable[[bool], bool] | None = None
+    trace: Trace | None = None
+    gen_start: int = 0
 
     def all_done(self, done: bool) -> bool:
         """Whether every process is done (`done` itself without `sync_done`)."""
@@ -325,10 +329,13 @@ class _Decoder:
             logits, _ = self.logits(x, slice(start, end), block, cache=cache, cache_position=position)
         return logits, slice(start, end), cache
 
-    def decode_block(self, x: torch.Tensor, start: int, end: int, steps: int, finished: bool = False) -> int:
-        """Unmask x[:, start:end] in place in at most `steps` steps (exactly `steps` for LLaDA's schedule);
-        returns the number of model forward passes. `finished` (early stop): nothing left to decode. With
-        `sync_done`, a process with nothing left runs `join_forward` until every process is done."""
+    def decode_block(
+        self, x: torch.Tensor, start: int, end: int, steps: int, block: int, finished: bool = False
+    ) -> int:
+        """Unmask x[:, start:end] (block number `block`) in place in at most `steps` steps (exactly `steps`
+        for LLaDA's schedule); returns the number of model forward passes. `finished` (early stop): nothing
+        left to decode. With `sync_done`, a process with nothing left runs `join_forward` until every process
+        is done. Each step is recorded in `trace` when there is one."""
         schedule = num_transfer_tokens(x[:, start:end] == self.mask_id, steps)
         cache = None
         for step in range(steps):
@@ -337,6 +344,8 @@ class _Decoder:
                 return step
             if idle:
                 self.join_forward(x)
+                if self.trace is not None:
+                    self.trace.record(block, 0)
                 continue
             logits, window, cache = self.step_logits(x, step, start, end, cache)
             positions = torch.arange(window.start, window.stop, device=x.device)
@@ -359,6 +368,8 @@ class _Decoder:
                 k = torch.maximum(count, (candidates.sum(dim=-1) + steps_left - 1) // steps_left)
             transfer = select_transfer(confidence, candidates, k)
             x[:, window] = torch.where(transfer, x0, x[:, window])
+            if self.trace is not None:
+                self.trace.record(block, window.start - self.gen_start, transfer, x0, logits)
         return steps
 
 
@@ -387,6 +398,7 @@ def generate(
     early_stop: bool = False,
     stats: dict | None = None,
     sync_done: Callable[[bool], bool] | None = None,
+    trace: Trace | None = None,
 ) -> torch.Tensor:
     """Prompt plus `gen_length` generated tokens [B, P + gen_length], decoded in blocks of `block_length`
     with `steps` model calls in total (LLaDA's `generate`).
@@ -396,6 +408,8 @@ def generate(
     `cache` "prefix" | "dual" (block KV cache, needs a model taking `cache`), `unmask` "threshold" |
     "factor" (parallel unmasking; `steps` becomes a cap), `early_stop` (stop once every row's decoded
     blocks end in EOS, filling the rest with EOS). `stats`, when given, receives "forward_passes" and "steps".
+    `trace`, when given (a `d1.diffusion.trace.Trace`), is filled with what each step decided, per row: the
+    positions, tokens and their probabilities (the return value stays the token tensor).
 
     `sync_done(done) -> every process done` (e.g. an all-reduce) makes the data-dependent step counts of
     threshold/factor unmasking and early stop equal on all processes, as sharded weights (ZeRO-3, FSDP)
@@ -451,16 +465,23 @@ def generate(
         threshold,
         factor,
         sync_done,
+        trace,
+        prompt_length,
     )
+    if trace is not None:
+        trace.start(b, gen_length, block_length)
 
     num_blocks = gen_length // block_length
     forward_passes = 0
     finished = False
     for block in range(num_blocks):
         end = prompt_length + (block + 1) * block_length
-        forward_passes += decoder.decode_block(x, end - block_length, end, steps // num_blocks, finished)
+        start = end - block_length
+        forward_passes += decoder.decode_block(x, start, end, steps // num_blocks, block, finished)
         if early_stop:
             rows_done = x[:, end - 1] == eos_id
+            if trace is not None:
+                trace.fill(rows_done[:, None] & (x[:, end:] == mask_id), end - prompt_length, eos_id)
             x[rows_done, end:] = eos_id
             finished = bool(rows_done.all())
             if decoder.all_done(finished):

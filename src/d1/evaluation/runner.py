@@ -28,7 +28,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, check_block_schedule, generate
+from d1.diffusion.trace import Trace
 from d1.evaluation.score import load_generation_file
+from d1.evaluation.traces import read_traces, trace_file, trace_item, traces_path
 from d1.hub import check_local_or_hub, hub_unreachable
 from d1.models.loading import DTYPES, load_config, load_model, load_tokenizer, resolve_mask_token_id
 from d1.tasks import Task, get_task
@@ -130,6 +132,13 @@ class EvalConfig:
     trust_remote_code: bool = field(
         default=False, metadata={"help": "Allow the checkpoint's own model code."}
     )
+    save_traces: int = field(
+        default=0,
+        metadata={
+            "help": "Save the denoising traces of the first N items beside the generation files "
+            "(*_traces.json; view with `d1 trace FILE`)."
+        },
+    )
     overwrite: bool = field(
         default=False,
         metadata={
@@ -190,6 +199,8 @@ def generate_answers(
     decoding: dict[str, Any] | None = None,
     progress: Progress | None = None,
     stats: dict[str, float] | None = None,
+    traces: list[dict[str, Any]] | None = None,
+    trace_first: int = 0,
 ) -> list[dict[str, Any]]:
     """d1 records `{"question", "prompt_input", "generations", "ground_truth"}` for `items` (`question`,
     `ground_truth`), generated in batches of left-padded prompts; only the completion is decoded.
@@ -197,7 +208,8 @@ def generate_answers(
     Noise comes from `generator` if given, else from a per-batch generator seeded with
     `derive_seed(seed, index of the batch's first item)` (`indices` gives the items' global indices),
     else from torch's global RNG. `progress(records, batch_stats)` is called after each batch; `stats`
-    accumulates `forward_passes`, `generated_tokens`, `seconds`, `batches`. The caller sets eval mode.
+    accumulates `forward_passes`, `generated_tokens`, `seconds`, `batches`. Items whose global index is below
+    `trace_first` are traced into `traces` (`d1.evaluation.traces.trace_item`). The caller sets eval mode.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
@@ -216,9 +228,12 @@ def generate_answers(
         )
         prompt_ids = encoded["input_ids"].to(device)
         attention_mask = encoded["attention_mask"].to(device)
+        span = range(start, start + len(batch))
+        numbers = [indices[i] for i in span] if indices is not None else list(span)
+        batch_trace = Trace() if traces is not None and min(numbers) < trace_first else None
         batch_generator = generator
         if batch_generator is None and seed is not None:
-            first = indices[start] if indices is not None else start
+            first = numbers[0]
             batch_generator = torch.Generator(device=device).manual_seed(derive_seed(seed, first))
         call_stats: dict[str, int] = {}
         began = time.perf_counter()
@@ -235,6 +250,7 @@ def generate_answers(
             attention_mask=None if bool(attention_mask.all()) else attention_mask,
             generator=batch_generator,
             stats=call_stats,
+            trace=batch_trace,
             **(decoding or {}),
         )
         texts = tokenizer.batch_decode(
@@ -256,6 +272,12 @@ def generate_answers(
             for item, prompt, text in zip(batch, prompts, texts, strict=True)
         ]
         records.extend(new)
+        if batch_trace is not None:
+            completions = output[:, prompt_ids.shape[1] :].cpu()
+            for row, (number, record) in enumerate(zip(numbers, new, strict=True)):
+                if number < trace_first:
+                    item = trace_item(tokenizer, task, number, record, completions[row], batch_trace.rows[row])
+                    traces.append(item)
         if stats is not None:
             for key, value in batch_stats.items():
                 stats[key] = stats.get(key, 0) + value
@@ -305,6 +327,8 @@ def check_config(config: EvalConfig) -> str:
         raise ValueError(f"seed={config.seed} must be between 0 and 2**32 - 1 (numpy's seed range).")
     if config.dtype != "auto" and config.dtype not in DTYPES:
         raise ValueError(f"dtype={config.dtype!r} is unknown; use one of {sorted(DTYPES)} or 'auto'.")
+    if config.save_traces < 0:
+        raise ValueError(f"save_traces={config.save_traces} must be >= 0 (0 = no traces).")
     if config.mask_token_id is not None and config.mask_token_id < 0:
         raise ValueError(f"mask_token_id={config.mask_token_id} must be >= 0.")
     if config.data_path is not None and not Path(config.data_path).is_file():
@@ -584,6 +608,11 @@ def run_eval(config: EvalConfig) -> Path:
     task = get_task(config.dataset)
     kind = check_config(config)
     items = load_items(config, task)
+    if config.save_traces > len(items):
+        raise ValueError(
+            f"save_traces={config.save_traces} is more than this run's {len(items)} test items; pass at most "
+            f"--save_traces {len(items)}."
+        )
     weights = config.checkpoint_path if kind == "full" else config.model_path
     has_tokenizer = (Path(weights) / "tokenizer_config.json").is_file()
     tokenizer_source = weights if kind == "full" and has_tokenizer else config.model_path
@@ -606,6 +635,8 @@ def run_eval(config: EvalConfig) -> Path:
     if existing is not None:
         check_shard(path, existing, shard)
     records: list[dict[str, Any]] = list(existing["generations"]) if existing else []
+    trace_to = traces_path(path)
+    traces = read_traces(trace_to) if records and config.save_traces and trace_to.is_file() else []
     previous = dict(existing["metrics"]) if existing and isinstance(existing.get("metrics"), dict) else {}
     totals = {key: float(previous.get(key, 0)) for key in ("generated_tokens", "forward_passes", "batches")}
     totals["seconds"] = float(previous.get("total_wall_time", 0.0))
@@ -623,6 +654,8 @@ def run_eval(config: EvalConfig) -> Path:
             "settings": settings,
         }
         write_atomic(path, payload)
+        if traces:
+            write_atomic(trace_to, trace_file(traces))
 
     todo = len(shard) - len(records)
     if todo > 0 or existing is None:
@@ -650,6 +683,8 @@ def run_eval(config: EvalConfig) -> Path:
             mask_token_id=mask_token_id,
             indices=indices[start:],
             progress=on_batch,
+            traces=traces,
+            trace_first=config.save_traces,
         )
         bar.close()
     state.wait_for_everyone()

@@ -1,0 +1,1 @@
+"""Viewers of generations: the HTML trace replay (`d1 trace`), the terminal chat display, report figures."""
