@@ -56,11 +56,12 @@ def test_eval_killed_anywhere_resumes_to_the_uninterrupted_file(tiny_model_dir: 
         )  # fmt: skip
         if rng.random() < 0.25:  # anywhere from the start: mostly during imports or loading
             time.sleep(rng.uniform(0.0, 3.0))
-        else:  # once this run has saved a batch: mid-generation, or mid-save
-            deadline = time.monotonic() + 60
-            while process.poll() is None and len(_records(path)) == before and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.5))
+        else:  # once this run has saved a batch or two: mid-generation, or mid-save
+            target = before + rng.randint(1, 2)
+            deadline = time.monotonic() + 120
+            while process.poll() is None and len(_records(path)) < target and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.01))
         if process.poll() is not None:
             break  # finished before the kill landed
         process.kill()
