@@ -16,6 +16,7 @@ COMMANDS = {
     "init-model": ("d1.cli.init_model", "write a tiny random LLaDA model + tokenizer for CPU runs"),
     "eval": ("d1.cli.eval", "generate answers for a task's test set (d1's eval.py files)"),
     "score": ("d1.cli.score", "d1's accuracy table of generation files"),
+    "harness": ("d1.cli.harness", "lm-evaluation-harness tasks on a d1 model (the `d1` lm-eval model)"),
     "data": ("d1.cli.data", "write synthetic Sudoku/Countdown sets in d1's formats"),
     "merge": ("d1.cli.merge", "merge a LoRA adapter into its base model and save a model folder"),
     "launch-check": ("d1.cli.launch_check", "check that an accelerate config fits this machine"),
