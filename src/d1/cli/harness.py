@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
 import time
 from pathlib import Path
@@ -50,6 +51,15 @@ def task_names(tasks: str) -> list[str]:
     if not names:
         raise ValueError(f"--tasks {tasks!r} names no task.")
     return names
+
+
+@functools.cache
+def task_manager(include_path: str | None) -> Any:
+    """lm-eval's index of task YAMLs (its own and `include_path`'s), built once per process (it reads
+    thousands of files)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
 
 
 def check_tasks(manager: Any, names: list[str]) -> None:
@@ -126,16 +136,15 @@ def main(argv: list[str]) -> int:
     if args.include_path and not Path(args.include_path).is_dir():
         raise FileNotFoundError(f"--include_path {args.include_path!r} is not a folder.")
     import lm_eval
-    from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable, make_table, simple_parse_args_string
 
     from d1.evaluation.harness import D1HarnessLM, check_options
 
-    manager = TaskManager(include_path=args.include_path)
-    check_tasks(manager, names)
     model_args = {"seed": args.seed, **simple_parse_args_string(args.model_args)}
     model_args.update(pretrained=args.model_path, batch_size=args.batch_size, device=args.device)
     check_options(model_args)
+    manager = task_manager(args.include_path)
+    check_tasks(manager, names)
     lm = D1HarnessLM(**model_args)
     results = lm_eval.simple_evaluate(
         model=lm,

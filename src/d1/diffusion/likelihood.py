@@ -5,6 +5,8 @@ prompt token masked with probability `p_mask_prompt` (a cheap, randomised estima
 `coupled` (DiffuCoder's coupled sampling) masks a random fraction t of the completion and, in the same
 batched call, the complement; each token is scored once, with part of the completion visible, so the
 objective also trains the conditionals that iterative decoding uses.
+`elbo_loglikelihood` is LLaDA's evaluation likelihood: a Monte-Carlo estimate of the masked-diffusion ELBO of
+a continuation (random masking ratio, masked tokens' log-probs reweighted by 1/ratio).
 """
 
 from __future__ import annotations
