@@ -60,4 +60,7 @@ def main(argv: list[str]) -> int:
         for score in scores.values():
             print(_details_text(score))
     print(format_table(scores))
+    if any(score.protocols != ["d1"] for score in scores.values()):  # d1's own table is unchanged otherwise
+        for setup, score in scores.items():
+            print(f"protocol of {setup}: {'+'.join(score.protocols)}")
     return 0
