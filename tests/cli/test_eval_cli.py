@@ -172,6 +172,9 @@ def test_two_processes_match_one(tiny_model_dir: Path, sudoku_csv: Path, tmp_pat
     rank_files = sorted(p.name for p in (tmp_path / "two").glob("*_generations.json"))
     assert [name.rsplit("_", 2)[1] for name in rank_files] == ["0", "1"]
     one, two = score_paths([tmp_path / "one"]), score_paths([tmp_path / "two"])
-    assert scores_to_json(one) == scores_to_json(two)
+    json_one, json_two = scores_to_json(one), scores_to_json(two)
+    (card_one,), (card_two,) = [[entry.pop("protocol_card") for entry in j.values()] for j in (json_one, json_two)]
+    assert json_one == json_two
+    assert {**card_one, "world_size": 2} == card_two  # the cards differ in the process count alone
     by_question = lambda scores: {i.question: i.extracted for s in scores.values() for i in s.items}  # noqa: E731
     assert by_question(one) == by_question(two)

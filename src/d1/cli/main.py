@@ -18,6 +18,7 @@ COMMANDS = {
     "score": ("d1.cli.score", "d1's accuracy table of generation files"),
     "trace": ("d1.cli.trace", "write an HTML page replaying the traces of `d1 eval --save_traces N`"),
     "chat": ("d1.cli.chat", "chat with a model in the terminal, watching each answer being denoised"),
+    "harness": ("d1.cli.harness", "lm-evaluation-harness tasks on a d1 model (the `d1` lm-eval model)"),
     "data": ("d1.cli.data", "write synthetic Sudoku/Countdown sets in d1's formats"),
     "merge": ("d1.cli.merge", "merge a LoRA adapter into its base model and save a model folder"),
     "launch-check": ("d1.cli.launch_check", "check that an accelerate config fits this machine"),

@@ -40,8 +40,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--details", action="store_true", help="Also show each item's extracted answer and verdict."
     )
+    parser.add_argument(
+        "--mix_protocols",
+        action="store_true",
+        help="Allow one setup's files to come from different protocols (d1/official); refused by default.",
+    )
     args = parser.parse_args(argv)
-    scores = score_paths(args.paths)
+    scores = score_paths(args.paths, mix_protocols=args.mix_protocols)
     if not scores:
         raise ValueError(f"no *_generations.json files in {args.paths}")
     if args.json:
@@ -55,4 +60,7 @@ def main(argv: list[str]) -> int:
         for score in scores.values():
             print(_details_text(score))
     print(format_table(scores))
+    if any(score.protocols != ["d1"] for score in scores.values()):  # d1's own table is unchanged otherwise
+        for setup, score in scores.items():
+            print(f"protocol of {setup}: {'+'.join(score.protocols)}")
     return 0

@@ -4,9 +4,10 @@
 `run_eval` adds what a run needs: every option checked before any model loads, sharding over processes
 (rank r takes items r, r+W, ...), one `{task}_{model}_{gen_length}_{steps}_{rank}_generations.json` per
 rank rewritten atomically after every batch, and resumption from that file. Besides d1's keys each file
-holds a `settings` block (`run_settings`: sampler, prompt, data, seed, weights, batch size, world size);
-a rerun resumes only files whose settings equal its own and refuses others, naming the differences,
-unless `overwrite` deletes the setup's files first.
+holds a `settings` block (`run_settings`: sampler, prompt, data, seed, weights, batch size, world size, and
+the protocol card of `d1.evaluation.protocol`); a rerun resumes only files whose settings equal its own
+(software versions aside) and refuses others, naming the differences, unless `overwrite` deletes the setup's
+files first. `protocol` picks d1's prompts and parsing or the official ones (`d1.tasks.official`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, check_block_schedule, generate
 from d1.diffusion.trace import Trace
+from d1.evaluation.protocol import NOT_RESUME_KEYS, card_fields
 from d1.evaluation.score import load_generation_file
 from d1.evaluation.traces import read_traces, trace_file, trace_item, traces_path
 from d1.hub import check_local_or_hub, hub_unreachable
@@ -37,6 +39,7 @@ from d1.tasks import Task, get_task
 from d1.tasks.base import subsample_indices
 from d1.tasks.gsm8k import HUB_NAME as GSM8K_HUB
 from d1.tasks.math500 import TEST_HUB_NAME as MATH500_HUB
+from d1.tasks.official import PROTOCOLS, check_protocol, protocol_source, protocol_task
 from d1.utils import check_writable, derive_seed, distributed_state, is_main_process, say
 
 _WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
@@ -80,6 +83,14 @@ class EvalConfig:
     )
     batch_size: int = field(default=4, metadata={"help": "Prompts per generate call, per process."})
     few_shot: int = field(default=0, metadata={"help": "Few-shot examples in the prompt (d1's few_shot)."})
+    protocol: str = field(
+        default="d1",
+        metadata={
+            "help": f"Prompts, shots and answer extraction: one of {PROTOCOLS}. d1 = d1's (default); official = "
+            "LLaDA's published OpenCompass protocol (gsm8k: 4-shot chat; math500: 0-shot boxed), see "
+            "docs/evaluation.md."
+        },
+    )
     subsample: int | None = field(
         default=None,
         metadata={
@@ -151,6 +162,11 @@ class EvalConfig:
     def steps(self) -> int:
         """Diffusion steps, d1's default `gen_length // 2` when unset."""
         return self.diffusion_steps if self.diffusion_steps is not None else self.gen_length // 2
+
+    @property
+    def task(self) -> Task:
+        """The task whose prompts and parsing implement `protocol`."""
+        return protocol_task(get_task(self.dataset), self.protocol)
 
     def generation_args(self) -> dict[str, Any]:
         """The keyword arguments of `generate_answers` that this config fixes."""
@@ -319,7 +335,12 @@ def check_generation_settings(config: EvalConfig) -> None:
 
 def check_config(config: EvalConfig) -> str:
     """Check every option cheaply, before any data or weights load; returns `checkpoint_kind`."""
-    get_task(config.dataset)
+    check_protocol(config.protocol, get_task(config.dataset))
+    if config.protocol == "official" and (config.few_shot or config.system_prompt is not None):
+        raise ValueError(
+            f"few_shot={config.few_shot}, system_prompt={config.system_prompt!r}: protocol='official' fixes "
+            "its own shots and prompt; drop these options or use --protocol d1."
+        )
     check_generation_settings(config)
     if config.subsample is not None and config.subsample != -1 and config.subsample < 1:
         raise ValueError(f"subsample={config.subsample} must be -1 (all items) or at least 1.")
@@ -373,6 +394,8 @@ def default_model_name(config: EvalConfig) -> str:
         name += "_" + "_".join(Path(config.checkpoint_path.rstrip("/")).parts[-2:])
     if config.few_shot > 0:
         name += f"_fs{config.few_shot}"
+    if config.protocol != "d1":
+        name += f"_{config.protocol}"
     return name
 
 
@@ -386,7 +409,7 @@ def model_name(config: EvalConfig) -> str:
 
 def output_path(config: EvalConfig, rank: int) -> Path:
     """`{output_dir}/{task}_{model}_{gen_length}_{steps}_{rank}_generations.json`."""
-    task = get_task(config.dataset).name
+    task = get_task(config.dataset).name  # the file name keeps d1's task name under every protocol
     filename = f"{task}_{model_name(config)}_{config.gen_length}_{config.steps}_{rank}_generations.json"
     return Path(config.output_dir) / filename
 
@@ -449,8 +472,9 @@ def run_settings(
     world: int,
 ) -> dict[str, Any]:
     """Everything that changes a generation or which items a rank's file holds, as written in the file's
-    `settings` block: a rerun resumes only files with equal settings. `batch_size` is in (it sets the
-    padding and each batch's noise seed), and so is `world_size` (it sets each rank's items)."""
+    `settings` block, with the protocol card: a rerun resumes only files with equal settings (software
+    versions aside). `batch_size` is in (it sets the padding and each batch's noise seed), and so is
+    `world_size` (it sets each rank's items)."""
     sampling = config.generation_args()
     decoding = sampling.pop("decoding")
     settings = {
@@ -467,6 +491,12 @@ def run_settings(
         **sampling,
         **decoding,
         "world_size": world,
+        **card_fields(
+            config.protocol,
+            protocol_source(get_task(config.dataset), config.protocol),
+            config.model_path,
+            config.checkpoint_path,
+        ),
     }
     return json.loads(json.dumps(settings))  # as it reads back from the file
 
@@ -479,7 +509,8 @@ def settings_problem(path: Path, data: dict[str, Any], settings: dict[str, Any])
             f"{path} records no settings (written before d1 recorded them, or by another tool), so resuming "
             "could mix generations made with other settings"
         )
-    keys = list(settings) + [key for key in old if key not in settings]
+    keys = [key for key in [*settings, *old] if key not in NOT_RESUME_KEYS]
+    keys = list(dict.fromkeys(keys))
     differing = [
         f"{key}={old.get(key)!r} (now {settings.get(key)!r})"
         for key in keys
@@ -567,9 +598,20 @@ def remove_stale_temporaries(path: Path) -> None:
 # ---------------------------------------------------------------- the run
 
 
-def _load_eval_model(
+def load_eval_tokenizer(config: EvalConfig, kind: str) -> tuple[PreTrainedTokenizerBase, int, str]:
+    """The tokenizer (a full checkpoint's own if it has one), the mask token id and the weights' location."""
+    weights = config.checkpoint_path if kind == "full" else config.model_path
+    has_tokenizer = (Path(weights) / "tokenizer_config.json").is_file()
+    tokenizer_source = weights if kind == "full" and has_tokenizer else config.model_path
+    tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=config.trust_remote_code)
+    model_config = load_config(weights, config.trust_remote_code)
+    return tokenizer, resolve_mask_token_id(tokenizer, model_config, config.mask_token_id), weights
+
+
+def load_eval_model(
     config: EvalConfig, kind: str, weights: str, mask_token_id: int, device: torch.device
 ) -> nn.Module:
+    """The model in eval mode on `device`, a LoRA adapter merged in."""
     model = load_model(
         weights,
         dtype=config.dtype,
@@ -605,20 +647,15 @@ def run_eval(config: EvalConfig) -> Path:
     Every process must call it (it waits for all at the end). Works single-process, under
     `accelerate launch` and under `torchrun`.
     """
-    task = get_task(config.dataset)
     kind = check_config(config)
+    task = config.task
     items = load_items(config, task)
     if config.save_traces > len(items):
         raise ValueError(
             f"save_traces={config.save_traces} is more than this run's {len(items)} test items; pass at most "
             f"--save_traces {len(items)}."
         )
-    weights = config.checkpoint_path if kind == "full" else config.model_path
-    has_tokenizer = (Path(weights) / "tokenizer_config.json").is_file()
-    tokenizer_source = weights if kind == "full" and has_tokenizer else config.model_path
-    tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=config.trust_remote_code)
-    model_config = load_config(weights, config.trust_remote_code)
-    mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
+    tokenizer, mask_token_id, weights = load_eval_tokenizer(config, kind)
 
     state = distributed_state()
     rank, world = state.process_index, state.num_processes
@@ -663,7 +700,7 @@ def run_eval(config: EvalConfig) -> Path:
     if todo > 0:
         from tqdm.auto import tqdm
 
-        model = _load_eval_model(config, kind, weights, mask_token_id, state.device)
+        model = load_eval_model(config, kind, weights, mask_token_id, state.device)
         bar = tqdm(total=len(shard), initial=len(records), disable=not is_main_process(), desc=task.name)
 
         def on_batch(new: list[dict[str, Any]], batch_stats: dict[str, float]) -> None:

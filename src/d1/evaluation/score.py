@@ -7,6 +7,8 @@ cl100k's own pre-tokenisation regex instead (each piece is at least one cl100k t
 are exactly one), which needs no download. As in d1, Sudoku's average is ``8 * tokens / empty cells``.
 MATH500 setups also get ``math_verify_accuracy`` from the ``math_verify`` package, as a separate column,
 bounded in size and time (see ``d1.evaluation.math_verify_bound``: too large, too deep or too slow is wrong).
+Each file is parsed under the protocol its card names (``d1.evaluation.protocol``; files without a card, such
+as d1's published ones, are protocol "d1"), and one row never mixes protocols unless asked to.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from typing import Any
 import regex
 
 from d1.evaluation.math_verify_bound import MathVerifyJudge
+from d1.evaluation.protocol import read_card
 from d1.tasks import get_task
+from d1.tasks.official import protocol_task
 
 GENERATION_GLOB = "*_generations.json"
 _SETUP_NAME = re.compile(r"(.+)_\d+_generations\.json$")
@@ -55,6 +59,12 @@ class SetupScore:
     task: str
     files: list[str] = field(default_factory=list)
     items: list[ItemScore] = field(default_factory=list)
+    cards: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def protocols(self) -> list[str]:
+        """The protocols of the row's files (one, unless mixing was allowed)."""
+        return sorted({card["protocol"] for card in self.cards})
 
     @property
     def correct(self) -> int:
@@ -161,9 +171,17 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def score_file(path: str | Path, task_name: str, judge: MathVerifyJudge | None = None) -> list[ItemScore]:
-    """Grade every generation in one file with ``task_name``'s d1 parser (MATH500: and ``judge``'s)."""
-    task = get_task(task_name)
-    items = load_generation_file(path)["generations"]
+    """Grade every generation in one file with ``task_name``'s parser under the file's protocol (MATH500: and
+    ``judge``'s)."""
+    return score_data(path, load_generation_file(path), task_name, judge)
+
+
+def score_data(
+    path: str | Path, data: dict[str, Any], task_name: str, judge: MathVerifyJudge | None = None
+) -> list[ItemScore]:
+    """`score_file` of the already loaded file `data`."""
+    task = protocol_task(get_task(task_name), read_card(data)["protocol"])
+    items = data["generations"]
     scores = []
     for index, item in enumerate(items):
         text, truth, question = item["generations"], item["ground_truth"], str(item["question"])
@@ -190,8 +208,9 @@ def score_file(path: str | Path, task_name: str, judge: MathVerifyJudge | None =
     return scores
 
 
-def score_paths(paths: Iterable[str | Path]) -> dict[str, SetupScore]:
-    """Score generation files and directories (their ``*_generations.json``), grouped by setup, sorted."""
+def score_paths(paths: Iterable[str | Path], mix_protocols: bool = False) -> dict[str, SetupScore]:
+    """Score generation files and directories (their ``*_generations.json``), grouped by setup, sorted. A setup
+    whose files were made under different protocols is refused unless ``mix_protocols``."""
     setups: dict[str, SetupScore] = {}
     with MathVerifyJudge() as judge:  # one worker for all files, started only if a MATH500 file comes
         for path in _expand(paths):
@@ -199,9 +218,24 @@ def score_paths(paths: Iterable[str | Path]) -> dict[str, SetupScore]:
             if name not in setups:
                 setups[name] = SetupScore(setup=name, task=infer_task(name))
             score = setups[name]
+            data = load_generation_file(path)
+            card = read_card(data)
+            check_same_protocol(score, path, card["protocol"], mix_protocols)
             score.files.append(str(path))
-            score.items.extend(score_file(path, score.task, judge))
+            score.cards.append(card)
+            score.items.extend(score_data(path, data, score.task, judge))
     return dict(sorted(setups.items()))
+
+
+def check_same_protocol(score: SetupScore, path: str | Path, protocol: str, mix_protocols: bool) -> None:
+    """Refuse adding a file of another protocol to a row (its accuracy would mean neither protocol)."""
+    if mix_protocols or not score.cards or score.protocols == [protocol]:
+        return
+    raise ValueError(
+        f"{path} was made under protocol {protocol!r} but setup {score.setup!r} already holds files made under "
+        f"{score.protocols} ({score.files[0]}): one row would mix protocols. Score them separately, or pass "
+        "--mix_protocols to put them in one row anyway."
+    )
 
 
 def format_table(scores: dict[str, SetupScore]) -> str:
@@ -222,11 +256,12 @@ def format_table(scores: dict[str, SetupScore]) -> str:
     return "\n".join(lines)
 
 
-def scores_to_json(scores: dict[str, SetupScore]) -> dict[str, dict[str, float | int]]:
-    """``{setup: {"accuracy", "correct", "total", "avg_effective_tokens"[, "math_verify_accuracy"]}}``."""
-    out: dict[str, dict[str, float | int]] = {}
+def scores_to_json(scores: dict[str, SetupScore]) -> dict[str, dict[str, Any]]:
+    """``{setup: {"accuracy", "correct", "total", "avg_effective_tokens"[, "math_verify_accuracy"], "protocol",
+    "protocol_card"}}`` (the card of the row's files; ``{"mixed": [...]}`` when they differ)."""
+    out: dict[str, dict[str, Any]] = {}
     for setup, score in scores.items():
-        entry: dict[str, float | int] = {
+        entry: dict[str, Any] = {
             "accuracy": score.accuracy,
             "correct": score.correct,
             "total": score.total,
@@ -234,5 +269,8 @@ def scores_to_json(scores: dict[str, SetupScore]) -> dict[str, dict[str, float |
         }
         if score.math_verify_accuracy is not None:
             entry["math_verify_accuracy"] = score.math_verify_accuracy
+        cards = [card for i, card in enumerate(score.cards) if card not in score.cards[:i]]
+        entry["protocol"] = "+".join(score.protocols)
+        entry["protocol_card"] = cards[0] if len(cards) == 1 else {"mixed": cards}
         out[setup] = entry
     return out
