@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+import d1.models.dream  # noqa: F401  (registers model_type "Dream" with the Auto classes)
 import d1.models.llada  # noqa: F401  (registers model_type "llada" with the Auto classes)
 from d1.hub import check_local_or_hub, hub_unreachable
 from d1.utils import say, sharded_launch
