@@ -41,18 +41,20 @@ def shift_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def predicting_logits(
-    model: nn.Module, ids: torch.Tensor, keep: slice, attention_mask: Any = None, **kwargs: Any
+    model: nn.Module, ids: torch.Tensor, keep: int | slice, attention_mask: Any = None, **kwargs: Any
 ) -> tuple[torch.Tensor, Any]:
-    """Logits [B, len(keep), V] whose column j predicts input column `keep.start + j` (`keep`: non-negative
-    bounds, stop may be None), and the model output. Only the columns needed are computed when the model
-    takes `logits_to_keep`: for a shifted model, those one to the left."""
+    """Logits [B, len(keep), V] whose column j predicts input column `keep.start + j` (`keep`: a slice with
+    non-negative bounds, or an int N > 0 for the last N columns), and the model output. Only the columns
+    needed (for a shifted model, those one to the left) are computed when the model takes `logits_to_keep`,
+    asked for in the caller's form (an int stays HF's "last N", which any such model understands)."""
     length = ids.shape[1]
-    start, stop, _ = keep.indices(length)
+    start, stop, _ = slice(length - keep, None).indices(length) if isinstance(keep, int) else keep.indices(length)
     shifted = logits_are_shifted(model)
     raw = slice(max(start - 1, 0), max(stop - 1, 1)) if shifted else slice(start, stop)
     if _accepts(model, "logits_to_keep"):
-        out = model(ids, attention_mask=attention_mask, logits_to_keep=raw, **kwargs)
-        logits = out.logits
+        to_keep = length - raw.start if isinstance(keep, int) else raw
+        out = model(ids, attention_mask=attention_mask, logits_to_keep=to_keep, **kwargs)
+        logits = out.logits[:, : raw.stop - raw.start]
     else:
         out = model(ids, attention_mask=attention_mask, **kwargs)
         logits = out.logits[:, raw]
