@@ -46,7 +46,7 @@ class DreamConfig(PretrainedConfig):
     sliding_window: int | None = None
     max_window_layers: int = 28
     attention_dropout: float = 0.0
-    mask_token_id: int | None = 151666
+    mask_token_id: int | None = None
     pad_token_id: int | None = 151643
     bos_token_id: int | None = 151643
     eos_token_id: int | None = 151643

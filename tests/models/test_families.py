@@ -1,0 +1,76 @@
+"""The family table: tiny presets per family, the unknown-model_type and missing-mask-token errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig
+
+import d1
+from d1.cli.main import main
+from d1.models.dream import DreamModel
+from d1.models.families import FAMILIES, family
+from d1.models.llada import LLaDAModelLM
+from d1.models.loading import load_model
+from d1.models.presets import init_model
+from tests.conftest import reference_path
+
+
+def test_every_family_is_registered_and_flags_its_alignment() -> None:
+    for spec in FAMILIES.values():
+        assert type(AutoConfig.for_model(spec.model_type)) is spec.config_class
+    assert FAMILIES["dream"].logits_shifted and not FAMILIES["llada"].logits_shifted
+    with pytest.raises(ValueError, match=r"--family 'sdar' is unknown; choose one of \['dream', 'llada'\]"):
+        family("sdar")
+
+
+@pytest.mark.parametrize(("name", "cls", "chat"), [("dream", DreamModel, "<|im_start|>"), ("llada", LLaDAModelLM, "<|start_header_id|>")])
+def test_init_model_cli_writes_a_loadable_tiny_model(tmp_path: Path, capsys, name: str, cls: type, chat: str) -> None:
+    assert main(["init-model", "--family", name, "--preset", "tiny", "--output", str(tmp_path)]) == 0
+    assert f"tiny {name} model" in capsys.readouterr().out
+    model, tokenizer = d1.load_model(tmp_path), d1.load_tokenizer(tmp_path)
+    assert isinstance(model, cls) and model.config.mask_token_id == tokenizer.mask_token_id
+    assert tokenizer.mask_token == FAMILIES[name].mask_token
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "1+1?"}], tokenize=False, add_generation_prompt=True)
+    assert chat in prompt and tokenizer.decode(tokenizer(prompt)["input_ids"]) == prompt
+    with torch.no_grad():
+        assert model(torch.tensor([tokenizer(prompt)["input_ids"]])).logits.shape[-1] == len(tokenizer)
+
+
+def test_tiny_llada_config_is_unchanged_by_the_family_table(tmp_path: Path) -> None:
+    config = json.loads((init_model("tiny", tmp_path) / "config.json").read_text())
+    expected = {"d_model": 64, "n_heads": 4, "n_layers": 2, "mlp_hidden_size": 192, "vocab_size": 109}
+    assert {k: config[k] for k in expected} == expected
+    assert config["embedding_size"] == 109 and config["max_sequence_length"] == 4096 and config["rope_theta"] == 10000.0
+
+
+@pytest.mark.parametrize("auto_map", [False, True])
+def test_unknown_model_type_lists_families_and_remote_code(tmp_path: Path, auto_map: bool) -> None:
+    config = {"model_type": "sdar", "hidden_size": 8}
+    if auto_map:
+        config["auto_map"] = {"AutoConfig": "configuration_sdar.SDARConfig"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model_type='sdar'.*llada \(model_type 'llada'.*dream \(model_type 'Dream'.*trust_remote_code=True"):
+        load_model(tmp_path)
+
+
+def test_dream_checkpoint_without_mask_token_refused_before_weights(tmp_path: Path) -> None:
+    config = json.loads(reference_path("dream-tiny", "config.json").read_text())
+    del config["mask_token_id"]
+    (tmp_path / "config.json").write_text(json.dumps(config))  # no weights: the error must come first
+    with pytest.raises(ValueError, match=r"No mask token.*--mask_token_id ID \(dream checkpoints use <\|mask\|> = 151666\)"):
+        load_model(tmp_path)
+
+
+def test_dream_mask_token_from_override(tmp_path: Path) -> None:
+    folder = reference_path("dream-tiny")
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(folder / name, tmp_path / name)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["mask_token_id"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert load_model(tmp_path, mask_token_id=151).config.mask_token_id == 151
