@@ -74,3 +74,22 @@ def test_dream_mask_token_from_override(tmp_path: Path) -> None:
     del config["mask_token_id"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert load_model(tmp_path, mask_token_id=151).config.mask_token_id == 151
+
+
+def test_lora_sft_then_merge_per_family(family_model_dir: Path, arithmetic_jsonl: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    from d1.sft.run import run_sft
+    from tests.sft.test_sft_run import config_of, sft_argv
+
+    argv = [a for a in sft_argv(family_model_dir, arithmetic_jsonl, tmp_path, "--max_steps", "2") if a != "--no-lora"]
+    run_sft(config_of(*argv, "--lora_r", "4", "--lora_alpha", "8"))
+    adapter, merged_dir = tmp_path / "run", tmp_path / "merged"
+    assert main(["merge", "--base", str(family_model_dir), "--adapter", str(adapter), "--output", str(merged_dir)]) == 0
+    ids = torch.arange(3, 23)[None]
+    with torch.no_grad():
+        merged = load_model(merged_dir)(ids).logits
+        adapted = PeftModel.from_pretrained(load_model(family_model_dir), adapter)(ids).logits
+        base = load_model(family_model_dir)(ids).logits
+    assert type(load_model(merged_dir)) is type(load_model(family_model_dir))
+    assert torch.allclose(merged, adapted, atol=1e-5) and not torch.allclose(merged, base, atol=1e-5)
