@@ -65,7 +65,13 @@ def test_origin_is_seeded_and_finishes(dream_tiny) -> None:
     def run(seed: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(seed)
         return diffusion_generate(
-            model, ref["gen_prompt"], max_new_tokens=8, steps=4, temperature=1.0, mask_token_id=151, generator=g
+            model,
+            ref["gen_prompt"],
+            max_new_tokens=8,
+            steps=4,
+            temperature=1.0,
+            mask_token_id=151,
+            generator=g,
         )
 
     first = run(0)

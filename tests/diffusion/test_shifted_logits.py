@@ -32,7 +32,9 @@ class Realigned(nn.Module):
         self.model, self.config = model, SimpleNamespace(mask_token_id=MASK)
 
     def forward(self, input_ids, attention_mask=None):
-        return SimpleNamespace(logits=shift_logits(self.model(input_ids, attention_mask=attention_mask).logits))
+        return SimpleNamespace(
+            logits=shift_logits(self.model(input_ids, attention_mask=attention_mask).logits)
+        )
 
 
 def test_flag_read_from_config(dream_tiny, tiny_model_dir) -> None:

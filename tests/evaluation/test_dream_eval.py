@@ -19,12 +19,19 @@ def sudoku_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(model_dir: Path, data: Path, out: Path, **overrides) -> EvalConfig:
-    values = {"model_path": str(model_dir), "dataset": "sudoku", "data_path": str(data), "output_dir": str(out)}
+    values = {
+        "model_path": str(model_dir),
+        "dataset": "sudoku",
+        "data_path": str(data),
+        "output_dir": str(out),
+    }
     return EvalConfig(**{**values, "gen_length": 12, "diffusion_steps": 6, "batch_size": 2, **overrides})
 
 
 def test_dream_sampler_writes_its_settings(tiny_dream_dir: Path, sudoku_csv: Path, tmp_path: Path) -> None:
-    path = run_eval(_config(tiny_dream_dir, sudoku_csv, tmp_path, sampler="dream", alg="topk_margin", top_p=0.9))
+    path = run_eval(
+        _config(tiny_dream_dir, sudoku_csv, tmp_path, sampler="dream", alg="topk_margin", top_p=0.9)
+    )
     data = json.loads(path.read_text())
     assert data["settings"]["dream"] == {"alg": "topk_margin", "alg_temp": None, "top_p": 0.9, "top_k": None}
     assert data["metrics"]["forward_passes"] == 12 and len(data["generations"]) == 3
@@ -39,7 +46,10 @@ def test_llada_sampler_settings_unchanged(tiny_model_dir: Path, sudoku_csv: Path
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"sampler": "dream", "block_length": 4}, r"--block_length 4: option\(s\) of --sampler llada.*pass --sampler llada"),
+        (
+            {"sampler": "dream", "block_length": 4},
+            r"--block_length 4: option\(s\) of --sampler llada.*pass --sampler llada",
+        ),
         ({"sampler": "dream", "remasking": "random"}, r"--remasking random: option\(s\) of --sampler llada"),
         ({"sampler": "dream", "cache": "dual"}, r"--cache dual: option\(s\) of --sampler llada"),
         ({"alg": "entropy"}, r"--alg entropy: option\(s\) of --sampler dream.*pass --sampler dream"),
@@ -50,7 +60,12 @@ def test_llada_sampler_settings_unchanged(tiny_model_dir: Path, sudoku_csv: Path
     ],
 )
 def test_sampler_option_mismatch_refused_before_loading(
-    tiny_dream_dir: Path, sudoku_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides, message
+    tiny_dream_dir: Path,
+    sudoku_csv: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    overrides,
+    message,
 ) -> None:
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded first"))
     with pytest.raises(ValueError, match=message):

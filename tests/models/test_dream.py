@@ -84,7 +84,11 @@ def test_dual_cache_replacing_a_block_reproduces_full_forward(dream_tiny) -> Non
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("rope_scaling", {"type": "linear", "factor": 2.0}), ("use_sliding_window", True), ("hidden_act", "gelu")],
+    [
+        ("rope_scaling", {"type": "linear", "factor": 2.0}),
+        ("use_sliding_window", True),
+        ("hidden_act", "gelu"),
+    ],
 )
 def test_unsupported_options_refused(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"DreamConfig.{field}.*trust_remote_code=True"):

@@ -28,14 +28,21 @@ def test_every_family_is_registered_and_flags_its_alignment() -> None:
         family("sdar")
 
 
-@pytest.mark.parametrize(("name", "cls", "chat"), [("dream", DreamModel, "<|im_start|>"), ("llada", LLaDAModelLM, "<|start_header_id|>")])
-def test_init_model_cli_writes_a_loadable_tiny_model(tmp_path: Path, capsys, name: str, cls: type, chat: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "cls", "chat"),
+    [("dream", DreamModel, "<|im_start|>"), ("llada", LLaDAModelLM, "<|start_header_id|>")],
+)
+def test_init_model_cli_writes_a_loadable_tiny_model(
+    tmp_path: Path, capsys, name: str, cls: type, chat: str
+) -> None:
     assert main(["init-model", "--family", name, "--preset", "tiny", "--output", str(tmp_path)]) == 0
     assert f"tiny {name} model" in capsys.readouterr().out
     model, tokenizer = d1.load_model(tmp_path), d1.load_tokenizer(tmp_path)
     assert isinstance(model, cls) and model.config.mask_token_id == tokenizer.mask_token_id
     assert tokenizer.mask_token == FAMILIES[name].mask_token
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "1+1?"}], tokenize=False, add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "1+1?"}], tokenize=False, add_generation_prompt=True
+    )
     assert chat in prompt and tokenizer.decode(tokenizer(prompt)["input_ids"]) == prompt
     with torch.no_grad():
         assert model(torch.tensor([tokenizer(prompt)["input_ids"]])).logits.shape[-1] == len(tokenizer)
@@ -45,7 +52,11 @@ def test_tiny_llada_config_is_unchanged_by_the_family_table(tmp_path: Path) -> N
     config = json.loads((init_model("tiny", tmp_path) / "config.json").read_text())
     expected = {"d_model": 64, "n_heads": 4, "n_layers": 2, "mlp_hidden_size": 192, "vocab_size": 109}
     assert {k: config[k] for k in expected} == expected
-    assert config["embedding_size"] == 109 and config["max_sequence_length"] == 4096 and config["rope_theta"] == 10000.0
+    assert (
+        config["embedding_size"] == 109
+        and config["max_sequence_length"] == 4096
+        and config["rope_theta"] == 10000.0
+    )
 
 
 @pytest.mark.parametrize("auto_map", [False, True])
@@ -54,7 +65,10 @@ def test_unknown_model_type_lists_families_and_remote_code(tmp_path: Path, auto_
     if auto_map:
         config["auto_map"] = {"AutoConfig": "configuration_sdar.SDARConfig"}
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"model_type='sdar'.*llada \(model_type 'llada'.*dream \(model_type 'Dream'.*trust_remote_code=True"):
+    with pytest.raises(
+        ValueError,
+        match=r"model_type='sdar'.*llada \(model_type 'llada'.*dream \(model_type 'Dream'.*trust_remote_code=True",
+    ):
         load_model(tmp_path)
 
 
@@ -62,7 +76,9 @@ def test_dream_checkpoint_without_mask_token_refused_before_weights(tmp_path: Pa
     config = json.loads(reference_path("dream-tiny", "config.json").read_text())
     del config["mask_token_id"]
     (tmp_path / "config.json").write_text(json.dumps(config))  # no weights: the error must come first
-    with pytest.raises(ValueError, match=r"No mask token.*--mask_token_id ID \(dream checkpoints use <\|mask\|> = 151666\)"):
+    with pytest.raises(
+        ValueError, match=r"No mask token.*--mask_token_id ID \(dream checkpoints use <\|mask\|> = 151666\)"
+    ):
         load_model(tmp_path)
 
 
@@ -76,16 +92,27 @@ def test_dream_mask_token_from_override(tmp_path: Path) -> None:
     assert load_model(tmp_path, mask_token_id=151).config.mask_token_id == 151
 
 
-def test_lora_sft_then_merge_per_family(family_model_dir: Path, arithmetic_jsonl: Path, tmp_path: Path) -> None:
+def test_lora_sft_then_merge_per_family(
+    family_model_dir: Path, arithmetic_jsonl: Path, tmp_path: Path
+) -> None:
     from peft import PeftModel
 
     from d1.sft.run import run_sft
     from tests.sft.test_sft_run import config_of, sft_argv
 
-    argv = [a for a in sft_argv(family_model_dir, arithmetic_jsonl, tmp_path, "--max_steps", "2") if a != "--no-lora"]
+    argv = [
+        a
+        for a in sft_argv(family_model_dir, arithmetic_jsonl, tmp_path, "--max_steps", "2")
+        if a != "--no-lora"
+    ]
     run_sft(config_of(*argv, "--lora_r", "4", "--lora_alpha", "8"))
     adapter, merged_dir = tmp_path / "run", tmp_path / "merged"
-    assert main(["merge", "--base", str(family_model_dir), "--adapter", str(adapter), "--output", str(merged_dir)]) == 0
+    assert (
+        main(
+            ["merge", "--base", str(family_model_dir), "--adapter", str(adapter), "--output", str(merged_dir)]
+        )
+        == 0
+    )
     ids = torch.arange(3, 23)[None]
     with torch.no_grad():
         merged = load_model(merged_dir)(ids).logits

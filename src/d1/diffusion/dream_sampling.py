@@ -82,8 +82,12 @@ def settings_from(generation_config: Any, kwargs: dict[str, Any]) -> DreamSampli
     names = {f.name for f in dataclasses.fields(DreamSampling)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
-        raise ValueError(f"diffusion_generate got unknown arguments {unknown}; known settings: {sorted(names)}.")
-    values = {n: getattr(generation_config, n) for n in names if getattr(generation_config, n, None) is not None}
+        raise ValueError(
+            f"diffusion_generate got unknown arguments {unknown}; known settings: {sorted(names)}."
+        )
+    values = {
+        n: getattr(generation_config, n) for n in names if getattr(generation_config, n, None) is not None
+    }
     settings = DreamSampling(**{**values, **kwargs})
     settings.validate()
     return settings
@@ -124,7 +128,9 @@ def sample_tokens(
     return confidence, tokens
 
 
-def _padding(attention_mask: torch.Tensor | None, length: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _padding(
+    attention_mask: torch.Tensor | None, length: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Dream's mask and positions for left-padded prompts: a 4-D boolean mask (query and key both real) and
     positions cumsum - 1 (pads at 1); (None, None) when nothing is padded."""
     if attention_mask is None or bool(attention_mask.bool().all()):
@@ -147,7 +153,9 @@ def _unmask_step(
     masked = x == mask_id
     masked_logits = logits[masked]
     if settings.alg == "origin":
-        chosen = torch.rand(masked_logits.shape[0], device=x.device, generator=generator) < (1 if last else ratio)
+        chosen = torch.rand(masked_logits.shape[0], device=x.device, generator=generator) < (
+            1 if last else ratio
+        )
         proposal = torch.full_like(x[masked], mask_id)
         proposal[chosen] = sample_tokens(masked_logits[chosen], settings, generator)[1]
         x[masked] = proposal
@@ -195,14 +203,18 @@ def diffusion_generate(
     settings = settings_from(generation_config, kwargs)
     prompt = inputs if inputs is not None else input_ids
     if prompt is None or prompt.dim() != 2:
-        raise ValueError("diffusion_generate needs the prompt token ids [batch, length] as `inputs`/`input_ids`.")
+        raise ValueError(
+            "diffusion_generate needs the prompt token ids [batch, length] as `inputs`/`input_ids`."
+        )
     if attention_mask is not None and attention_mask.shape != prompt.shape:
         raise ValueError(
             f"attention_mask shape {tuple(attention_mask.shape)} must equal the prompt's {tuple(prompt.shape)}."
         )
     new_tokens = settings.max_new_tokens
     if new_tokens is None:
-        new_tokens = DEFAULT_NEW_TOKENS if settings.max_length is None else settings.max_length - prompt.shape[1]
+        new_tokens = (
+            DEFAULT_NEW_TOKENS if settings.max_length is None else settings.max_length - prompt.shape[1]
+        )
     if new_tokens <= 0:
         raise ValueError(
             f"max_new_tokens={new_tokens} (max_length={settings.max_length}, prompt length {prompt.shape[1]}) "

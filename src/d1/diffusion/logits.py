@@ -48,7 +48,9 @@ def predicting_logits(
     needed (for a shifted model, those one to the left) are computed when the model takes `logits_to_keep`,
     asked for in the caller's form (an int stays HF's "last N", which any such model understands)."""
     length = ids.shape[1]
-    start, stop, _ = slice(length - keep, None).indices(length) if isinstance(keep, int) else keep.indices(length)
+    start, stop, _ = (
+        slice(length - keep, None).indices(length) if isinstance(keep, int) else keep.indices(length)
+    )
     shifted = logits_are_shifted(model)
     raw = slice(max(start - 1, 0), max(stop - 1, 1)) if shifted else slice(start, stop)
     if _accepts(model, "logits_to_keep"):

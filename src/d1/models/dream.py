@@ -186,7 +186,9 @@ def attention_bias(
     so its output stays finite."""
     if attention_mask is None or isinstance(attention_mask, str):
         if attention_mask not in (None, "full"):
-            raise ValueError(f"attention_mask={attention_mask!r}: the only string accepted is 'full' (no padding).")
+            raise ValueError(
+                f"attention_mask={attention_mask!r}: the only string accepted is 'full' (no padding)."
+            )
         return None, position_ids
     if attention_mask.dim() == 4:
         if attention_mask.dtype != torch.bool:
@@ -251,7 +253,13 @@ class DreamBaseModel(DreamPreTrainedModel):
         for i, layer in enumerate(self.layers):
             past = cache[i] if cache is not None else None
             x, kv = layer(
-                x, cos, sin, attn_mask, past, cache_position, keep if i == last and keep != slice(0, None) else None
+                x,
+                cos,
+                sin,
+                attn_mask,
+                past,
+                cache_position,
+                keep if i == last and keep != slice(0, None) else None,
             )
             new_cache.append(kv)
         return self.norm(x), tuple(new_cache)
