@@ -120,3 +120,22 @@ def test_lora_sft_then_merge_per_family(
         base = load_model(family_model_dir)(ids).logits
     assert type(load_model(merged_dir)) is type(load_model(family_model_dir))
     assert torch.allclose(merged, adapted, atol=1e-5) and not torch.allclose(merged, base, atol=1e-5)
+
+
+def test_empty_lora_targets_become_the_family_default() -> None:
+    from transformers import Qwen2Config
+
+    from d1.models.loading import default_lora_targets
+
+    dream = AutoConfig.for_model("Dream", hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    assert default_lora_targets(dream) == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    with pytest.raises(ValueError, match=r"model_type='qwen2' is no d1 family.*pass --lora_target_modules"):
+        default_lora_targets(Qwen2Config())

@@ -119,8 +119,8 @@ def test_grpo_trains_and_logs_every_metric(family_model_dir, tmp_path) -> None:
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_lora_reference_is_the_base_with_adapter_disabled(tiny_model_dir, tmp_path) -> None:
-    argv = [a for a in grpo_argv(tiny_model_dir, tmp_path, "--max_steps", "2") if a != "--no-lora"]
+def test_lora_reference_is_the_base_with_adapter_disabled(family_model_dir, tmp_path) -> None:
+    argv = [a for a in grpo_argv(family_model_dir, tmp_path, "--max_steps", "2") if a != "--no-lora"]
     trainer = run_grpo(config_of(*argv, "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"))
     assert trainer.ref_model is None
     assert (tmp_path / "adapter_model.safetensors").exists()

@@ -45,6 +45,7 @@ class Family:
     mask_token_id: int
     sampler: str
     lora_targets: tuple[str, ...]
+    """`d1 grpo`'s default LoRA targets: every projection inside the blocks, not the output head."""
     tokenizer: TinyTokenizer
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     example: str = ""
@@ -90,7 +91,19 @@ FAMILIES: dict[str, Family] = {
         mask_token="<|mdm_mask|>",
         mask_token_id=126336,
         sampler="llada",
-        lora_targets=("q_proj", "k_proj", "v_proj"),
+        # attention q/k/v and output (attn_out), MLP gate (ff_proj), up (up_proj) and down (the blocks' ff_out,
+        # as a full-name pattern: the head model.transformer.ff_out is used as a raw weight and never trains).
+        # d1's RL list was q/k/v/o/gate/up/down_proj; LLaDA has no o_proj, gate_proj or down_proj, so d1 adapted
+        # q_proj, k_proj, v_proj and up_proj only (--lora_target_modules q_proj k_proj v_proj up_proj).
+        lora_targets=(
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "attn_out",
+            "ff_proj",
+            "up_proj",
+            r".*\.blocks\.\d+\.ff_out",
+        ),
         tokenizer=TinyTokenizer(
             bos="<|startoftext|>",
             eos="<|endoftext|>",
@@ -128,7 +141,15 @@ FAMILIES: dict[str, Family] = {
         mask_token="<|mask|>",
         mask_token_id=151666,
         sampler="dream",
-        lora_targets=("q_proj", "k_proj", "v_proj"),
+        lora_targets=(
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ),  # d1's list
         tokenizer=TinyTokenizer(
             bos="<|beginoftext|>",
             eos="<|endoftext|>",

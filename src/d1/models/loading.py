@@ -362,8 +362,22 @@ def check_lora_before_loading(model_config: Any, args: TrainableModelArgs) -> No
         check_lora_targets(skeleton, args.lora_target_modules)
 
 
+def default_lora_targets(model_config: Any) -> list[str]:
+    """The family's LoRA targets (`Family.lora_targets`) for an empty `lora_target_modules`."""
+    known = family_of(model_config)
+    if known is None:
+        raise ValueError(
+            f"lora_target_modules is empty and model_type={getattr(model_config, 'model_type', None)!r} is no d1 "
+            "family, so there is no default: pass --lora_target_modules with some of its Linear layers."
+        )
+    return list(known.lora_targets)
+
+
 def check_model_before_loading(model_config: Any, args: TrainableModelArgs) -> None:
-    """Every check of the model options that needs no weights: 4-bit support, the weights dtype, LoRA targets."""
+    """Every check of the model options that needs no weights: 4-bit support, the weights dtype, LoRA targets
+    (an empty list becomes the family's default here)."""
+    if args.lora and not args.lora_target_modules:
+        args.lora_target_modules = default_lora_targets(model_config)
     if args.load_in_4bit:
         require_4bit_support()
     training_dtype(args)
