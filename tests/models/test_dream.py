@@ -93,3 +93,14 @@ def test_dual_cache_replacing_a_block_reproduces_full_forward(dream_tiny) -> Non
 def test_unsupported_options_refused(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"DreamConfig.{field}.*trust_remote_code=True"):
         DreamConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **{field: value})
+
+
+def test_bfloat16_weights_stay_close_to_the_official_float32_logits() -> None:
+    folder = reference_path("dream-tiny")
+    ref = load_file(folder / "reference_outputs.safetensors")
+    model = d1.load_model(folder, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    with torch.no_grad():
+        logits = model(ref["logits_input"]).logits.float()
+    assert (logits - ref["logits"]).abs().max().item() < 0.05 * ref["logits"].abs().max().item()
+    assert torch.equal(logits.argmax(-1), ref["logits"].argmax(-1))
