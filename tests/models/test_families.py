@@ -123,12 +123,15 @@ def test_lora_sft_then_merge_per_family(
 
 
 def test_empty_lora_targets_become_the_family_default() -> None:
+    from types import SimpleNamespace
+
     from transformers import Qwen2Config
 
-    from d1.models.loading import default_lora_targets
+    from d1.models.loading import lora_targets
 
     dream = AutoConfig.for_model("Dream", hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
-    assert default_lora_targets(dream) == [
+    default, chosen = SimpleNamespace(lora_target_modules=[]), SimpleNamespace(lora_target_modules=["q_proj"])
+    assert lora_targets(dream, default) == [
         "q_proj",
         "k_proj",
         "v_proj",
@@ -137,5 +140,6 @@ def test_empty_lora_targets_become_the_family_default() -> None:
         "up_proj",
         "down_proj",
     ]
+    assert lora_targets(Qwen2Config(), chosen) == ["q_proj"]
     with pytest.raises(ValueError, match=r"model_type='qwen2' is no d1 family.*pass --lora_target_modules"):
-        default_lora_targets(Qwen2Config())
+        lora_targets(Qwen2Config(), default)

@@ -359,11 +359,13 @@ def check_lora_before_loading(model_config: Any, args: TrainableModelArgs) -> No
     if args.lora:
         with torch.device("meta"):
             skeleton = AutoModel.from_config(model_config, trust_remote_code=args.trust_remote_code)
-        check_lora_targets(skeleton, args.lora_target_modules)
+        check_lora_targets(skeleton, lora_targets(model_config, args))
 
 
-def default_lora_targets(model_config: Any) -> list[str]:
-    """The family's LoRA targets (`Family.lora_targets`) for an empty `lora_target_modules`."""
+def lora_targets(model_config: Any, args: TrainableModelArgs) -> list[str]:
+    """`args.lora_target_modules`, or when it is empty the family's default (`Family.lora_targets`)."""
+    if args.lora_target_modules:
+        return list(args.lora_target_modules)
     known = family_of(model_config)
     if known is None:
         raise ValueError(
@@ -374,10 +376,7 @@ def default_lora_targets(model_config: Any) -> list[str]:
 
 
 def check_model_before_loading(model_config: Any, args: TrainableModelArgs) -> None:
-    """Every check of the model options that needs no weights: 4-bit support, the weights dtype, LoRA targets
-    (an empty list becomes the family's default here)."""
-    if args.lora and not args.lora_target_modules:
-        args.lora_target_modules = default_lora_targets(model_config)
+    """Every check of the model options that needs no weights: 4-bit support, the weights dtype, LoRA targets."""
     if args.load_in_4bit:
         require_4bit_support()
     training_dtype(args)
@@ -408,7 +407,7 @@ def load_trainable_model(
             args.lora_r,
             args.lora_alpha,
             args.lora_dropout,
-            args.lora_target_modules,
+            lora_targets(model.config, args),
             activation_checkpointing=args.activation_checkpointing,
         )
     return model
