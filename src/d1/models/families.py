@@ -16,7 +16,8 @@ from d1.models.dream import DreamConfig, DreamModel
 from d1.models.llada import LLaDAConfig, LLaDAModelLM
 
 SAMPLERS = ("llada", "dream")
-"""`llada`: d1.generate's block sampler (any family); `dream`: Dream's `diffusion_generate` (no blocks)."""
+"""`llada`: d1.generate's block sampler (any family; d1's default everywhere, as in the GRPO rollouts);
+`dream`: Dream's `diffusion_generate` (no blocks; `d1 eval --sampler dream`)."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class TinyTokenizer:
 
 @dataclass(frozen=True)
 class Family:
-    """One architecture family: its classes, real checkpoints' mask token, default sampler, LoRA targets and
+    """One architecture family: its classes, real checkpoints' mask token, LoRA targets and
     the toy sizes and tokenizer of `d1 init-model --family NAME`."""
 
     name: str
@@ -43,7 +44,6 @@ class Family:
     model_class: type[PreTrainedModel]
     mask_token: str
     mask_token_id: int
-    sampler: str
     lora_targets: tuple[str, ...]
     """`d1 grpo`'s default LoRA targets: every projection inside the blocks, not the output head."""
     tokenizer: TinyTokenizer
@@ -90,7 +90,6 @@ FAMILIES: dict[str, Family] = {
         model_class=LLaDAModelLM,
         mask_token="<|mdm_mask|>",
         mask_token_id=126336,
-        sampler="llada",
         # attention q/k/v and output (attn_out), MLP gate (ff_proj), up (up_proj) and down (the blocks' ff_out,
         # as a full-name pattern: the head model.transformer.ff_out is used as a raw weight and never trains).
         # d1's RL list was q/k/v/o/gate/up/down_proj; LLaDA has no o_proj, gate_proj or down_proj, so d1 adapted
@@ -140,7 +139,6 @@ FAMILIES: dict[str, Family] = {
         model_class=DreamModel,
         mask_token="<|mask|>",
         mask_token_id=151666,
-        sampler="dream",
         lora_targets=(
             "q_proj",
             "k_proj",
