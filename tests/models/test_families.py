@@ -143,3 +143,15 @@ def test_empty_lora_targets_become_the_family_default() -> None:
     assert lora_targets(Qwen2Config(), chosen) == ["q_proj"]
     with pytest.raises(ValueError, match=r"model_type='qwen2' is no d1 family.*pass --lora_target_modules"):
         lora_targets(Qwen2Config(), default)
+
+
+def test_dream_checkpoint_runs_natively_even_with_trust_remote_code(tmp_path: Path) -> None:
+    """The checkpoint's remote code (named in auto_map; here files that fail when run) is never used: transformers
+    prefers classes registered outside it (d1's), so --trust_remote_code can stay on for Dream's tokenizer."""
+    folder = reference_path("dream-tiny")
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(folder / name, tmp_path / name)
+    assert set(json.loads((tmp_path / "config.json").read_text())["auto_map"]) == {"AutoConfig", "AutoModel"}
+    for module in ("configuration_dream.py", "modeling_dream.py"):
+        (tmp_path / module).write_text('raise RuntimeError("the remote code ran")\n')
+    assert isinstance(load_model(tmp_path, trust_remote_code=True), DreamModel)
