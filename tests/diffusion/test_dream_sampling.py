@@ -111,3 +111,27 @@ def test_bad_settings_refused_before_any_forward(dream_tiny, kwargs: dict, match
     model, ref = dream_tiny
     with pytest.raises(ValueError, match=match):
         model.diffusion_generate(ref["gen_prompt"], **kwargs)
+
+
+def test_sampled_positions_follow_dreams_schedule(dream_tiny) -> None:
+    """With alg_temp and temperature > 0 every step still unmasks int(n * (1 - s/t)) tokens (all at the end)."""
+    model, ref = dream_tiny
+    steps, new = 5, 12
+
+    def run(seed: int):
+        return model.diffusion_generate(
+            ref["gen_prompt"], max_new_tokens=new, steps=steps, alg="entropy", alg_temp=0.5, temperature=0.7,
+            top_k=5, mask_token_id=151, output_history=True, return_dict_in_generate=True,
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+
+    out = run(0)
+    times = torch.linspace(1, 1e-3, steps + 1)
+    left, expected = new, []
+    for i in range(steps):
+        count = left if i == steps - 1 else int(left * (1 - times[i + 1] / times[i]))
+        expected.append(count)
+        left -= count
+    masked = [new] + [int((h == 151).sum(1)[0]) for h in out.history]
+    assert [masked[i] - masked[i + 1] for i in range(steps)] == expected and masked[-1] == 0
+    assert torch.equal(out.sequences, run(0).sequences)
