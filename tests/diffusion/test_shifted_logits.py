@@ -118,3 +118,14 @@ def test_cached_decoding_finishes_on_dream(dream_tiny, cache: str) -> None:
         steps=12, cache=cache, mask_token_id=MASK,
     )  # fmt: skip
     assert torch.equal(out[:, :10], ref["gen_prompt"]) and not (out == MASK).any()
+
+
+def test_flag_read_through_wrappers_whose_own_config_is_not_the_models(dream_tiny) -> None:
+    """A DeepSpeed engine has a `config` of its own (its settings) and the model under `module`."""
+
+    class Engine(nn.Module):
+        def __init__(self, module: nn.Module):
+            super().__init__()
+            self.module, self.config = module, {"train_batch_size": 8}
+
+    assert logits_are_shifted(Engine(dream_tiny[0])) and logits_are_shifted(Engine(Engine(dream_tiny[0])))

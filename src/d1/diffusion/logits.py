@@ -27,12 +27,13 @@ def _accepts(model: nn.Module, argument: str) -> bool:
 
 
 def logits_are_shifted(model: nn.Module) -> bool:
-    """Whether the model's output at i-1 predicts token i (`config.logits_shifted`), looking through DDP's and
-    DeepSpeed's `module` (peft models expose their base model's config)."""
-    config = getattr(model, "config", None)
-    if config is None and isinstance(getattr(model, "module", None), nn.Module):
-        return logits_are_shifted(model.module)
-    return bool(getattr(config, "logits_shifted", False))
+    """Whether the model's output at i-1 predicts token i (`config.logits_shifted`), looking through the
+    `module` of DDP, DeepSpeed and FSDP first (a DeepSpeed engine's own `config` is its DeepSpeed settings);
+    peft models expose their base model's config."""
+    inner = getattr(model, "module", None)
+    if isinstance(inner, nn.Module) and inner is not model:
+        return logits_are_shifted(inner)
+    return bool(getattr(getattr(model, "config", None), "logits_shifted", False))
 
 
 def shift_logits(logits: torch.Tensor) -> torch.Tensor:
