@@ -30,6 +30,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_dream_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from d1.models.presets import init_model
+
+    return init_model("tiny", tmp_path_factory.mktemp("tiny-dream"), seed=0, family_name="dream")
+
+
+@pytest.fixture(params=["llada", "dream"])
+def family_model_dir(request: pytest.FixtureRequest) -> Path:
+    """The tiny model of each family in turn, for the family-generic SFT, GRPO and eval tests."""
+    return request.getfixturevalue("tiny_model_dir" if request.param == "llada" else "tiny_dream_dir")
+
+
+@pytest.fixture(scope="session")
 def arithmetic_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """64 prompt/completion rows of one-digit additions in d1's reasoning/answer format."""
     path = tmp_path_factory.mktemp("data") / "add.jsonl"

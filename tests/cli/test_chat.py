@@ -136,10 +136,10 @@ def _chat_pipe(model: Path, text: str, *args: str) -> subprocess.CompletedProces
     return subprocess.run(command, input=text, capture_output=True, text=True, timeout=120)
 
 
-def test_pipe_prints_only_the_answers(tiny_model_dir: Path) -> None:
-    done = _chat_pipe(tiny_model_dir, "hello\n\nsecond turn\n", "--no-live")
+def test_pipe_prints_only_the_answers(family_model_dir: Path) -> None:
+    done = _chat_pipe(family_model_dir, "hello\n\nsecond turn\n", "--no-live")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == _chat_pipe(tiny_model_dir, "hello\nsecond turn\n", "--no-live").stdout  # "" skipped
+    assert done.stdout == _chat_pipe(family_model_dir, "hello\nsecond turn\n", "--no-live").stdout  # "" skipped
     assert done.stdout.strip()
     assert "\x1b" not in done.stdout and "steps" not in done.stdout and "you>" not in done.stdout
 

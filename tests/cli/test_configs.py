@@ -28,3 +28,30 @@ def test_grpo_config_parses_and_validates(path: Path) -> None:
 
 def test_all_four_tasks_have_a_config() -> None:
     assert {p.stem for p in CONFIGS} >= {"gsm8k", "math", "countdown", "sudoku"}
+
+
+DREAM_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "grpo" / "dream").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", DREAM_CONFIGS, ids=[p.stem for p in DREAM_CONFIGS])
+def test_dream_grpo_config_is_d1s_recipe_on_dream(path: Path) -> None:
+    dream = parse_config(DiffuGRPOConfig, ["--config", str(path)])
+    dream.validate(world_size=1)
+    llada = parse_config(DiffuGRPOConfig, ["--config", str(path.parents[1] / path.name)])
+    assert dream.model_path == "Dream-org/Dream-v0-Instruct-7B" and dream.dataset == llada.dataset
+    assert dream.lora_target_modules == []  # the Dream family's default targets
+    same = ("num_generations", "max_completion_length", "block_length", "diffusion_steps", "num_iterations", "beta")
+    assert all(getattr(dream, name) == getattr(llada, name) for name in (*same, "learning_rate", "lora_r"))
+
+
+def test_dream_sft_and_eval_configs_parse_and_pass_the_checks() -> None:
+    from d1.evaluation.runner import EvalConfig, check_generation_settings
+    from d1.sft.config import SFTConfig
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    assert {p.stem for p in DREAM_CONFIGS} == {"gsm8k", "math", "countdown", "sudoku"}
+    sft = parse_config(SFTConfig, ["--config", str(root / "sft" / "dream-s1k.yaml")])
+    assert (sft.model_name, sft.preset, sft.lora_r, sft.lora_alpha) == ("Dream-org/Dream-v0-Instruct-7B", "s1k", 128, 256)
+    evaluation = parse_config(EvalConfig, ["--config", str(root / "eval" / "dream.yaml")])
+    check_generation_settings(evaluation)
+    assert (evaluation.sampler, evaluation.alg, evaluation.steps, evaluation.top_p) == ("dream", "entropy", 256, 0.9)

@@ -19,13 +19,17 @@ from d1.viz.strip import strip_steps
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_every_stage_and_reports(tmp_path, capsys) -> None:
-    config = DemoConfig(quick=True, output_dir=str(tmp_path / "demo"), seed=1)
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_quick_demo_runs_every_stage_and_reports(tmp_path, capsys, family) -> None:
+    config = DemoConfig(quick=True, output_dir=str(tmp_path / "demo"), seed=1, family=family)
     report = run_demo(config)
     out = tmp_path / "demo"
     stages = ["init", "pretrain", "sft", "rl_base", "d1", "eval"]
     assert all((out / "stages" / f"{s}.json").exists() for s in stages)
+    sft_losses = [h["loss"] for h in json.loads((out / "stages" / "sft.json").read_text())["log_history"] if "loss" in h]
+    assert sft_losses[-1] < 0.8 * sft_losses[0]
     text = report.read_text()
+    assert f"a tiny {family} (`d1 init-model --family {family}`)" in text
     for part in (
         "| model |",
         "+SFT",
@@ -148,3 +152,9 @@ def test_strip_steps_run_from_nothing_decided_to_everything_decided() -> None:
         {"block": 0, "positions": [p], "tokens": [1], "confidences": [0.5]} for p in range(4)]}}  # fmt: skip
     assert strip_steps(item, 8) == [0, 1, 2, 3, 4]
     assert strip_steps(item, 3) == [0, 2, 4]
+
+
+def test_unknown_family_is_named_before_anything_runs(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"--family 'sdar' is unknown; choose one of \['dream', 'llada'\]"):
+        DemoConfig(quick=True, family="sdar", output_dir=str(tmp_path / "demo"))
+    assert not (tmp_path / "demo").exists()

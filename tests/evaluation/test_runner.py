@@ -53,9 +53,9 @@ def _generations(path: Path) -> list[dict]:
     return json.loads(path.read_text())["generations"]
 
 
-def test_generate_answers_records_and_stats(tiny_model_dir: Path, countdown_jsonl: Path) -> None:
-    tokenizer = load_tokenizer(tiny_model_dir)
-    model = load_model(tiny_model_dir).eval()
+def test_generate_answers_records_and_stats(family_model_dir: Path, countdown_jsonl: Path) -> None:
+    tokenizer = load_tokenizer(family_model_dir)
+    model = load_model(family_model_dir).eval()
     task = get_task("countdown")
     items = task.load_test(countdown_jsonl)
     assert len({len(tokenizer(task.build_prompt(tokenizer, i["question"]))["input_ids"]) for i in items}) > 1
@@ -93,10 +93,10 @@ def test_sampling_seeded_per_item_index(tiny_model_dir: Path, sudoku_csv: Path) 
     assert other != whole
 
 
-def test_run_eval_writes_d1_file(tiny_model_dir: Path, sudoku_csv: Path, tmp_path: Path) -> None:
-    config = _config(tiny_model_dir, sudoku_csv, tmp_path / "out")
+def test_run_eval_writes_d1_file(family_model_dir: Path, sudoku_csv: Path, tmp_path: Path) -> None:
+    config = _config(family_model_dir, sudoku_csv, tmp_path / "out")
     path = run_eval(config)
-    assert path.name == f"sudoku_{tiny_model_dir.name}_16_8_0_generations.json"
+    assert path.name == f"sudoku_{family_model_dir.name}_16_8_0_generations.json"
     data = json.loads(path.read_text())
     assert list(data) == [
         "generations", "metrics", "model_path", "checkpoint_path", "gen_length", "diffusion_steps",
@@ -108,7 +108,7 @@ def test_run_eval_writes_d1_file(tiny_model_dir: Path, sudoku_csv: Path, tmp_pat
     assert settings["test_items"] == 6 and settings["data_path"] == str(sudoku_csv)
     assert len(settings["weights_fingerprint"]) == 16 and settings["mask_token_id"] is not None
     assert (data["gen_length"], data["diffusion_steps"], data["block_length"]) == (16, 8, 8)
-    assert data["checkpoint_path"] == "" and data["model_path"] == str(tiny_model_dir)
+    assert data["checkpoint_path"] == "" and data["model_path"] == str(family_model_dir)
     metrics = data["metrics"]
     assert metrics["total_processed"] == 6 and metrics["generated_tokens"] == 96
     assert metrics["forward_passes"] == 16 and metrics["tokens_per_second"] > 0 and metrics["wall_time"] > 0

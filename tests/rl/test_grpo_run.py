@@ -100,10 +100,10 @@ METRICS = [
 ]
 
 
-def test_grpo_trains_and_logs_every_metric(tiny_model_dir, tmp_path) -> None:
-    before = load_file(tiny_model_dir / "model.safetensors")
+def test_grpo_trains_and_logs_every_metric(family_model_dir, tmp_path) -> None:
+    before = load_file(family_model_dir / "model.safetensors")
     trainer = run_grpo(
-        config_of(*grpo_argv(tiny_model_dir, tmp_path, "--validation_size", "4", "--eval_steps", "2"))
+        config_of(*grpo_argv(family_model_dir, tmp_path, "--validation_size", "4", "--eval_steps", "2"))
     )
     logs = trainer.state.log_history
     rollout_logs = [h for h in logs if "reward" in h]
@@ -119,8 +119,8 @@ def test_grpo_trains_and_logs_every_metric(tiny_model_dir, tmp_path) -> None:
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
-def test_lora_reference_is_the_base_with_adapter_disabled(tiny_model_dir, tmp_path) -> None:
-    argv = [a for a in grpo_argv(tiny_model_dir, tmp_path, "--max_steps", "2") if a != "--no-lora"]
+def test_lora_reference_is_the_base_with_adapter_disabled(family_model_dir, tmp_path) -> None:
+    argv = [a for a in grpo_argv(family_model_dir, tmp_path, "--max_steps", "2") if a != "--no-lora"]
     trainer = run_grpo(config_of(*argv, "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0"))
     assert trainer.ref_model is None
     assert (tmp_path / "adapter_model.safetensors").exists()
@@ -262,9 +262,9 @@ def test_two_process_cpu_run(tiny_model_dir, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("sampler", ["cached", "parallel"])
-def test_fast_rollout_samplers_train(tiny_model_dir, tmp_path, sampler, capsys) -> None:
+def test_fast_rollout_samplers_train(family_model_dir, tmp_path, sampler, capsys) -> None:
     trainer = run_grpo(
-        config_of(*grpo_argv(tiny_model_dir, tmp_path, "--max_steps", "2", "--rollout_sampler", sampler))
+        config_of(*grpo_argv(family_model_dir, tmp_path, "--max_steps", "2", "--rollout_sampler", sampler))
     )
     assert trainer.state.global_step == 2 and "reward" in trainer.state.log_history[0]
     assert ("destabilised" in capsys.readouterr().out) == (sampler == "parallel")

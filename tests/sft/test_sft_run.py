@@ -88,8 +88,8 @@ def test_yaml_config_with_flag_override(tmp_path) -> None:
         config_of("--config", str(tmp_path / "bad.yaml"))
 
 
-def test_tiny_sft_lowers_loss(tiny_model_dir, arithmetic_jsonl, tmp_path) -> None:
-    trainer = run_sft(config_of(*sft_argv(tiny_model_dir, arithmetic_jsonl, tmp_path, "--max_steps", "24")))
+def test_tiny_sft_lowers_loss(family_model_dir, arithmetic_jsonl, tmp_path) -> None:
+    trainer = run_sft(config_of(*sft_argv(family_model_dir, arithmetic_jsonl, tmp_path, "--max_steps", "24")))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) == 24
     assert sum(losses[-4:]) / 4 < 0.7 * sum(losses[:4]) / 4
@@ -99,10 +99,10 @@ def test_tiny_sft_lowers_loss(tiny_model_dir, arithmetic_jsonl, tmp_path) -> Non
     ).exists()
 
 
-def test_lora_sft_saves_an_adapter(tiny_model_dir, arithmetic_jsonl, tmp_path) -> None:
+def test_lora_sft_saves_an_adapter(family_model_dir, arithmetic_jsonl, tmp_path) -> None:
     argv = [
         a
-        for a in sft_argv(tiny_model_dir, arithmetic_jsonl, tmp_path, "--max_steps", "2")
+        for a in sft_argv(family_model_dir, arithmetic_jsonl, tmp_path, "--max_steps", "2")
         if a != "--no-lora"
     ]
     run_sft(config_of(*argv, "--lora_r", "4", "--lora_alpha", "8"))

@@ -1,4 +1,4 @@
-"""`d1 chat --model_path M`: a multi-turn terminal chat with a native (LLaDA-family) model that shows each
+"""`d1 chat --model_path M`: a multi-turn terminal chat with a native (LLaDA or Dream) model that shows each
 answer being denoised in place, then the steps taken and tokens/s. `--no-live` prints only the answers (for
 pipes); without a terminal or with NO_COLOR the output is plain. Ctrl-C while an answer is decoding drops that
 answer and returns to the prompt; Ctrl-D (end of input) exits."""
@@ -18,7 +18,7 @@ PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="d1 chat", description=__doc__)
-    parser.add_argument("--model_path", required=True, help="Model folder or Hub name (native LLaDA).")
+    parser.add_argument("--model_path", required=True, help="Model folder or Hub name (native LLaDA or Dream).")
     parser.add_argument("--system_prompt", default=None, help="A system message opening the conversation.")
     parser.add_argument("--gen_length", type=int, default=128, help="Generated tokens per answer.")
     parser.add_argument("--block_length", type=int, default=32, help="Semi-autoregressive block length.")

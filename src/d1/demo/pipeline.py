@@ -37,6 +37,7 @@ class DemoConfig:
     output_dir: str = "runs/demo"
     seed: int = 0
     quick: bool = False
+    family: str = "llada"  # the architecture: llada or dream (models/families.py)
     preset: str = "small"
     trace: str = "none"
     n_sft: int = 2000
@@ -82,6 +83,9 @@ class DemoConfig:
             self.pretrain_steps, self.sft_steps, self.rl_steps = 40, 30, 8
             self.preset = "tiny"
         check_empty_cells(self.rl_empty_cells, "rl_empty_cells")
+        from d1.models.families import family
+
+        family(self.family)
         from transformers import SchedulerType
 
         schedulers = [kind.value for kind in SchedulerType]
@@ -301,10 +305,10 @@ def _stages() -> list[Stage]:
     def run_init(config: DemoConfig, data: DemoData) -> dict[str, Any]:
         from d1.models.presets import init_model
 
-        return {"model": str(init_model(config.preset, _models(config) / "init", config.seed))}
+        return {"model": str(init_model(config.preset, _models(config) / "init", config.seed, config.family))}
 
     return [
-        Stage("init", "a fresh random LLaDA-architecture model and tokenizer", lambda c: 2, run_init),
+        Stage("init", "a fresh random model of the family (--family) and its tokenizer", lambda c: 2, run_init),
         Stage(
             "pretrain",
             "generic masked-diffusion pre-training on mixed synthetic text -> base",
@@ -332,10 +336,11 @@ def _stages() -> list[Stage]:
     ]
 
 
-def _chat_renderer() -> Callable[[str, str], str]:
+def _chat_renderer(family_name: str) -> Callable[[str, str], str]:
+    """Renders an SFT trace in the family's chat format."""
     from d1.models.presets import build_tokenizer
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(family_name)
 
     def render(question: str, answer: str) -> str:
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
@@ -375,7 +380,7 @@ def run_demo(config: DemoConfig) -> Path:
         config.n_rl,
         config.n_validation,
         config.n_test,
-        _chat_renderer(),
+        _chat_renderer(config.family),
         config.trace,
         config.rl_empty_cells,
     )

@@ -168,6 +168,9 @@ def write_report(config: DemoConfig, done: dict[str, Any], total_seconds: float)
     lines = [
         "# d1 demo report",
         "",
+        f"Model: a {config.preset} {config.family} (`d1 init-model --family {config.family}`), sampled with "
+        "d1's block sampler in RL and evaluation.",
+        "",
         f"Test set: {config.n_test} unseen 4x4 Sudoku puzzles; cells % = d1's Sudoku metric (correct empty cells), "
         "solved % = puzzles fully right. RL rows use the checkpoint with the best *validation* accuracy.",
         "",

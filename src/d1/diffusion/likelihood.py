@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d1.diffusion.logits import predicting_logits
 from d1.diffusion.masking import _uniform, mask_prompt
-from d1.diffusion.sampling import _accepts, resolve_token_id
+from d1.diffusion.sampling import resolve_token_id
 
 ESTIMATORS = ("one_step", "coupled")
 
@@ -65,13 +66,9 @@ def per_token_logps(
 def _completion_logits(
     model: nn.Module, ids: torch.Tensor, attention_mask: torch.Tensor | None, completion_length: int
 ) -> torch.Tensor:
-    """Logits [B, completion_length, V] of the last `completion_length` columns; a model taking
-    `logits_to_keep` computes only those (the head's output is the largest activation)."""
-    if _accepts(model, "logits_to_keep"):
-        logits = model(ids, attention_mask=attention_mask, logits_to_keep=completion_length).logits
-    else:
-        logits = model(ids, attention_mask=attention_mask).logits
-    return logits[:, -completion_length:]
+    """Logits [B, completion_length, V] predicting the last `completion_length` columns (realigned for a
+    shifted model); only those are computed when the model takes `logits_to_keep`."""
+    return predicting_logits(model, ids, completion_length, attention_mask)[0]
 
 
 def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,6 @@ confident enough token, at least one a step and as many as needed to finish with
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d1.diffusion.logits import _accepts, logits_are_shifted, predicting_logits
 from d1.diffusion.trace import Trace
 
 REMASKING = ("low_confidence", "random")
@@ -169,17 +169,6 @@ def parallel_unmask_count(
     return torch.minimum(run.clamp(min=1), candidates.sum(dim=-1))
 
 
-def _accepts(model: nn.Module, argument: str) -> bool:
-    """Whether `model.forward` takes `argument` by name, looking through wrappers that pass keyword
-    arguments on to the model they wrap (peft's `get_base_model()`, DDP's and DeepSpeed's `module`)."""
-    parameters = inspect.signature(model.forward).parameters
-    if argument in parameters:
-        return True
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else getattr(model, "module", None)
-    passes_on = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    return passes_on and isinstance(inner, nn.Module) and inner is not model and _accepts(inner, argument)
-
-
 def check_block_schedule(
     gen_length: int,
     block_length: int,
@@ -292,12 +281,7 @@ class _Decoder:
         ids = x[:, inputs]
         if self.cfg_scale > 0:
             ids = torch.cat([ids, x.masked_fill(self.prompt_index, self.mask_id)[:, inputs]])
-        if _accepts(self.model, "logits_to_keep"):
-            out = self.model(ids, attention_mask=self.attention_mask, logits_to_keep=keep, **cache_args)
-            logits = out.logits
-        else:
-            out = self.model(ids, attention_mask=self.attention_mask, **cache_args)
-            logits = out.logits[:, keep]
+        logits, out = predicting_logits(self.model, ids, keep, self.attention_mask, **cache_args)
         if self.cfg_scale > 0:
             logits, un_logits = logits.chunk(2)
             logits = un_logits + (self.cfg_scale + 1) * (logits - un_logits)
@@ -311,7 +295,9 @@ class _Decoder:
         """Logits of this step over the window of x they cover (from the first masked column to the block's
         end), and the block's cache. Exact decoding and the first step of a cached block run the full
         sequence; later cached steps run only the current block (dual) or the block and the masked suffix
-        after it (prefix), like Fast-dLLM."""
+        after it (prefix), like Fast-dLLM. A shifted model (Dream) reads the block's predictions one column to
+        the left, so its cached steps also feed that column."""
+        lead = int(logits_are_shifted(self.model))
         if step == 0 or self.cache is None:
             masked_columns = (x[:, :end] == self.mask_id).any(dim=0).nonzero()
             first = int(masked_columns[0]) if len(masked_columns) else end
@@ -319,14 +305,14 @@ class _Decoder:
             cache_args = {"use_cache": True} if self.cache is not None else {}
             logits, cache = self.logits(x, slice(None), window, **cache_args)
             if self.cache == "prefix":
-                cache = tuple((k[:, :, :start], v[:, :, :start]) for k, v in cache)
+                cache = tuple((k[:, :, : start - lead], v[:, :, : start - lead]) for k, v in cache)
             return logits, window, cache
-        block = slice(0, end - start)
+        block = slice(lead, lead + end - start)
         if self.cache == "prefix":
-            logits, _ = self.logits(x, slice(start, None), block, cache=cache)
+            logits, _ = self.logits(x, slice(start - lead, None), block, cache=cache)
         else:
-            position = torch.arange(start, end, device=x.device)
-            logits, _ = self.logits(x, slice(start, end), block, cache=cache, cache_position=position)
+            position = torch.arange(start - lead, end, device=x.device)
+            logits, _ = self.logits(x, slice(start - lead, end), block, cache=cache, cache_position=position)
         return logits, slice(start, end), cache
 
     def decode_block(

@@ -20,7 +20,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from d1.diffusion.dream_sampling import DreamSampling, diffusion_generate
 from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, check_block_schedule, generate
 from d1.diffusion.trace import Trace
 from d1.evaluation.protocol import NOT_RESUME_KEYS, card_fields
 from d1.evaluation.score import load_generation_file
 from d1.evaluation.traces import read_traces, trace_file, trace_item, traces_path
 from d1.hub import check_local_or_hub, hub_unreachable
+from d1.models.families import SAMPLERS
 from d1.models.loading import DTYPES, load_config, load_model, load_tokenizer, resolve_mask_token_id
 from d1.tasks import Task, get_task
 from d1.tasks.base import subsample_indices
@@ -150,6 +152,22 @@ class EvalConfig:
             "(*_traces.json; view with `d1 trace FILE`)."
         },
     )
+    sampler: str = field(
+        default="llada",
+        metadata={
+            "help": "llada: d1's block sampler (any family); dream: Dream's diffusion_generate (no blocks; "
+            "--alg, --alg_temp, --top_p, --top_k)."
+        },
+    )
+    alg: str | None = field(
+        default=None,
+        metadata={"help": "--sampler dream: origin, maskgit_plus, topk_margin or entropy (default entropy)."},
+    )
+    alg_temp: float | None = field(
+        default=None, metadata={"help": "--sampler dream: sample positions by confidence at this temperature."}
+    )
+    top_p: float | None = field(default=None, metadata={"help": "--sampler dream: nucleus truncation."})
+    top_k: int | None = field(default=None, metadata={"help": "--sampler dream: top-k truncation."})
     overwrite: bool = field(
         default=False,
         metadata={
@@ -188,7 +206,12 @@ class EvalConfig:
                 "threshold": self.threshold,
                 "early_stop": self.early_stop,
             },
+            **({"dream": self.dream_settings()} if self.sampler == "dream" else {}),
         }
+
+    def dream_settings(self) -> dict[str, Any]:
+        """`--sampler dream`'s settings of `diffusion_generate` (alg entropy unless set: Dream's recommendation)."""
+        return {"alg": self.alg or "entropy", "alg_temp": self.alg_temp, "top_p": self.top_p, "top_k": self.top_k}
 
 
 @torch.no_grad()
@@ -213,6 +236,7 @@ def generate_answers(
     system_prompt: str | None = None,
     generator: torch.Generator | None = None,
     decoding: dict[str, Any] | None = None,
+    dream: dict[str, Any] | None = None,
     progress: Progress | None = None,
     stats: dict[str, float] | None = None,
     traces: list[dict[str, Any]] | None = None,
@@ -225,7 +249,9 @@ def generate_answers(
     `derive_seed(seed, index of the batch's first item)` (`indices` gives the items' global indices),
     else from torch's global RNG. `progress(records, batch_stats)` is called after each batch; `stats`
     accumulates `forward_passes`, `generated_tokens`, `seconds`, `batches`. Items whose global index is below
-    `trace_first` are traced into `traces` (`d1.evaluation.traces.trace_item`). The caller sets eval mode.
+    `trace_first` are traced into `traces` (`d1.evaluation.traces.trace_item`). `dream` (Dream's `alg`,
+    `alg_temp`, `top_p`, `top_k`) samples with Dream's `diffusion_generate` instead of the block sampler
+    (`steps` and `temperature` kept; the block options unused). The caller sets eval mode.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be at least 1.")
@@ -253,22 +279,30 @@ def generate_answers(
             batch_generator = torch.Generator(device=device).manual_seed(derive_seed(seed, first))
         call_stats: dict[str, int] = {}
         began = time.perf_counter()
-        output = generate(
-            model,
-            prompt_ids,
-            gen_length=gen_length,
-            block_length=block_length,
-            steps=steps,
-            temperature=temperature,
-            remasking=remasking,
-            cfg_scale=cfg_scale,
-            mask_token_id=mask_token_id,
-            attention_mask=None if bool(attention_mask.all()) else attention_mask,
-            generator=batch_generator,
-            stats=call_stats,
-            trace=batch_trace,
-            **(decoding or {}),
-        )
+        padding = None if bool(attention_mask.all()) else attention_mask
+        if dream is None:
+            output = generate(
+                model,
+                prompt_ids,
+                gen_length=gen_length,
+                block_length=block_length,
+                steps=steps,
+                temperature=temperature,
+                remasking=remasking,
+                cfg_scale=cfg_scale,
+                mask_token_id=mask_token_id,
+                attention_mask=padding,
+                generator=batch_generator,
+                stats=call_stats,
+                trace=batch_trace,
+                **(decoding or {}),
+            )
+        else:
+            output = diffusion_generate(
+                model, prompt_ids, attention_mask=padding, max_new_tokens=gen_length, steps=steps,
+                temperature=temperature, mask_token_id=mask_token_id, generator=batch_generator, **dream,
+            )  # fmt: skip
+            call_stats["forward_passes"] = steps
         texts = tokenizer.batch_decode(
             output[:, prompt_ids.shape[1] :], skip_special_tokens=not keep_special_tokens
         )
@@ -305,6 +339,30 @@ def generate_answers(
 # ---------------------------------------------------------------- validation (before any model loads)
 
 
+LLADA_SAMPLER_ONLY = (
+    "block_length", "remasking", "cfg_scale", "cache", "unmask", "threshold", "early_stop", "save_traces",
+)  # fmt: skip
+DREAM_SAMPLER_ONLY = ("alg", "alg_temp", "top_p", "top_k")
+
+
+def check_sampler_options(config: EvalConfig) -> None:
+    """Each sampler's own options only with that sampler (left at their defaults otherwise), and Dream's
+    settings valid, naming the option and the fix."""
+    if config.sampler not in SAMPLERS:
+        raise ValueError(f"sampler={config.sampler!r} is unknown; use one of {SAMPLERS}.")
+    defaults = {f.name: f.default for f in fields(EvalConfig)}
+    other = LLADA_SAMPLER_ONLY if config.sampler == "dream" else DREAM_SAMPLER_ONLY
+    changed = [f"--{name} {getattr(config, name)}" for name in other if getattr(config, name) != defaults[name]]
+    if changed:
+        owner = "llada" if config.sampler == "dream" else "dream"
+        raise ValueError(
+            f"{', '.join(changed)}: option(s) of --sampler {owner}, which --sampler {config.sampler} does not "
+            f"read. Drop them, or pass --sampler {owner}."
+        )
+    if config.sampler == "dream":
+        DreamSampling(steps=config.steps, temperature=config.temperature, **config.dream_settings()).validate()
+
+
 def check_generation_settings(config: EvalConfig) -> None:
     """Reject bad numbers and non-dividing lengths/steps, saying which values would work."""
     for name in ("gen_length", "block_length", "batch_size"):
@@ -312,12 +370,14 @@ def check_generation_settings(config: EvalConfig) -> None:
             raise ValueError(f"{name}={getattr(config, name)} must be at least 1.")
     if config.steps < 1:
         raise ValueError(f"diffusion_steps={config.steps} must be at least 1.")
-    check_block_schedule(
-        config.gen_length,
-        config.block_length,
-        config.steps,
-        ("gen_length", "block_length", "diffusion_steps"),
-    )
+    check_sampler_options(config)
+    if config.sampler == "llada":
+        check_block_schedule(
+            config.gen_length,
+            config.block_length,
+            config.steps,
+            ("gen_length", "block_length", "diffusion_steps"),
+        )
     if config.remasking not in REMASKING:
         raise ValueError(f"remasking={config.remasking!r} is not one of {REMASKING}.")
     if config.cache not in CACHES:

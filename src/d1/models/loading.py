@@ -1,7 +1,7 @@
 """Loading models and tokenizers from a hub name or a local folder; mask-token resolution; LoRA; 4-bit.
 
-LLaDA checkpoints load into d1's native implementation (no remote code); other families may use
-`trust_remote_code=True`.
+LLaDA and Dream checkpoints load into d1's native implementations (no remote code, `models/families.py`);
+other models may use `trust_remote_code=True`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,18 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-import d1.models.llada  # noqa: F401  (registers model_type "llada" with the Auto classes)
 from d1.hub import check_local_or_hub, hub_unreachable
+from d1.models.families import FAMILIES, family_of, unknown_model_type_error  # registers every family
 from d1.utils import say, sharded_launch
 
 SFT_LORA = {
@@ -44,11 +52,11 @@ def _hub_error(name_or_path: str, err: Exception) -> OSError:
     return hub_unreachable(name_or_path, err, f"hf download {name_or_path}", "pass a local model folder")
 
 
-def _from_pretrained(loader: Any, name_or_path: str | Path, **kwargs: Any) -> Any:
-    """`loader.from_pretrained`; a missing local path fails at once, an unreachable Hub name clearly."""
+def _from_pretrained(loader: Any, name_or_path: str | Path, method: str = "from_pretrained", **kwargs: Any) -> Any:
+    """`loader.<method>` (`from_pretrained`); a missing local path fails at once, an unreachable Hub name clearly."""
     check_local_or_hub(str(name_or_path), "model")
     try:
-        return loader.from_pretrained(str(name_or_path), **kwargs)
+        return getattr(loader, method)(str(name_or_path), **kwargs)
     except OSError as err:
         if Path(name_or_path).exists():
             raise
@@ -77,9 +85,15 @@ def resolve_mask_token_id(
         if candidate is not None:
             _check_token_in_vocabulary(int(candidate), config, source)
             return int(candidate)
+    known = family_of(config)
+    usual = (
+        f"{known.name} checkpoints use {known.mask_token} = {known.mask_token_id}"
+        if known
+        else ", ".join(f"{f.name} uses {f.mask_token_id}" for f in FAMILIES.values())
+    )
     raise ValueError(
         "No mask token: neither the tokenizer (mask_token) nor the model config (mask_token_id) defines one. "
-        "Masked diffusion needs it: pass --mask_token_id ID (LLaDA uses 126336) or add `mask_token_id` to the "
+        f"Masked diffusion needs it: pass --mask_token_id ID ({usual}) or add `mask_token_id` to the "
         "model's config.json."
     )
 
@@ -96,7 +110,13 @@ def _check_token_in_vocabulary(token_id: int, config: Any, source: str) -> None:
 
 
 def load_config(name_or_path: str | Path, trust_remote_code: bool = False) -> Any:
-    """The checkpoint's config (cheap: no weights), used to validate settings before loading."""
+    """The checkpoint's config (cheap: no weights), used to validate settings before loading. Without
+    `trust_remote_code`, a `model_type` neither d1's families nor transformers know is refused, naming them."""
+    if not trust_remote_code:
+        config_dict, _ = _from_pretrained(PretrainedConfig, name_or_path, "get_config_dict")
+        model_type = config_dict.get("model_type")
+        if model_type not in CONFIG_MAPPING:
+            raise unknown_model_type_error(str(name_or_path), model_type)
     return _from_pretrained(AutoConfig, name_or_path, trust_remote_code=trust_remote_code)
 
 
@@ -339,7 +359,20 @@ def check_lora_before_loading(model_config: Any, args: TrainableModelArgs) -> No
     if args.lora:
         with torch.device("meta"):
             skeleton = AutoModel.from_config(model_config, trust_remote_code=args.trust_remote_code)
-        check_lora_targets(skeleton, args.lora_target_modules)
+        check_lora_targets(skeleton, lora_targets(model_config, args))
+
+
+def lora_targets(model_config: Any, args: TrainableModelArgs) -> list[str]:
+    """`args.lora_target_modules`, or when it is empty the family's default (`Family.lora_targets`)."""
+    if args.lora_target_modules:
+        return list(args.lora_target_modules)
+    known = family_of(model_config)
+    if known is None:
+        raise ValueError(
+            f"lora_target_modules is empty and model_type={getattr(model_config, 'model_type', None)!r} is no d1 "
+            "family, so there is no default: pass --lora_target_modules with some of its Linear layers."
+        )
+    return list(known.lora_targets)
 
 
 def check_model_before_loading(model_config: Any, args: TrainableModelArgs) -> None:
@@ -374,7 +407,7 @@ def load_trainable_model(
             args.lora_r,
             args.lora_alpha,
             args.lora_dropout,
-            args.lora_target_modules,
+            lora_targets(model.config, args),
             activation_checkpointing=args.activation_checkpointing,
         )
     return model

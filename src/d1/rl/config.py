@@ -8,17 +8,13 @@ from transformers import TrainingArguments
 
 from d1.diffusion.likelihood import ESTIMATORS
 from d1.diffusion.sampling import check_block_schedule
+from d1.models.families import FAMILIES
 from d1.models.loading import LORA_TARGETS_HELP, non_reentrant
 from d1.sft.config import bf16_available
 from d1.utils import check_counts, cpu_only_launch, sharded_launch
 
-GRPO_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", r".*\.blocks\.\d+\.ff_out"]
-"""Every projection inside LLaDA's blocks: attention q/k/v and output (`attn_out`), MLP gate (`ff_proj`), up
-(`up_proj`) and down (the blocks' `ff_out`, given as a full-name pattern). Not the output head
-`model.transformer.ff_out`: the model computes it as `F.linear(x, ff_out.weight)`, so an adapter there would
-never train (and the leaf name `ff_out` would match it). d1's RL list was q/k/v/o/gate/up/down_proj; LLaDA
-has no o_proj, gate_proj or down_proj, so d1 really adapted q_proj, k_proj, v_proj and up_proj only
-(`--lora_target_modules q_proj k_proj v_proj up_proj` reproduces that)."""
+GRPO_LORA_TARGETS = list(FAMILIES["llada"].lora_targets)
+"""Every projection inside LLaDA's blocks, not its output head (see `models/families.py`)."""
 
 
 ROLLOUT_SAMPLERS = {
@@ -56,10 +52,10 @@ class DiffuGRPOConfig(TrainingArguments):
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha (d1: 64)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout (d1: 0.05)."})
     lora_target_modules: list[str] = field(
-        default_factory=lambda: list(GRPO_LORA_TARGETS),
+        default_factory=list,
         metadata={
-            "help": f"{LORA_TARGETS_HELP} Default: every projection in the blocks, not the head (d1 adapted q, k, v "
-            "and up_proj only: its other names do not exist in LLaDA)."
+            "help": f"{LORA_TARGETS_HELP} Default (empty): the model family's, every projection in the blocks, not "
+            "the head (d1 adapted q, k, v and up_proj only in LLaDA: its other names do not exist there)."
         },
     )
     # data

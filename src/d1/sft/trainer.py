@@ -14,6 +14,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from d1.cluster import CompleteCheckpointsCallback
+from d1.diffusion.logits import predicting_logits
 from d1.diffusion.losses import masked_sft_loss
 
 
@@ -48,8 +49,8 @@ class MaskedSFTTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         labels, t = inputs.pop("labels"), inputs.pop("t")
         num_completion_tokens = inputs.pop("num_completion_tokens")
-        outputs = model(input_ids=inputs["input_ids"])
-        loss, unscaled = masked_sft_loss(outputs.logits, labels, t, num_completion_tokens)
+        logits, outputs = predicting_logits(model, inputs["input_ids"], slice(0, None))
+        loss, unscaled = masked_sft_loss(logits, labels, t, num_completion_tokens)
         if model.training:
             self._unscaled.append(unscaled.item())
         return (loss, outputs) if return_outputs else loss
