@@ -12,6 +12,7 @@ from typing import Any
 
 from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, check_block_schedule, generate
 from d1.diffusion.trace import Trace
+from d1.utils import check_counts
 
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
@@ -45,9 +46,7 @@ def check_args(args: argparse.Namespace) -> None:
     """The sampler settings, checked before the model loads (the same checks `generate` makes)."""
     from d1.hub import check_local_or_hub
 
-    for name in ("gen_length", "block_length", "steps"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name}={getattr(args, name)} must be at least 1.")
+    check_counts({f"--{name}": getattr(args, name) for name in ("gen_length", "block_length", "steps")})
     names = ("--gen_length", "--block_length", "--steps")
     check_block_schedule(args.gen_length, args.block_length, args.steps, names)
     if not 0 <= args.temperature < float("inf") or not 0 <= args.cfg_scale < float("inf"):

@@ -42,7 +42,7 @@ from d1.tasks.base import subsample_indices
 from d1.tasks.gsm8k import HUB_NAME as GSM8K_HUB
 from d1.tasks.math500 import TEST_HUB_NAME as MATH500_HUB
 from d1.tasks.official import PROTOCOLS, check_protocol, protocol_source, protocol_task
-from d1.utils import check_writable, derive_seed, distributed_state, is_main_process, say
+from d1.utils import check_counts, check_writable, derive_seed, distributed_state, is_main_process, say
 
 _WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
 _FINGERPRINTED = (*_WEIGHT_FILES, "adapter_model.bin")
@@ -365,11 +365,8 @@ def check_sampler_options(config: EvalConfig) -> None:
 
 def check_generation_settings(config: EvalConfig) -> None:
     """Reject bad numbers and non-dividing lengths/steps, saying which values would work."""
-    for name in ("gen_length", "block_length", "batch_size"):
-        if getattr(config, name) < 1:
-            raise ValueError(f"{name}={getattr(config, name)} must be at least 1.")
-    if config.steps < 1:
-        raise ValueError(f"diffusion_steps={config.steps} must be at least 1.")
+    check_counts({name: getattr(config, name) for name in ("gen_length", "block_length", "batch_size")})
+    check_counts({"diffusion_steps": config.steps})
     check_sampler_options(config)
     if config.sampler == "llada":
         check_block_schedule(
