@@ -40,6 +40,9 @@ class DemoConfig:
     family: str = "llada"  # the architecture: llada or dream (models/families.py)
     preset: str = "small"
     trace: str = "none"
+    # the last stage to run; `sft` leaves the SFT model for benchmarks/rl_methods.py, and running again without
+    # it continues from there
+    stop_after: str = "eval"
     n_sft: int = 2000
     n_rl: int = 2000
     n_validation: int = 100
@@ -83,6 +86,9 @@ class DemoConfig:
             self.pretrain_steps, self.sft_steps, self.rl_steps = 40, 30, 8
             self.preset = "tiny"
         check_empty_cells(self.rl_empty_cells, "rl_empty_cells")
+        names = [*(stage.name for stage in _stages()), "eval"]
+        if self.stop_after not in names:
+            raise ValueError(f"stop_after={self.stop_after!r} is not a stage; use one of {names} (default eval).")
         from d1.models.families import family
 
         family(self.family)
@@ -364,7 +370,8 @@ def preflight(config: DemoConfig) -> None:
 
 
 def run_demo(config: DemoConfig) -> Path:
-    """Run (or resume) every stage, then write the report; returns the report's path."""
+    """Run (or resume) every stage up to `stop_after`, then write the report; returns the report's path (the
+    output folder when stopped early)."""
     from d1.demo.report import write_report
 
     preflight(config)
@@ -411,12 +418,15 @@ def run_demo(config: DemoConfig) -> Path:
             say(
                 f"[{index}/{len(stages)}] {stage.name}: already done ({done[stage.name]['seconds']:.0f} s), skipped"
             )
-            continue
-        say(f"[{index}/{len(stages)}] {stage.name}: {stage.what} (~{stage.seconds_estimate(config):.0f} s)")
-        began = time.perf_counter()
-        result = stage.run(config, data)
-        result["seconds"] = time.perf_counter() - began
-        mark.write_text(json.dumps(result, indent=1, default=str))
-        done[stage.name] = result
+        else:
+            say(f"[{index}/{len(stages)}] {stage.name}: {stage.what} (~{stage.seconds_estimate(config):.0f} s)")
+            began = time.perf_counter()
+            result = stage.run(config, data)
+            result["seconds"] = time.perf_counter() - began
+            mark.write_text(json.dumps(result, indent=1, default=str))
+            done[stage.name] = result
+        if stage.name == config.stop_after != "eval":
+            say(f"stopped after {stage.name} (--stop_after); run again without it to continue")
+            return out
     report = write_report(config, done, time.perf_counter() - started)
     return report
