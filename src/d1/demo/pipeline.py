@@ -175,13 +175,18 @@ def _sft(config: DemoConfig, model: Path, data: Path, job: str, steps: int, pres
 
 
 def _grpo_config(config: DemoConfig, data: DemoData, start: Path, job: str) -> Any:
-    """The `DiffuGRPOConfig` of an RL stage: the demo's knobs as `d1 grpo` flags."""
+    """The `DiffuGRPOConfig` of an RL stage."""
     from d1.cli.args import parse_config
     from d1.rl.config import DiffuGRPOConfig
 
+    return parse_config(DiffuGRPOConfig, grpo_argv(config, data, start, job))
+
+
+def grpo_argv(config: DemoConfig, data: DemoData, start: Path, job: str) -> list[str]:
+    """An RL stage's `d1 grpo` flags: the demo's knobs (benchmarks/rl_methods.py appends its own after them)."""
     batch = config.rl_prompts_per_step * config.num_generations
     out = _models(config) / job
-    argv = [
+    return [
         "--model_path",
         str(start),
         "--output_dir",
@@ -242,7 +247,6 @@ def _grpo_config(config: DemoConfig, data: DemoData, start: Path, job: str) -> A
         "constant",
         *_common_train_args(config),
     ]
-    return parse_config(DiffuGRPOConfig, argv)
 
 
 def check_grpo_settings(config: DemoConfig, data: DemoData) -> None:
@@ -267,41 +271,47 @@ def _grpo(config: DemoConfig, data: DemoData, start: Path, job: str) -> dict[str
     return {"model": model, "best": best, "log_history": trainer.state.log_history}
 
 
-def _evaluate(config: DemoConfig, data: DemoData, models: dict[str, str]) -> dict[str, Any]:
+def test_scores(
+    config: DemoConfig, test_path: Path, model: str, name: str, out: Path, save_traces: int = 0
+) -> dict[int, dict[str, float]]:
+    """`d1 eval` + `d1 score` of one model on the test puzzles at each of `eval_gen_lengths`:
+    {length: {"accuracy": cells %, "solved": puzzles %, ...}} (also used by benchmarks/rl_methods.py)."""
     from d1.evaluation.runner import EvalConfig, run_eval
     from d1.evaluation.score import score_paths, scores_to_json
 
-    out = Path(config.output_dir) / "eval"
-    results: dict[str, dict[int, Any]] = {}
-    for row in ROWS:
-        for length in config.eval_gen_lengths:
-            run_eval(
-                EvalConfig(
-                    model_path=models[row],
-                    dataset="sudoku",
-                    data_path=str(data.test),
-                    gen_length=length,
-                    block_length=config.block_length,
-                    diffusion_steps=length // 2,
-                    batch_size=config.eval_batch_size,
-                    subsample=-1,
-                    output_dir=str(out),
-                    model_name=row,
-                    system_prompt="",
-                    seed=config.seed,
-                    dtype="float32",
-                    save_traces=1,  # the report replays the first test puzzle's denoising
-                )
+    for length in config.eval_gen_lengths:
+        run_eval(
+            EvalConfig(
+                model_path=model,
+                dataset="sudoku",
+                data_path=str(test_path),
+                gen_length=length,
+                block_length=config.block_length,
+                diffusion_steps=length // 2,
+                batch_size=config.eval_batch_size,
+                subsample=-1,
+                output_dir=str(out),
+                model_name=name,
+                system_prompt="",
+                seed=config.seed,
+                dtype="float32",
+                save_traces=save_traces,
             )
+        )
     scores = score_paths([out])
     as_json = scores_to_json(scores)
-    for row in ROWS:
-        results[row] = {}
-        for length in config.eval_gen_lengths:
-            setup = f"sudoku_{row}_{length}_{length // 2}"
-            solved = [item.correct for item in scores[setup].items]
-            results[row][length] = {**as_json[setup], "solved": 100 * sum(solved) / len(solved)}
-    return {"scores": results}
+    results = {}
+    for length in config.eval_gen_lengths:
+        setup = f"sudoku_{name}_{length}_{length // 2}"
+        solved = [item.correct for item in scores[setup].items]
+        results[length] = {**as_json[setup], "solved": 100 * sum(solved) / len(solved)}
+    return results
+
+
+def _evaluate(config: DemoConfig, data: DemoData, models: dict[str, str]) -> dict[str, Any]:
+    out = Path(config.output_dir) / "eval"
+    # save_traces: the report replays the first test puzzle's denoising
+    return {"scores": {row: test_scores(config, data.test, models[row], row, out, save_traces=1) for row in ROWS}}
 
 
 def _stages() -> list[Stage]:
