@@ -46,7 +46,8 @@ def test_espo_loss_and_gradient_with_clipping_and_kl_by_hand() -> None:
     loss, stats = espo_loss(seq, old, ref, adv, L, epsilon_low=0.2, epsilon_high=0.28, beta=beta)
     loss.backward()
     assert math.isclose(loss.item(), sum(ESPO_TERMS) / batch + beta * kl, rel_tol=1e-9)
-    grads = [g / batch + beta * (c - r) / (batch * L) for g, c, r in zip(ESPO_TERM_GRADS, current, REF, strict=True)]
+    rows = zip(ESPO_TERM_GRADS, current, REF, strict=True)
+    grads = [g / batch + beta * (c - r) / (batch * L) for g, c, r in rows]
     assert seq.grad.tolist() == pytest.approx(grads, rel=1e-9, abs=1e-12)
     assert math.isclose(stats["kl"].item(), kl, rel_tol=1e-9)
     assert math.isclose(stats["clip_ratio"].item(), 2 / 6)
@@ -167,7 +168,7 @@ def test_wd1_is_per_group_and_not_separable_by_row() -> None:
     flat_loss, _ = wd1_loss(seq, flat, num_generations=3)
     flat_loss.backward()
     assert seq.grad[3:].tolist() == [0.0] * 3
-    # A row with advantage 0 inside a group with signal still gets a weight: rows cannot be dropped one by one.
+    # A row of advantage 0 in a group with signal still gets a weight: rows cannot be dropped one by one.
     seq.grad = None
     zero_row = torch.tensor([0.75, 0.0, -0.25, -0.5, 0.0, 0.0], dtype=torch.float64)  # one group of six
     wd1_loss(seq, zero_row, num_generations=6)[0].backward()

@@ -1,7 +1,7 @@
 """Training objectives of masked diffusion LMs: LLaDA's masked SFT loss and the RL objectives.
 
-The RL objectives (`OBJECTIVES`) are d1's `grpo_clip` (`grpo_loss`), ESPO (`espo_loss`), SPG (`spg_loss`) and wd1
-(`wd1_loss`); `OBJECTIVE_NEEDS` says what each one reads, for the trainer and the config checks.
+The RL objectives (`OBJECTIVES`) are d1's `grpo_clip` (`grpo_loss`), ESPO (`espo_loss`), SPG (`spg_loss`)
+and wd1 (`wd1_loss`); `OBJECTIVE_NEEDS` says what each one reads, for the trainer and the config checks.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def masked_sft_loss(
 def _clipped_surrogate(
     ratio: torch.Tensor, advantages: torch.Tensor, epsilon_low: float, epsilon_high: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO's pessimistic term -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A), and where the clipped side is taken."""
+    """PPO's pessimistic term -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A) and where the clip is taken."""
     unclipped = ratio * advantages
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * advantages
     return -torch.min(unclipped, clipped), unclipped > clipped
@@ -107,15 +107,15 @@ def espo_loss(
 
     Published settings (ML-GSAI/ESPO b5f2dac): epsilon 0.2 for both sides (recipes/train.yaml L18; trl's
     `epsilon_high` defaults to `epsilon`), 0 for Countdown (recipes/run_countdown_llada.sh L29); beta 1e-2
-    Sudoku and code, 1e-3 GSM8K and MATH, 3e-3 Countdown (recipes/run_*_llada.sh L28-29); mu = 8 inner updates,
-    num_mc 2 ELBO samples with the coupled (complementary-mask) estimate, G = 6 (16 MATH, 10 code),
+    Sudoku and code, 1e-3 GSM8K and MATH, 3e-3 Countdown (recipes/run_*_llada.sh L28-29); mu = 8 inner
+    updates, num_mc 2 ELBO samples with the coupled (complementary-mask) estimate, G = 6 (16 MATH, 10 code),
     learning rate 3e-6 (code: train.yaml's 1e-6). Their advantages use a leave-one-out baseline, r_i - the
     mean of the group's other rewards, without std scaling (espo/espo_trainer.py L706-716, train.yaml L19).
     """
     if length < 1:
         raise ValueError(f"length={length} must be the completion width (>= 1).")
     if beta != 0.0 and ref_seq_logps is None:
-        raise ValueError(f"beta={beta} needs ref_seq_logps (the reference policy's ELBOs); pass them or use beta 0.")
+        raise ValueError(f"beta={beta} needs ref_seq_logps (the reference's ELBOs); pass them or use beta 0.")
     ratio = torch.exp((seq_logps - old_seq_logps) / length)
     per_seq, clipped = _clipped_surrogate(ratio, advantages, epsilon_low, epsilon_high)
     count = normalizer or len(seq_logps)
@@ -151,15 +151,15 @@ def spg_loss(
     `pos_seq` (the ELBO); any other through an upper bound, `neg_seq` (the EUBO or `spg_negative_value`'s
     mixture), so that each step ascends a bound on the true objective. The loss is
         sum_i -A_i * v_i * lengths_i / sum_i lengths_i,   v_i = pos_seq_i if A_i > 0 else neg_seq_i,
-    with `lengths` the completion lengths (tokens up to the first EOS). SPG's values are per-token averages (the
-    masked tokens' log-probs over their count, spg/spg_trainer.py _get_per_seq_logps L532-556), so the length
-    weighting turns them back into sequence sums; the loss is spg/spg_trainer.py compute_loss L115-118, and SPG
-    raises for beta != 0 (L123-124). `normalizer` replaces sum(lengths) when rows that cannot change the loss
-    were left out. No ratio and no KL, so no stats.
+    with `lengths` the completion lengths (tokens up to the first EOS). SPG's values are per-token averages
+    (the masked tokens' log-probs over their count, spg/spg_trainer.py _get_per_seq_logps L532-556), so the
+    length weighting turns them back into sequence sums; the loss is spg/spg_trainer.py compute_loss
+    L115-118, and SPG raises for beta != 0 (L123-124). `normalizer` replaces sum(lengths) when rows that
+    cannot change the loss were left out. No ratio and no KL, so no stats.
 
     Published settings (facebookresearch/SPG a1c7120, spg/slurm_scripts/spg_mix/*.sbatch L40-52 and
-    spg_eubo/*.sbatch): beta 0, mu = 4, G = 6, forward_type block_random with block_length 32 (train.yaml L62),
-    num_t 2, min_t 0, max_t 1; `mix` with mix_weight 0.5 and eubo_beta 1.0 Sudoku, 1.5 GSM8K, MATH and
+    spg_eubo/*.sbatch): beta 0, mu = 4, G = 6, forward_type block_random with block_length 32 (train.yaml
+    L62), num_t 2, min_t 0, max_t 1; `mix` with mix_weight 0.5 and eubo_beta 1.0 Sudoku, 1.5 GSM8K, MATH and
     Countdown; `eubo` with eubo_beta 1.0 Sudoku, 1.5 GSM8K and MATH, 2.0 Countdown; sampling temperature 0.3
     for Sudoku, the default 0.9 otherwise; learning rate 3e-6. Advantages are reward - group mean without std
     scaling, and the lower bound is used where that is > 0 (spg/spg_trainer.py L717-721).
@@ -180,8 +180,8 @@ def wd1_loss(
     `num_generations`. Within a group, w+ = softmax(A) and w- = softmax(-A); the loss is
         mean over groups of sum_i (w-_i - w+_i) * seq_logps_i,
     raising the likelihood of the better completions and lowering that of the worse ones (xiaohangt/wd1
-    08989851, wd1/trainers/rev_grpo_trainer.py compute_loss L144-160, trainer_type wll_d1_neg). Their code takes
-    the softmax over the per-device micro-batch, which in their configs is exactly one group
+    08989851, wd1/trainers/rev_grpo_trainer.py compute_loss L144-160, trainer_type wll_d1_neg). Their code
+    takes the softmax over the per-device micro-batch, which in their configs is exactly one group
     (per_device_train_batch_size = num_generations = 6, wd1/train.yaml L37, L43); here it is per group. Their
     advantages are reward - group mean, without std scaling (L628-638); shifting a group's advantages by a
     constant leaves the loss unchanged. No ratio and no KL, so no stats.
@@ -192,7 +192,8 @@ def wd1_loss(
     """
     if num_generations < 1 or len(seq_logps) % num_generations:
         raise ValueError(
-            f"wd1 needs whole groups: {len(seq_logps)} rows are not groups of num_generations={num_generations}."
+            f"wd1 needs whole groups: {len(seq_logps)} rows are not groups of "
+            f"num_generations={num_generations}."
         )
     logps = seq_logps.view(-1, num_generations)
     adv = advantages.view(-1, num_generations)
@@ -213,13 +214,25 @@ class ObjectiveNeeds:
     uses_epsilon: bool  # a clip range
     uses_beta: bool  # a KL penalty to the reference policy (beta > 0 allowed)
     needs_upper_bound: bool  # an upper bound (EUBO) of the log-likelihood for negative-advantage rows
-    row_separable: bool  # a sum over rows: rows with advantage 0 may be left out (keeping the normaliser)
+    row_separable: bool  # a sum over rows: with beta 0, rows of advantage 0 may go (keeping the normaliser)
     reference_estimator: str  # the log-likelihood estimate the reference code uses
 
 
 OBJECTIVE_NEEDS: dict[str, ObjectiveNeeds] = {
-    "grpo_clip": ObjectiveNeeds(False, True, True, True, False, True, "one_step"),
-    "espo": ObjectiveNeeds(True, True, True, True, False, True, "mc_elbo"),
-    "spg": ObjectiveNeeds(True, False, False, False, True, True, "mc_elbo"),
-    "wd1": ObjectiveNeeds(True, False, False, False, False, False, "one_step"),
+    "grpo_clip": ObjectiveNeeds(
+        sequence_level=False, needs_old_logps=True, uses_epsilon=True, uses_beta=True,
+        needs_upper_bound=False, row_separable=True, reference_estimator="one_step",
+    ),
+    "espo": ObjectiveNeeds(
+        sequence_level=True, needs_old_logps=True, uses_epsilon=True, uses_beta=True,
+        needs_upper_bound=False, row_separable=True, reference_estimator="mc_elbo",
+    ),
+    "spg": ObjectiveNeeds(
+        sequence_level=True, needs_old_logps=False, uses_epsilon=False, uses_beta=False,
+        needs_upper_bound=True, row_separable=True, reference_estimator="mc_elbo",
+    ),
+    "wd1": ObjectiveNeeds(
+        sequence_level=True, needs_old_logps=False, uses_epsilon=False, uses_beta=False,
+        needs_upper_bound=False, row_separable=False, reference_estimator="one_step",
+    ),
 }
