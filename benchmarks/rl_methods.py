@@ -52,9 +52,9 @@ METHODS = {
         "SPG (arXiv 2510.09541)",
         {"logp_estimator": "mc_elbo", "mc_blockwise": "true", "objective": "spg", "spg_eubo_beta": "1.0"},
     ),
-    "wd1": Method("wd1 (arXiv 2507.08838)", {"logp_estimator": "one_step", "objective": "wd1"}),
+    "wd1": Method("wd1 (Tang et al., 2025)", {"logp_estimator": "one_step", "objective": "wd1"}),
     "justgrpo": Method(
-        "JustGRPO (arXiv 2601.11488)",
+        "JustGRPO (arXiv 2601.15165)",
         {
             "rollout_order": "left_to_right",
             "logp_estimator": "left_to_right",

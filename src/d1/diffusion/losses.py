@@ -173,7 +173,7 @@ def spg_loss(
 def wd1_loss(
     seq_logps: torch.Tensor, advantages: torch.Tensor, num_generations: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """wd1's weighted log-likelihood (Tang et al., arXiv 2507.08838): no ratio, so no old or reference pass.
+    """wd1's weighted log-likelihood (Tang et al., 2025; xiaohangt/wd1): no ratio, so no old or reference pass.
 
     `seq_logps` [B] is each completion's log-likelihood, the SUM of its per-token log-probs over the
     completion (their code sums d1's one-step estimate under the completion mask); rows come in groups of

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
 from d1.diffusion.likelihood import ESTIMATORS
+from d1.diffusion.losses import OBJECTIVE_NEEDS, OBJECTIVES
 from d1.diffusion.sampling import check_block_schedule
 from d1.models.families import FAMILIES
 from d1.models.loading import LORA_TARGETS_HELP, non_reentrant
@@ -23,6 +24,10 @@ ROLLOUT_SAMPLERS = {
     "parallel": {"cache": "dual", "unmask": "threshold"},
 }
 """`d1.generate` options of each rollout sampler (Fast-dLLM's approximations for the last two)."""
+
+ROLLOUT_ORDERS = ("diffusion", "left_to_right")
+MC_T_SAMPLING = ("random", "stratified")
+ZERO_SIGNAL_GROUPS = ("skip", "inpaint")
 
 
 @dataclass
@@ -119,9 +124,68 @@ class DiffuGRPOConfig(TrainingArguments):
     logp_estimator: str = field(
         default="one_step",
         metadata={
-            "help": "one_step (d1: completion fully masked, one pass) or coupled (two complementary random "
-            "completion masks in one doubled batch: each token scored with part of the completion visible; "
-            "2x the log-prob cost, trains the conditionals the sampler uses)."
+            "help": "How a completion's log-likelihood is estimated (docs/rl-methods.md): one_step (d1: completion "
+            "fully masked, one pass), coupled (DiffuCoder: two complementary random masks, each token scored once; "
+            "2 passes), mc_elbo (the masked-diffusion ELBO from mc_samples random masks, SPG/ESPO; 2 x mc_samples "
+            "passes with mc_antithetic) or left_to_right (JustGRPO: the exact likelihood of a left-to-right decode, "
+            "one pass per token; needs rollout_order=left_to_right)."
+        },
+    )
+    mc_samples: int = field(
+        default=2, metadata={"help": "logp_estimator=mc_elbo: Monte-Carlo samples k of (t, mask) (SPG/ESPO: 2)."}
+    )
+    mc_blockwise: bool = field(
+        default=False,
+        metadata={
+            "help": "logp_estimator=mc_elbo: mask block by block as the sampler decodes (SPG's block_random): one "
+            "block of block_length partly masked, earlier blocks clean, later ones masked."
+        },
+    )
+    mc_t_sampling: str = field(
+        default="random",
+        metadata={
+            "help": "logp_estimator=mc_elbo: random (each sample's masking ratio drawn alone) or stratified (the k "
+            "ratios evenly spaced, shifted by one random offset: quadrature points that keep the estimate unbiased)."
+        },
+    )
+    mc_antithetic: bool = field(
+        default=True,
+        metadata={"help": "logp_estimator=mc_elbo: also score each sample's complementary mask (ESPO's reduce_var)."},
+    )
+    objective: str = field(
+        default="grpo_clip",
+        metadata={
+            "help": "The RL loss (docs/rl-methods.md): grpo_clip (d1: token-level ratio, clip epsilon, k3 KL beta), "
+            "espo (ESPO: sequence-level ratio of ELBOs per token, clip epsilon/epsilon_high, k2 KL beta; needs "
+            "mc_elbo), spg (SPG: ELBO for positive advantages, spg_mix_weight of the EUBO for the others; no ratio, "
+            "beta 0; needs mc_elbo) or wd1 (wd1: softmax(A)-weighted log-likelihood; no ratio, no old pass, beta 0)."
+        },
+    )
+    epsilon_high: float | None = field(
+        default=None, metadata={"help": "Upper clip range (DAPO/ESPO's epsilon_high); default: epsilon."}
+    )
+    spg_eubo_beta: float = field(
+        default=1.0,
+        metadata={"help": "objective=spg: the EUBO's beta (SPG: 1.0 Sudoku, 1.5 GSM8K/MATH/Countdown)."},
+    )
+    spg_mix_weight: float = field(
+        default=0.5,
+        metadata={"help": "objective=spg: weight of the EUBO in the negative rows' value (1: EUBO, 0: ELBO; SPG: 0.5)."},
+    )
+    rollout_order: str = field(
+        default="diffusion",
+        metadata={
+            "help": "diffusion (the sampler of block_length/diffusion_steps) or left_to_right (JustGRPO: rollouts "
+            "decode one token per step in order, so their likelihood is exact; needs logp_estimator=left_to_right). "
+            "Validation and evaluation keep the diffusion sampler."
+        },
+    )
+    zero_signal_groups: str = field(
+        default="skip",
+        metadata={
+            "help": "Groups whose completions all got the same reward carry no signal: skip (d1: their advantages "
+            "are 0) or inpaint (IGPO: re-generate some of them with part of the task's reference solution fixed in "
+            "place; Sudoku and GSM8K have one; rollouts only, never validation or evaluation)."
         },
     )
     num_iterations: int | None = field(
@@ -193,6 +257,71 @@ class DiffuGRPOConfig(TrainingArguments):
         self.activation_checkpointing_kwargs = non_reentrant(self.activation_checkpointing_kwargs)
         self.gradient_checkpointing_kwargs = self.activation_checkpointing_kwargs
 
+    def _changed(self, *names: str) -> list[str]:
+        """Which of these options differ from their defaults (set by the user)."""
+        defaults = {f.name: f.default for f in fields(self)}
+        return [f"{n}={getattr(self, n)!r}" for n in names if getattr(self, n) != defaults[n]]
+
+    def _refuse_ignored(self, names: tuple[str, ...], why: str) -> None:
+        changed = self._changed(*names)
+        if changed:
+            raise ValueError(f"{', '.join(changed)} would be ignored: {why}. Remove it (or change the method).")
+
+    def _check_method(self) -> None:
+        """The RL method's options (estimator, objective, rollout order): known names, the combinations the
+        papers define, and no option that the chosen method would silently ignore."""
+        for name, value, known in (
+            ("logp_estimator", self.logp_estimator, ESTIMATORS),
+            ("objective", self.objective, OBJECTIVES),
+            ("rollout_order", self.rollout_order, ROLLOUT_ORDERS),
+            ("mc_t_sampling", self.mc_t_sampling, MC_T_SAMPLING),
+            ("zero_signal_groups", self.zero_signal_groups, ZERO_SIGNAL_GROUPS),
+        ):
+            if value not in known:
+                raise ValueError(f"{name}={value!r} is unknown; use one of {list(known)}.")
+        if (self.rollout_order == "left_to_right") != (self.logp_estimator == "left_to_right"):
+            raise ValueError(
+                f"rollout_order={self.rollout_order!r} with logp_estimator={self.logp_estimator!r}: JustGRPO's exact "
+                "likelihood is that of a left-to-right decode. Set both to left_to_right, or neither."
+            )
+        if self.logp_estimator == "mc_elbo":
+            if self.mc_samples < 1:
+                raise ValueError(f"mc_samples={self.mc_samples} must be >= 1 (SPG/ESPO use 2).")
+        else:
+            self._refuse_ignored(
+                ("mc_samples", "mc_blockwise", "mc_t_sampling", "mc_antithetic"),
+                f"they set the mc_elbo estimator, not logp_estimator={self.logp_estimator!r}",
+            )
+        needs = OBJECTIVE_NEEDS[self.objective]
+        if needs.reference_estimator == "mc_elbo" and self.logp_estimator != "mc_elbo":
+            raise ValueError(
+                f"objective={self.objective!r} is defined on ELBO estimates; set logp_estimator=mc_elbo "
+                f"(not {self.logp_estimator!r})."
+            )
+        if not needs.uses_epsilon:
+            self._refuse_ignored(("epsilon", "epsilon_high"), f"objective={self.objective!r} has no ratio to clip")
+        elif self.objective != "espo":
+            self._refuse_ignored(("epsilon_high",), "only objective=espo clips asymmetrically")
+        if not needs.uses_beta and self.beta != 0:
+            raise ValueError(
+                f"beta={self.beta} with objective={self.objective!r}, which has no KL term (its paper's code "
+                "refuses one); set --beta 0."
+            )
+        if self.objective == "wd1" and self.per_device_train_batch_size % self.num_generations:
+            raise ValueError(
+                f"objective=wd1 weighs completions within their group, so every process needs whole groups: "
+                f"per_device_train_batch_size={self.per_device_train_batch_size} is not a multiple of "
+                f"num_generations={self.num_generations}."
+            )
+        if self.objective == "spg":
+            if self.spg_eubo_beta <= 0 or not 0 <= self.spg_mix_weight <= 1:
+                raise ValueError(
+                    f"spg_eubo_beta={self.spg_eubo_beta} must be > 0 and spg_mix_weight={self.spg_mix_weight} in "
+                    "[0, 1] (SPG: 1.0 and 0.5 for Sudoku)."
+                )
+        else:
+            self._refuse_ignored(("spg_eubo_beta", "spg_mix_weight"), "they are objective=spg's")
+
     def decoding(self) -> dict[str, object]:
         """Keyword arguments of `d1.generate` for rollouts (empty for the exact sampler)."""
         options = dict(ROLLOUT_SAMPLERS[self.rollout_sampler])
@@ -228,10 +357,7 @@ class DiffuGRPOConfig(TrainingArguments):
             raise ValueError(
                 f"rollout_sampler={self.rollout_sampler!r} is unknown; use one of {list(ROLLOUT_SAMPLERS)}."
             )
-        if self.logp_estimator not in ESTIMATORS:
-            raise ValueError(
-                f"logp_estimator={self.logp_estimator!r} is unknown; use 'one_step' (d1) or 'coupled'."
-            )
+        self._check_method()
         if self.scale_rewards not in ("none", "group"):
             raise ValueError(f"scale_rewards={self.scale_rewards!r} is unknown; use 'none' or 'group'.")
         if not 0.0 <= self.negative_advantage_scale <= 1.0:

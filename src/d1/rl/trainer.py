@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from d1.cluster import CompleteCheckpointsCallback
 from d1.diffusion.likelihood import per_token_logps
-from d1.diffusion.losses import grpo_loss
+from d1.diffusion.losses import OBJECTIVE_NEEDS, espo_loss, grpo_loss, spg_loss, spg_negative_value, wd1_loss
 from d1.diffusion.sampling import generate
 from d1.evaluation.runner import generate_answers
 from d1.rl.advantages import combine_rewards, group_advantages, learning_rows
@@ -235,13 +235,14 @@ class DiffuGRPOTrainer(Trainer):
             "rollout_step": rollout_step,
             "micro": micro,
         }
-        if args.beta == 0:  # rows with advantage 0 cannot move the loss: skip their log-probs
-            full = mask.sum().item() if args.loss_normalization == "token" else len(mask)
+        needs = OBJECTIVE_NEEDS[args.objective]
+        if args.beta == 0 and needs.row_separable:  # rows with advantage 0 cannot move the loss: skip them
+            full = self._normalizer(mask)
             keep = learning_rows(batch["advantages"])
             batch = {k: v[keep] if torch.is_tensor(v) else v for k, v in batch.items()}
             batch["normalizer"] = float(full)
         iterations = range(args.num_iterations)
-        if args.num_iterations > 1:
+        if args.num_iterations > 1 and needs.needs_old_logps:
             batch["old_logps"] = torch.stack([self._logps(unwrapped, batch, i) for i in iterations])
         if args.beta > 0:
             with self._reference(unwrapped) as ref:
@@ -318,27 +319,53 @@ class DiffuGRPOTrainer(Trainer):
             )
         self.rollout_buffer = torch.load(path, map_location=self.accelerator.device, weights_only=False)
 
+    def _normalizer(self, mask: torch.Tensor) -> int:
+        """What the objective averages over, counted on the whole batch (before zero-advantage rows go):
+        completion tokens (grpo_clip with token normalisation, spg's length weights) or sequences."""
+        tokens = self.args.objective == "spg" or (
+            self.args.objective == "grpo_clip" and self.args.loss_normalization == "token"
+        )
+        return int(mask.sum().item()) if tokens else len(mask)
+
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> torch.Tensor:
-        iteration = inputs["iteration"]
-        logps = self._logps(model, inputs, iteration)
-        old = inputs["old_logps"][iteration] if "old_logps" in inputs else logps.detach()
-        ref = inputs["ref_logps"][iteration] if "ref_logps" in inputs else None
-        loss, stats = grpo_loss(
-            logps,
-            old,
-            ref,
-            inputs["advantages"],
-            inputs["completion_mask"],
-            self.args.epsilon,
-            self.args.beta,
-            self.args.loss_normalization,
-            inputs.get("normalizer"),
-        )
+        loss, stats = self._objective(model, inputs, inputs["iteration"])
         for key, value in stats.items():
             self._metrics[key].append(self.accelerator.gather(value.detach()).mean().item())
         return loss
+
+    def _objective(
+        self, model: Any, inputs: dict[str, Any], iteration: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The configured objective's loss and stats on this iteration's log-likelihood estimates."""
+        args, mask, advantages = self.args, inputs["completion_mask"], inputs["advantages"]
+        normalizer = inputs.get("normalizer")
+        if args.objective == "spg":
+            terms = self._elbo_terms(model, inputs, iteration)
+            elbo = terms.elbo_per_token_mean(mask)
+            negative = spg_negative_value(elbo, terms.eubo(args.spg_eubo_beta, mask), args.spg_mix_weight)
+            return spg_loss(elbo, negative, advantages, mask.sum(1), normalizer)
+        logps = self._logps(model, inputs, iteration)
+        old = inputs["old_logps"][iteration] if "old_logps" in inputs else logps.detach()
+        ref = inputs["ref_logps"][iteration] if "ref_logps" in inputs else None
+        if args.objective == "grpo_clip":
+            return grpo_loss(
+                logps, old, ref, advantages, mask, args.epsilon, args.beta, args.loss_normalization, normalizer
+            )
+        if args.objective == "espo":  # ELBOs of the whole completion width, as ESPO's code sums them
+            return espo_loss(
+                logps.sum(1),
+                old.sum(1),
+                None if ref is None else ref.sum(1),
+                advantages,
+                logps.shape[1],
+                args.epsilon,
+                args.epsilon if args.epsilon_high is None else args.epsilon_high,
+                args.beta,
+                normalizer,
+            )
+        return wd1_loss((logps * mask).sum(1), advantages, args.num_generations)
 
     # ----- validation and logging -----
     def evaluate(
