@@ -59,12 +59,16 @@ class Recorder(nn.Module):
 
 @torch.no_grad()
 def llada_reference(
-    model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, generator
+    model, prompt, *, steps, gen_length, block_length, temperature, cfg_scale, remasking, generator, prefill=None
 ):
-    """A plain restatement of LLaDA's `generate.py` (per-row loops), with `generator` in place of the global RNG."""
+    """A plain restatement of LLaDA's `generate.py` (per-row loops), with `generator` in place of the global RNG.
+    `prefill` [B, gen_length]: IGPO's `generate_inpainting` (those tokens start in place; blocks without a
+    masked position are skipped)."""
     b = prompt.shape[0]
     x = torch.full((b, prompt.shape[1] + gen_length), MASK, dtype=torch.long)
     x[:, : prompt.shape[1]] = prompt.clone()
+    if prefill is not None:
+        x[:, prompt.shape[1] :] = prefill
     prompt_index = x != MASK
     num_blocks = gen_length // block_length
     steps = steps // num_blocks
@@ -72,6 +76,8 @@ def llada_reference(
         start = prompt.shape[1] + num_block * block_length
         end = start + block_length
         mask_num = (x[:, start:end] == MASK).sum(dim=1)
+        if not mask_num.any():
+            continue
         schedule = torch.zeros(b, steps, dtype=torch.long)
         for j in range(b):
             for i in range(steps):

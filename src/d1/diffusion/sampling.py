@@ -13,6 +13,9 @@ step; later steps feed the block plus everything after it on the cached prefix (
 `generate_with_prefix_cache`) or only the block, written over its slots of the full cache ("dual").
 Parallel unmasking ("threshold", "factor", Fast-dLLM's `get_transfer_index(_dynamic)`) commits every
 confident enough token, at least one a step and as many as needed to finish within `steps`.
+
+`block_length=1, steps=gen_length` decodes left to right, one token a step: JustGRPO's rollouts. `prefill`
+fixes completion tokens in place, the rest decoded around them: IGPO's inpainting of hints.
 """
 
 from __future__ import annotations
@@ -238,6 +241,21 @@ def _validate(
         raise ValueError(f"factor={factor} must be a finite number > 0 (Fast-dLLM uses about 1).")
 
 
+def _check_prefill(prefill: torch.Tensor | None, batch: int, gen_length: int, early_stop: bool) -> None:
+    """A prefill is an integer [batch, gen_length] tensor; early stop would write EOS over its tokens."""
+    if prefill is None:
+        return
+    if tuple(prefill.shape) != (batch, gen_length):
+        raise ValueError(
+            f"prefill shape {tuple(prefill.shape)} must be [batch, gen_length] = [{batch}, {gen_length}] "
+            "(completion tokens, mask_token_id where free)."
+        )
+    if prefill.dtype.is_floating_point or prefill.dtype == torch.bool:
+        raise ValueError(f"prefill dtype {prefill.dtype} must be an integer dtype of token ids (torch.long).")
+    if early_stop:
+        raise ValueError("early_stop=True fills finished rows with EOS over prefilled tokens; drop one of them.")
+
+
 @dataclass
 class _Decoder:
     """The settings every denoising step shares; decodes one block at a time, in place."""
@@ -323,9 +341,10 @@ class _Decoder:
         left to decode. With `sync_done`, a process with nothing left runs `join_forward` until every process
         is done. Each step is recorded in `trace` when there is one."""
         schedule = num_transfer_tokens(x[:, start:end] == self.mask_id, steps)
+        prefilled = not schedule.any()  # every position fixed by `prefill`: skipped, as IGPO does
         cache = None
         for step in range(steps):
-            idle = finished or (not self.exact_rng and not (x[:, :end] == self.mask_id).any())
+            idle = finished or prefilled or (not self.exact_rng and not (x[:, :end] == self.mask_id).any())
             if self.all_done(idle):
                 return step
             if idle:
@@ -385,6 +404,7 @@ def generate(
     stats: dict | None = None,
     sync_done: Callable[[bool], bool] | None = None,
     trace: Trace | None = None,
+    prefill: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Prompt plus `gen_length` generated tokens [B, P + gen_length], decoded in blocks of `block_length`
     with `steps` model calls in total (LLaDA's `generate`).
@@ -396,6 +416,11 @@ def generate(
     blocks end in EOS, filling the rest with EOS). `stats`, when given, receives "forward_passes" and "steps".
     `trace`, when given (a `d1.diffusion.trace.Trace`), is filled with what each step decided, per row: the
     positions, tokens and their probabilities (the return value stays the token tensor).
+
+    `prefill` [B, gen_length] fixes completion tokens in place (`mask_token_id` where free; IGPO's
+    inpainting): they are never masked or changed, each block's schedule counts only its free positions
+    (LLaDA's `get_num_transfer_tokens` on the masked ones), a block with none is skipped without a forward
+    pass, and guidance masks them with the prompt in the unconditional input (as IGPO does).
 
     `sync_done(done) -> every process done` (e.g. an all-reduce) makes the data-dependent step counts of
     threshold/factor unmasking and early stop equal on all processes, as sharded weights (ZeRO-3, FSDP)
@@ -416,6 +441,7 @@ def generate(
         threshold,
         factor,
     )
+    _check_prefill(prefill, prompt_ids.shape[0], gen_length, early_stop)
     if cache is not None and not _accepts(model, "cache"):
         raise ValueError(f"cache={cache!r} needs a model whose forward takes `cache` (d1's native LLaDA).")
     mask_id = resolve_token_id(model, mask_token_id, "mask_token_id")
@@ -429,7 +455,9 @@ def generate(
     b, prompt_length = prompt_ids.shape
     x = torch.full((b, prompt_length + gen_length), mask_id, dtype=torch.long, device=prompt_ids.device)
     x[:, :prompt_length] = prompt_ids
-    prompt_index = x != mask_id  # padding too, as in LLaDA; the attention mask hides it either way
+    if prefill is not None:
+        x[:, prompt_length:] = prefill
+    prompt_index = x != mask_id  # padding and prefilled tokens too, as in LLaDA and IGPO
     if attention_mask is not None:
         ones = attention_mask.new_ones(b, gen_length)
         attention_mask = torch.cat([attention_mask, ones], dim=1)

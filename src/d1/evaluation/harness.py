@@ -49,7 +49,7 @@ from d1.utils import derive_seed
 
 _SAMPLER_INTERNAL = {
     "model", "prompt_ids", "mask_token_id", "attention_mask", "generator", "stats", "sync_done",
-    "eos_token_id", "eot_token_id",
+    "eos_token_id", "eot_token_id", "prefill",
 }  # fmt: skip
 SAMPLER_OPTIONS = {
     name: parameter.default

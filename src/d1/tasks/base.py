@@ -137,6 +137,12 @@ def completion_texts(completions: Sequence[Any]) -> list[str]:
     return texts
 
 
+def format_completion(reasoning: Sequence[str], answer: str) -> str:
+    """d1's completion layout: ``<reasoning>`` with one line per reasoning step, then ``<answer>``."""
+    thoughts = "".join(line + "\n" for line in reasoning)
+    return "<reasoning>\n" + thoughts + "</reasoning>\n<answer>\n" + answer + "\n</answer>"
+
+
 def first_tag_content(text: str, open_tag: str, close_tags: Sequence[str]) -> str | None:
     """``re.search(open + "(.*?)(?:" + "|".join(closes) + ")", text, re.DOTALL).group(1)`` in one pass.
 
@@ -211,6 +217,11 @@ class Task:
     def parse(self, text: str, ground_truth: Any, question: str = "") -> ParsedAnswer:
         """Extract the answer from a generation and grade it exactly as d1's ``parse_and_get_acc``."""
         raise NotImplementedError
+
+    def reference_completion(self, train_row: dict[str, Any]) -> str | None:
+        """A reference solution of a training row as a completion that earns the task's full reward (the
+        hints of IGPO's inpainting), or None when the task has none. Training only: never an eval input."""
+        return None
 
     def load_test(self, path: str | Path | None = None, subsample: int = -1, seed: int = 42) -> list[dict]:
         """Test items ``{"question", "ground_truth"}`` from the Hub (``path=None``) or a local file.

@@ -12,6 +12,7 @@ from d1.tasks.base import (
     Task,
     completion_texts,
     first_tag_content,
+    format_completion,
     last_tag_content,
     read_records,
 )
@@ -194,6 +195,11 @@ class SudokuTask(Task):
 
     def eval_item(self, train_row: dict[str, Any]) -> dict[str, Any]:
         return {"question": sudoku_question(train_row["puzzle"]), "ground_truth": train_row["solution"]}
+
+    def reference_completion(self, train_row: dict[str, Any]) -> str | None:
+        """The solution grid in the answer-only SFT layout (`d1 demo`'s default ``--trace none``), short
+        enough for the demo's 28-token completions."""
+        return format_completion([], train_row["solution"])
 
     def parse(self, text: str, ground_truth: Any, question: str = "") -> ParsedAnswer:
         """d1's Sudoku grading: correct digits among the empty cells of the puzzle in ``question``."""

@@ -13,6 +13,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Any
 
+from d1.tasks.base import format_completion
 from d1.tasks.countdown import countdown_question
 from d1.tasks.sudoku import sudoku_question
 
@@ -315,11 +316,6 @@ def make_dataset(
     raise ValueError(f"no synthetic generator for task {task_name!r}; choose 'sudoku' or 'countdown'")
 
 
-def _completion(reasoning: list[str], answer: str) -> str:
-    thoughts = "".join(line + "\n" for line in reasoning)
-    return "<reasoning>\n" + thoughts + "</reasoning>\n<answer>\n" + answer + "\n</answer>"
-
-
 def _sudoku_fill_order(puzzle: str, solution: str) -> list[tuple[int, str]]:
     """Empty cells in solving order: a cell with a single candidate first, else the first empty cell."""
     cells, order = list(puzzle), []
@@ -358,7 +354,7 @@ def format_sft_example(item: dict[str, Any], trace: str = "steps") -> dict[str, 
     """
     if "puzzle" in item:
         puzzle, solution = item["puzzle"], item["solution"]
-        completion = _completion(_sudoku_trace(puzzle, solution, trace), solution)
+        completion = format_completion(_sudoku_trace(puzzle, solution, trace), solution)
         return {"prompt": sudoku_question(puzzle), "completion": completion}
     numbers, target = list(item["numbers"]), int(item["target"])
     found = _countdown_solution(numbers, target)
@@ -371,5 +367,5 @@ def format_sft_example(item: dict[str, Any], trace: str = "steps") -> dict[str, 
     ]
     return {
         "prompt": countdown_question(numbers, target),
-        "completion": _completion(reasoning, f"\\boxed{{{found.text}}}"),
+        "completion": format_completion(reasoning, f"\\boxed{{{found.text}}}"),
     }
