@@ -73,7 +73,7 @@ def test_placed_stretches_gaps_caps_them_and_cuts_at_the_area_end():
 
 def test_hint_canvas_reveals_whole_reference_chunks_in_order_and_keeps_the_tail_free():
     reference = [list(range(40)), list(range(100, 120))]
-    canvas = hint_canvas(reference, 64, MASK, [0.5, 1.0], seeded(3), min_chunk_size=5, max_chunk_size=5)
+    canvas = hint_canvas(reference, 64, MASK, [0.5, 1.0], [seeded(3), seeded(4)], min_chunk_size=5, max_chunk_size=5)
     assert canvas.shape == (2, 64) and (canvas[:, 64 - FREE_TAIL :] == MASK).all()
     # row 1: the 20-token reference in a 34-token area, stretch 1.5, no gaps: it stays a prefix
     assert canvas[1, :20].tolist() == reference[1] and (canvas[1, 20:] == MASK).all()
@@ -83,16 +83,24 @@ def test_hint_canvas_reveals_whole_reference_chunks_in_order_and_keeps_the_tail_
     assert len(shown) in (15, 20) and runs[-1] == list(range(25, 30))
     assert all(run == list(range(run[0], run[0] + 5)) and run[0] % 5 == 0 for run in runs)
     assert shown == sorted(shown)
-    again = hint_canvas(reference, 64, MASK, [0.5, 1.0], seeded(3), min_chunk_size=5, max_chunk_size=5)
+    again = hint_canvas(reference, 64, MASK, [0.5, 1.0], [seeded(3), seeded(4)], min_chunk_size=5, max_chunk_size=5)
     assert torch.equal(canvas, again)
 
 
 def test_hint_canvas_without_a_fraction_or_room_reveals_nothing():
-    assert (hint_canvas([list(range(50))], 64, MASK, 0.0, seeded()) == MASK).all()
-    assert (hint_canvas([list(range(50))], FREE_TAIL, MASK, 0.8, seeded()) == MASK).all()
-    assert (hint_canvas([[]], 64, MASK, 0.8, seeded()) == MASK).all()
+    assert (hint_canvas([list(range(50))], 64, MASK, 0.0, [seeded()]) == MASK).all()
+    assert (hint_canvas([list(range(50))], FREE_TAIL, MASK, 0.8, [seeded()]) == MASK).all()
+    assert (hint_canvas([[]], 64, MASK, 0.8, [seeded()]) == MASK).all()
     with pytest.raises(ValueError, match="must lie in"):
-        hint_canvas([[1, 2]], 64, MASK, 1.5, seeded())
+        hint_canvas([[1, 2]], 64, MASK, 1.5, [seeded()])
+
+
+def test_hint_canvas_free_tail_scales_to_short_completions():
+    # the demo's 28-token Sudoku completions: IGPO's 30-token free tail leaves no room, a tail of 4 does
+    reference = list(range(24))
+    assert (hint_canvas([reference], 28, MASK, 1.0, [seeded()]) == MASK).all()
+    canvas = hint_canvas([reference], 28, MASK, 1.0, [seeded()], min_chunk_size=3, max_chunk_size=3, free_tail=4)
+    assert canvas[0, :24].tolist() == reference and (canvas[0, 24:] == MASK).all()
 
 
 def test_replace_rows_puts_correct_hinted_rows_first_in_zero_signal_groups_only():

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any
 
 from transformers import TrainingArguments
 
@@ -28,6 +29,10 @@ ROLLOUT_SAMPLERS = {
 ROLLOUT_ORDERS = ("diffusion", "left_to_right")
 MC_T_SAMPLING = ("random", "stratified")
 ZERO_SIGNAL_GROUPS = ("skip", "inpaint")
+
+
+def _default_of(spec: Field) -> Any:
+    return spec.default_factory() if spec.default is MISSING else spec.default
 
 
 @dataclass
@@ -188,6 +193,22 @@ class DiffuGRPOConfig(TrainingArguments):
             "place; Sudoku and GSM8K have one; rollouts only, never validation or evaluation)."
         },
     )
+    inpaint_fraction: list[float] = field(
+        default_factory=lambda: [0.2, 0.6],
+        metadata={"help": "zero_signal_groups=inpaint: [low, high] share of reference chunks revealed (IGPO: 0.2 0.6)."},
+    )
+    inpaint_chunk_size: list[int] = field(
+        default_factory=lambda: [5, 10],
+        metadata={"help": "zero_signal_groups=inpaint: [min, max] tokens per reference chunk (IGPO: 5 10)."},
+    )
+    inpaint_max_replacements: int = field(
+        default=4,
+        metadata={"help": "zero_signal_groups=inpaint: hinted completions that may replace a group's (IGPO: 4)."},
+    )
+    inpaint_free_tail: int = field(
+        default=30,
+        metadata={"help": "zero_signal_groups=inpaint: last completion tokens never hinted (IGPO: 30 of 256)."},
+    )
     num_iterations: int | None = field(
         default=None,
         metadata={"help": "Inner updates per rollout (mu); default 12, or 8 for countdown/sudoku."},
@@ -259,7 +280,7 @@ class DiffuGRPOConfig(TrainingArguments):
 
     def _changed(self, *names: str) -> list[str]:
         """Which of these options differ from their defaults (set by the user)."""
-        defaults = {f.name: f.default for f in fields(self)}
+        defaults = {f.name: _default_of(f) for f in fields(self)}
         return [f"{n}={getattr(self, n)!r}" for n in names if getattr(self, n) != defaults[n]]
 
     def _refuse_ignored(self, names: tuple[str, ...], why: str) -> None:
@@ -307,6 +328,7 @@ class DiffuGRPOConfig(TrainingArguments):
                 f"beta={self.beta} with objective={self.objective!r}, which has no KL term (its paper's code "
                 "refuses one); set --beta 0."
             )
+        self._check_inpaint()
         if self.objective == "wd1" and self.per_device_train_batch_size % self.num_generations:
             raise ValueError(
                 f"objective=wd1 weighs completions within their group, so every process needs whole groups: "
@@ -321,6 +343,27 @@ class DiffuGRPOConfig(TrainingArguments):
                 )
         else:
             self._refuse_ignored(("spg_eubo_beta", "spg_mix_weight"), "they are objective=spg's")
+
+    def _check_inpaint(self) -> None:
+        names = ("inpaint_fraction", "inpaint_chunk_size", "inpaint_max_replacements", "inpaint_free_tail")
+        if self.zero_signal_groups != "inpaint":
+            self._refuse_ignored(names, f"they set zero_signal_groups=inpaint, not {self.zero_signal_groups!r}")
+            return
+        low_high, sizes = self.inpaint_fraction, self.inpaint_chunk_size
+        if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1] <= 1:
+            raise ValueError(f"inpaint_fraction={low_high} must be [low, high] with 0 <= low <= high <= 1 (IGPO: 0.2 0.6).")
+        if len(sizes) != 2 or not 1 <= sizes[0] <= sizes[1]:
+            raise ValueError(f"inpaint_chunk_size={sizes} must be [min, max] with 1 <= min <= max (IGPO: 5 10).")
+        if not 1 <= self.inpaint_max_replacements < self.num_generations:
+            raise ValueError(
+                f"inpaint_max_replacements={self.inpaint_max_replacements} must be in [1, num_generations="
+                f"{self.num_generations}): replacing a whole group leaves it without signal again (IGPO: 4 of 8)."
+            )
+        if not 0 <= self.inpaint_free_tail < self.max_completion_length:
+            raise ValueError(
+                f"inpaint_free_tail={self.inpaint_free_tail} must be in [0, max_completion_length="
+                f"{self.max_completion_length}) (IGPO: 30 of 256)."
+            )
 
     def decoding(self) -> dict[str, object]:
         """Keyword arguments of `d1.generate` for rollouts (empty for the exact sampler)."""

@@ -97,10 +97,11 @@ def hint_row(
     generator: torch.Generator,
     min_chunk_size: int = 5,
     max_chunk_size: int = 10,
+    free_tail: int = FREE_TAIL,
 ) -> torch.Tensor:
     """One row's prefill [gen_length]; see `hint_canvas`."""
     row = torch.full((gen_length,), mask_token_id, dtype=torch.long)
-    area = max(0, gen_length - FREE_TAIL)
+    area = max(0, gen_length - free_tail)
     tokens = list(reference)[:area]
     if fraction <= 0 or not tokens:
         return row
@@ -116,22 +117,24 @@ def hint_canvas(
     gen_length: int,
     mask_token_id: int,
     fraction: float | Sequence[float] | torch.Tensor,
-    generator: torch.Generator,
+    generators: Sequence[torch.Generator],
     *,
     min_chunk_size: int = 5,
     max_chunk_size: int = 10,
+    free_tail: int = FREE_TAIL,
 ) -> torch.Tensor:
     """Prefill [N, gen_length] for `generate(prefill=...)`: chunks of each row's reference tokens fixed in
-    place, `mask_token_id` elsewhere.
+    place, `mask_token_id` elsewhere; row i draws from `generators[i]` (so a row's hints do not depend on which
+    process holds it).
 
     Follows IGPO's code (`create_spacing_scaled_inpainting_sequence`): the reference, cut to the hint area
-    (all but the last FREE_TAIL positions), is split from its start into chunks of min..max_chunk_size tokens;
-    int(chunks * (1 - fraction)) of them are hidden at random, but the last chunk is always revealed (its
-    `inpaint_last_chunk_end` default, which the trainer never overrides). The revealed chunks are not kept at
-    their own positions: they keep their order, the first starts at its index times the stretch factor
-    area / len(reference) (clamped to [1, 1.5]) and each gap is stretched likewise (at most MAX_SPACING), so
-    hints can sit anywhere in the area, not only in a prefix. `fraction`: one for all rows or one per row
-    (`hint_fractions`); 0 reveals nothing (IGPO then generates without hints).
+    (all but the last `free_tail` positions; IGPO: 30 of 256), is split from its start into chunks of
+    min..max_chunk_size tokens; int(chunks * (1 - fraction)) of them are hidden at random, but the last chunk
+    is always revealed (its `inpaint_last_chunk_end` default, which the trainer never overrides). The revealed
+    chunks are not kept at their own positions: they keep their order, the first starts at its index times the
+    stretch factor area / len(reference) (clamped to [1, 1.5]) and each gap is stretched likewise (at most
+    MAX_SPACING), so hints can sit anywhere in the area, not only in a prefix. `fraction`: one for all rows or
+    one per row (`hint_fractions`); 0 reveals nothing (IGPO then generates without hints).
     """
     fractions = torch.as_tensor(fraction, dtype=torch.float64).expand(len(reference_ids)).tolist()
     if not all(0 <= f <= 1 for f in fractions):
@@ -141,8 +144,8 @@ def hint_canvas(
             f"min_chunk_size={min_chunk_size}, max_chunk_size={max_chunk_size} must satisfy 1 <= min <= max."
         )
     rows = [
-        hint_row(ids, gen_length, mask_token_id, f, generator, min_chunk_size, max_chunk_size)
-        for ids, f in zip(reference_ids, fractions, strict=True)
+        hint_row(ids, gen_length, mask_token_id, f, g, min_chunk_size, max_chunk_size, free_tail)
+        for ids, f, g in zip(reference_ids, fractions, generators, strict=True)
     ]
     return torch.stack(rows) if rows else torch.empty(0, gen_length, dtype=torch.long)
 

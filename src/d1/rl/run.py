@@ -110,6 +110,14 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
     model_config = load_config(config.model_path, config.trust_remote_code)
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
     train, validation = training_rows(config, task)
+    if config.zero_signal_groups == "inpaint":
+        missing = sum(task.reference_completion(row) is None for row in train)
+        if missing:
+            raise ValueError(
+                f"zero_signal_groups=inpaint needs the task's reference solution of every training prompt, but "
+                f"task {task.name!r} gives none for {missing} of {len(train)} (Sudoku and GSM8K rows have one). Use "
+                "zero_signal_groups=skip."
+            )
     if config.rollout_sampler == "parallel":
         say(
             "warning: rollout_sampler=parallel (confidence-threshold decoding) has destabilised GRPO after a few "

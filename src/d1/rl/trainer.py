@@ -31,6 +31,7 @@ from d1.diffusion.sampling import generate
 from d1.evaluation.runner import generate_answers
 from d1.rl.advantages import combine_rewards, group_advantages, learning_rows
 from d1.rl.config import DiffuGRPOConfig
+from d1.rl.inpaint import hint_canvas, hint_fractions, replace_rows, zero_signal_groups
 from d1.rl.rollout import RewardError, completion_mask, encode_prompts, score_completions
 from d1.rl.sampler import RepeatSampler
 from d1.rl.sharding import all_ranks_done, gathered_for_generation, sharding_kind
@@ -181,44 +182,24 @@ class DiffuGRPOTrainer(Trainer):
         self._metrics["prompts_truncated"].append(prompts.truncated)
         prompt_ids, prompt_mask = prompts.input_ids.to(device), prompts.attention_mask.to(device)
         generator = self._generator(device, "rollout", rollout_step, micro, self.accelerator.process_index)
-        outputs = []
-        for lo in range(0, len(rows), args.generation_batch_size):
-            hi = lo + args.generation_batch_size
-            outputs.append(
-                generate(
-                    unwrapped,
-                    prompt_ids[lo:hi],
-                    attention_mask=prompt_mask[lo:hi],
-                    gen_length=args.max_completion_length,
-                    block_length=args.block_length,
-                    steps=args.diffusion_steps,
-                    temperature=args.temperature,
-                    remasking=args.remasking,
-                    cfg_scale=args.cfg_scale,
-                    mask_token_id=self.mask_token_id,
-                    generator=generator,
-                    sync_done=self.sync_done,
-                    **args.decoding(),
-                )
-            )
-        completion_ids = torch.cat(outputs)[:, prompt_ids.shape[1] :]
-        mask = completion_mask(completion_ids, self.eos_token_id)
+        completion_ids = self._sample(unwrapped, prompt_ids, prompt_mask, generator)
         completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-        self._metrics["time/rollout"].append(time.perf_counter() - start)
-
-        columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
-        try:
-            per_func = score_completions(self.reward_funcs, [r["prompt"] for r in rows], completions, columns)
-        except RewardError:
-            self.save_model(str(Path(args.output_dir) / f"checkpoint-{rollout_step}-reward-error"))
-            raise
+        per_func = self._score(rows, completions, rollout_step)
         rewards = combine_rewards(per_func, self.reward_weights)
         all_rewards = self.accelerator.gather(rewards.to(device)).float().cpu()
         all_per_func = self.accelerator.gather(per_func.to(device)).float().cpu()
+        if args.zero_signal_groups == "inpaint":
+            completion_ids, all_rewards, all_per_func = self._inpaint(
+                unwrapped, rows, prompt_ids, prompt_mask, completion_ids, all_rewards, all_per_func, micro
+            )
+            completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        mask = completion_mask(completion_ids, self.eos_token_id)
+        self._metrics["time/rollout"].append(time.perf_counter() - start)
         advantages, stats = group_advantages(
             all_rewards, args.num_generations, args.scale_rewards, args.negative_advantage_scale
         )
         rank, size = self.accelerator.process_index, len(rows)
+        rewards = all_rewards[rank * size : (rank + 1) * size]
         for key, value in stats.items():
             self._metrics[key].append(value)
         for j, func in enumerate(self.reward_funcs):
@@ -249,6 +230,117 @@ class DiffuGRPOTrainer(Trainer):
                 batch["ref_logps"] = torch.stack([self._logps(ref, batch, i) for i in iterations])
         self._metrics["time/old_logps"].append(time.perf_counter() - start)
         return batch
+
+    def _sample(
+        self,
+        unwrapped: Any,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        generator: torch.Generator,
+        prefill: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Completion ids [N, max_completion_length] in batches of generation_batch_size, with the rollout
+        order's schedule (left_to_right: one token per step, in order) and `prefill`'s tokens fixed."""
+        args = self.args
+        left_to_right = args.rollout_order == "left_to_right"
+        outputs = []
+        for lo in range(0, len(prompt_ids), args.generation_batch_size):
+            hi = lo + args.generation_batch_size
+            outputs.append(
+                generate(
+                    unwrapped,
+                    prompt_ids[lo:hi],
+                    attention_mask=prompt_mask[lo:hi],
+                    gen_length=args.max_completion_length,
+                    block_length=1 if left_to_right else args.block_length,
+                    steps=args.max_completion_length if left_to_right else args.diffusion_steps,
+                    temperature=args.temperature,
+                    remasking=args.remasking,
+                    cfg_scale=args.cfg_scale,
+                    mask_token_id=self.mask_token_id,
+                    generator=generator,
+                    sync_done=self.sync_done,
+                    prefill=None if prefill is None else prefill[lo:hi],
+                    **args.decoding(),
+                )
+            )
+        return torch.cat(outputs)[:, prompt_ids.shape[1] :]
+
+    def _score(self, rows: list[dict[str, Any]], completions: list[str], step: int) -> torch.Tensor:
+        """Rewards [N, F] of each reward function; a raising reward function saves the model first."""
+        columns = {k: [r[k] for r in rows] for k in rows[0] if k != "prompt"}
+        try:
+            return score_completions(self.reward_funcs, [r["prompt"] for r in rows], completions, columns)
+        except RewardError:
+            self.save_model(str(Path(self.args.output_dir) / f"checkpoint-{step}-reward-error"))
+            raise
+
+    def _inpaint(
+        self,
+        unwrapped: Any,
+        rows: list[dict[str, Any]],
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion_ids: torch.Tensor,
+        all_rewards: torch.Tensor,
+        all_per_func: torch.Tensor,
+        micro: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """IGPO: re-generate the rows of zero-signal groups with chunks of the task's reference solution fixed
+        in place; up to inpaint_max_replacements hinted rows that beat the group's reward replace its first
+        rows. Groups may span processes, so the hinted rows are gathered and every process applies the same
+        replacements. Returns this process's completion ids and the updated gathered rewards."""
+        args, device = self.args, self.accelerator.device
+        rank, size, step = self.accelerator.process_index, len(rows), self.state.global_step
+        zero = zero_signal_groups(all_rewards, args.num_generations)
+        self._metrics["inpaint/zero_signal_groups"].append(zero.float().mean().item())
+        if not zero.any():
+            return completion_ids, all_rewards, all_per_func
+        shared = torch.Generator().manual_seed(derive_seed(args.seed, "inpaint", step, micro))
+        fractions = hint_fractions(len(all_rewards), args.num_generations, *args.inpaint_fraction, shared)
+        local = [i for i in range(size) if zero[(rank * size + i) // args.num_generations]]
+        chosen = local or ([0] if self.sync_done else [])  # sharded weights: every process generates
+        hinted_ids = completion_ids.clone()
+        hinted_per_func = torch.full_like(all_per_func[:size], float("nan"))
+        if chosen:
+            references = [
+                self.processing_class(self.task.reference_completion(rows[i]), add_special_tokens=False)["input_ids"]
+                for i in chosen
+            ]
+            prefill = hint_canvas(
+                references,
+                args.max_completion_length,
+                self.mask_token_id,
+                [float(fractions[rank * size + i]) for i in chosen],
+                [torch.Generator().manual_seed(derive_seed(args.seed, "hint", step, micro, rank * size + i)) for i in chosen],
+                min_chunk_size=args.inpaint_chunk_size[0],
+                max_chunk_size=args.inpaint_chunk_size[1],
+                free_tail=args.inpaint_free_tail,
+            ).to(device)
+            index = torch.tensor(chosen, device=device)
+            generator = self._generator(device, "inpaint", step, micro, rank)
+            generated = self._sample(unwrapped, prompt_ids[index], prompt_mask[index], generator, prefill)
+            if local:
+                texts = self.processing_class.batch_decode(generated, skip_special_tokens=True)
+                hinted_ids[index] = generated
+                hinted_per_func[index.cpu()] = self._score([rows[i] for i in local], texts, step)
+        all_hinted_ids = self.accelerator.gather(hinted_ids).cpu()
+        all_hinted_per_func = self.accelerator.gather(hinted_per_func.to(device)).float().cpu()
+        generated = ~all_hinted_per_func.isnan().all(dim=1)
+        hinted_rewards = torch.full_like(all_rewards, float("-inf"))
+        hinted_rewards[generated] = combine_rewards(all_hinted_per_func[generated], self.reward_weights)
+        group_reward = all_rewards.view(-1, args.num_generations)[:, :1].expand(-1, args.num_generations).flatten()
+        better = hinted_rewards > group_reward
+        source = replace_rows(zero, better, args.inpaint_max_replacements, shared)
+        take = source >= 0
+        self._metrics["inpaint/rescued_groups"].append(take.view(-1, args.num_generations).any(1).float().mean().item())
+        all_rewards, all_per_func = all_rewards.clone(), all_per_func.clone()
+        all_rewards[take] = hinted_rewards[source[take]]
+        all_per_func[take] = all_hinted_per_func[source[take]]
+        mine = source[rank * size : (rank + 1) * size]
+        completion_ids = completion_ids.clone()
+        completion_ids[mine >= 0] = all_hinted_ids[mine[mine >= 0]].to(device)
+        return completion_ids, all_rewards, all_per_func
 
     @contextmanager
     def _reference(self, unwrapped: Any) -> Iterator[Any]:
