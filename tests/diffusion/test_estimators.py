@@ -282,3 +282,17 @@ def test_eubo_keeps_only_tokens_some_sample_masked():
                       scored=torch.tensor([[[1, 0, 0]]], dtype=torch.bool), weight=torch.tensor([[4.0]]))  # fmt: skip
     # t = 1/3; token 0: 0.5 / (1/3) = 1.5, tokens 1, 2 never masked -> left out; beta = 1
     torch.testing.assert_close(terms.eubo(1.0, torch.ones(1, 3)), torch.tensor([math.log(1.5)]))
+
+
+@pytest.mark.parametrize("estimator", ["mc_elbo", "left_to_right"])
+def test_left_padded_rows_equal_rows_alone(estimator):
+    model = tiny_model(12)
+    rows = random_ids(12, 2, 10)
+    padded = torch.cat([torch.full((2, 3), 48), rows], dim=1)
+    attention_mask = torch.cat([torch.zeros(2, 3, dtype=torch.long), torch.ones(2, 10, dtype=torch.long)], dim=1)
+    settings = dict(completion_length=4, p_mask_prompt=0.0, estimator=estimator, chunk_rows=3)
+    with torch.no_grad():
+        batch = per_token_logps(model, padded, attention_mask=attention_mask,
+                                generator=torch.Generator().manual_seed(4), **settings)  # fmt: skip
+        alone = per_token_logps(model, rows, generator=torch.Generator().manual_seed(4), **settings)
+    torch.testing.assert_close(batch, alone, atol=1e-5, rtol=1e-5)

@@ -221,7 +221,8 @@ def elbo_terms(
     masked); here masks cover all T positions, the completion mask entering only those reductions.
     "stratified" takes z_j = floor((j + u) * cells / k) for one u ~ U[0, 1) per sequence: each z_j alone is
     not uniform, their average over j is. Each sample draws its own prompt mask (`p_mask_prompt`), shared
-    with its antithetic row. Every draw comes from `generator`."""
+    with its antithetic row. Rows s = j * B + b (sample j, sequence b), the antithetic ones after the k * B
+    others; every draw comes from `generator`."""
     _check_inputs(input_ids, completion_length, attention_mask)
     mc = mc or MCOptions()
     size = mc.block_length or completion_length
@@ -283,9 +284,10 @@ def left_to_right_logps(
 ) -> torch.Tensor:
     """JustGRPO's exact log-likelihood of a left-to-right decode, [B, T] float32: token k scored under
     log_softmax(logits / `temperature`) (the rollout's sampling law) with the prompt, completion tokens < k
-    visible and tokens >= k masked. The B * T inputs go as rows, `chunk_rows` per forward pass, each pass
-    computing only the columns its rows need. The prompt is never masked (there is no p_mask_prompt here:
-    the likelihood is exact, not a randomised estimate)."""
+    visible and tokens >= k masked. The B * T inputs go as rows ordered by step, `chunk_rows` per forward
+    pass; a pass asks for the columns of its first to last step (about chunk_rows / B + 1 per row), not
+    the whole completion. The prompt is never masked (there is no p_mask_prompt here: the likelihood is
+    exact, not a randomised estimate)."""
     _check_inputs(input_ids, completion_length, attention_mask)
     if temperature <= 0 or chunk_rows < 1:
         raise ValueError(
