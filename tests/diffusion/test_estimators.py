@@ -123,12 +123,12 @@ def test_mc_elbo_is_unbiased_for_the_enumerated_elbo(mc):
     assert_mean_within(estimates, exact_elbo(model, completion))
 
 
-@pytest.mark.parametrize("antithetic", [False, True])
-def test_block_wise_mc_elbo_is_unbiased_for_the_enumerated_block_wise_elbo(antithetic):
+@pytest.mark.parametrize("t_sampling, antithetic", [("random", True), ("stratified", False), ("stratified", True)])
+def test_block_wise_mc_elbo_is_unbiased_for_the_enumerated_block_wise_elbo(t_sampling, antithetic):
     model, completion = Lookup(6, seed=2), [2, 1, 1, 0]
     block_elbo = exact_elbo(model, completion, block=2)
     assert (block_elbo - exact_elbo(model, completion)).abs().max() > 0.05  # a different bound
-    mc = MCOptions(samples=2, block_length=2, t_sampling="stratified", antithetic=antithetic)
+    mc = MCOptions(samples=2, block_length=2, t_sampling=t_sampling, antithetic=antithetic)
     estimates = draws(model, completion, 20000, seed=12, estimator="mc_elbo", mc=mc)
     assert_mean_within(estimates, block_elbo)
 
@@ -159,22 +159,22 @@ def test_one_batched_pass_with_complementary_rows_and_block_structure():
     with torch.no_grad():
         terms = elbo_terms(recorder, ids, completion_length=12, mc=mc, p_mask_prompt=0.3,
                            generator=torch.Generator().manual_seed(6))  # fmt: skip
-    (rows,) = recorder.inputs  # one forward pass of 2k * B rows
+    (rows,) = recorder.inputs  # one forward pass of 2k * B rows: k * B samples, then their complements
     assert rows.shape == (12, 20)
-    first, second = rows[:6].view(2, 3, 20), rows[6:].view(2, 3, 20)
-    assert torch.equal(first[..., :8], second[..., :8])  # each sample's prompt mask shared with its complement
-    assert not torch.equal(first[0, :, :8], first[1, :, :8])  # and drawn anew for each sample
-    block = terms.scored[:6].float().argmax(-1) // 4  # (some row may be empty; then 0, checked below)
-    for s in range(6):
-        lo, hi = 8 + 4 * int(block.flatten()[s]), 12 + 4 * int(block.flatten()[s])
-        a, b = first.flatten(0, 1)[s], second.flatten(0, 1)[s]
-        assert torch.equal(a[8:lo], ids.repeat(2, 1)[s, 8:lo]) and torch.equal(b[8:lo], a[8:lo])  # clean before
-        assert (a[hi:] == LLADA_MASK).all() and (b[hi:] == LLADA_MASK).all()  # masked after
-        assert torch.equal((a[lo:hi] == LLADA_MASK) ^ (b[lo:hi] == LLADA_MASK), torch.ones(4, dtype=torch.bool))
-    assert torch.equal(terms.masked, rows.view(4, 3, 20)[..., 8:] == LLADA_MASK)
-    assert (terms.scored <= terms.masked).all()
+    first, second = rows[:6], rows[6:]
+    assert torch.equal(first[:, :8], second[:, :8])  # each sample's prompt mask shared with its complement
+    assert not torch.equal(first[:3, :8], first[3:, :8])  # and drawn anew for each sample
+    hidden_a, hidden_b = first[:, 8:] == LLADA_MASK, second[:, 8:] == LLADA_MASK
+    differ = hidden_a ^ hidden_b  # exactly the chosen block: complementary there, equal elsewhere
+    block = torch.arange(12) // 4
+    chosen = differ.view(6, 3, 4).all(-1).float().argmax(-1)
+    assert torch.equal(differ, block[None] == chosen[:, None])
+    later = block[None] > chosen[:, None]
+    assert torch.equal(hidden_a & ~differ, later) and torch.equal(hidden_b & ~differ, later)  # earlier clean
+    assert torch.equal(terms.masked.flatten(0, 1), torch.cat([hidden_a, hidden_b]))
+    assert torch.equal(terms.scored.flatten(0, 1), torch.cat([hidden_a, hidden_b]) & ~torch.cat([later, later]))
     counts = terms.scored.sum(-1)
-    torch.testing.assert_close(terms.weight, 3 * 5 / counts.clamp(min=1).float())
+    torch.testing.assert_close(terms.weight, 3 * 5 / counts.clamp(min=1).float())  # nb (L + 1) / count
 
 
 def test_mc_options_name_the_field():
