@@ -171,7 +171,7 @@ def test_bad_completion_length_raises(completion_length):
         per_token_logps(tiny_model(4), random_ids(4, 1, 12), completion_length=completion_length)
 
 
-@pytest.mark.parametrize("estimator", ["one_step", "coupled"])
+@pytest.mark.parametrize("estimator", ["one_step", "coupled", "mc_elbo"])
 def test_asks_only_for_the_completion_logits_also_through_peft_and_equals_the_full_logits(estimator):
     from peft import LoraConfig, get_peft_model
 

@@ -5,12 +5,16 @@ prompt token masked with probability `p_mask_prompt` (a cheap, randomised estima
 `coupled` (DiffuCoder's coupled sampling) masks a random fraction t of the completion and, in the same
 batched call, the complement; each token is scored once, with part of the completion visible, so the
 objective also trains the conditionals that iterative decoding uses.
+`mc_elbo` is the masked-diffusion ELBO of the completion estimated with k Monte-Carlo masks in one batched
+call (ESPO, SPG; `MCOptions`, `elbo_terms`), optionally block-wise (the semi-autoregressive sampler's bound).
+`left_to_right` is JustGRPO's exact likelihood of a left-to-right decode (T passes, batched as rows).
 `elbo_loglikelihood` is LLaDA's evaluation likelihood: a Monte-Carlo estimate of the masked-diffusion ELBO of
 a continuation (random masking ratio, masked tokens' log-probs reweighted by 1/ratio).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -21,7 +25,33 @@ from d1.diffusion.logits import predicting_logits
 from d1.diffusion.masking import _uniform, mask_prompt
 from d1.diffusion.sampling import resolve_token_id
 
-ESTIMATORS = ("one_step", "coupled")
+ESTIMATORS = ("one_step", "coupled", "mc_elbo", "left_to_right")
+T_SAMPLINGS = ("random", "stratified")
+
+
+@dataclass(frozen=True)
+class MCOptions:
+    """Settings of the `mc_elbo` estimate (config fields mc_samples, mc_block_length, mc_t_sampling,
+    mc_antithetic). `samples`: k masks per sequence (ESPO and SPG use 2). `block_length`: 0 scores the whole
+    completion as one block; > 0 estimates the block-wise ELBO of the semi-autoregressive sampler.
+    `t_sampling`: "random" draws each mask count independently; "stratified" takes the k counts at evenly
+    spaced points shifted by one random offset (unbiased, lower variance). `antithetic`: also score each
+    sample under the complementary mask of its block (ESPO's `reduce_var`), averaging the two."""
+
+    samples: int = 2
+    block_length: int = 0
+    t_sampling: str = "random"
+    antithetic: bool = True
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ValueError(f"mc_samples={self.samples} must be at least 1 (ESPO and SPG use 2).")
+        if self.block_length < 0:
+            raise ValueError(
+                f"mc_block_length={self.block_length} must be >= 0 (0: the whole completion is one block)."
+            )
+        if self.t_sampling not in T_SAMPLINGS:
+            raise ValueError(f"mc_t_sampling={self.t_sampling!r} is unknown; use 'random' or 'stratified'.")
 
 
 def per_token_logps(
@@ -33,20 +63,44 @@ def per_token_logps(
     p_mask_prompt: float = 0.15,
     generator: torch.Generator | None = None,
     attention_mask: torch.Tensor | None = None,
-    estimator: Literal["one_step", "coupled"] = "one_step",
+    estimator: Literal["one_step", "coupled", "mc_elbo", "left_to_right"] = "one_step",
+    mc: MCOptions | None = None,
+    temperature: float = 1.0,
+    chunk_rows: int = 64,
 ) -> torch.Tensor:
     """Float32 log-probabilities [B, completion_length] of the last `completion_length` tokens of `input_ids`
     given the masked input (`one_step`: d1's `_get_per_token_logps`; `coupled`: see the module docstring);
-    differentiable. `attention_mask` [B, L] marks padding. Every draw comes from `generator`."""
-    b, length = input_ids.shape
-    if not 0 < completion_length <= length:
-        raise ValueError(f"completion_length={completion_length} must be in [1, {length}] (input length).")
-    if attention_mask is not None and attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape {tuple(input_ids.shape)}."
-        )
+    differentiable. `attention_mask` [B, L] marks padding. Every draw comes from `generator`.
+
+    `mc_elbo` (options `mc`, default `MCOptions()`): per-token ELBO contributions whose sum over the completion
+    is the ELBO estimate of log p(completion | prompt) (`elbo_terms(...).elbo()`). `left_to_right`: token k's
+    log-prob with the completion's tokens < k visible and >= k masked, under softmax(logits / `temperature`);
+    `chunk_rows` rows per forward pass."""
+    _check_inputs(input_ids, completion_length, attention_mask)
     if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator={estimator!r} is unknown; use 'one_step' (d1) or 'coupled'.")
+        raise ValueError(f"estimator={estimator!r} is unknown; use one of {list(ESTIMATORS)}.")
+    if estimator == "mc_elbo":
+        return elbo_terms(
+            model,
+            input_ids,
+            completion_length=completion_length,
+            mc=mc or MCOptions(),
+            mask_token_id=mask_token_id,
+            p_mask_prompt=p_mask_prompt,
+            generator=generator,
+            attention_mask=attention_mask,
+        ).elbo()
+    if estimator == "left_to_right":
+        return left_to_right_logps(
+            model,
+            input_ids,
+            completion_length=completion_length,
+            mask_token_id=mask_token_id,
+            attention_mask=attention_mask,
+            temperature=temperature,
+            chunk_rows=chunk_rows,
+        )
+    b = input_ids.shape[0]
     mask_id = resolve_token_id(model, mask_token_id, "mask_token_id")
     noisy = mask_prompt(input_ids, completion_length, mask_id, p_mask_prompt, generator, attention_mask)
     targets = input_ids[:, -completion_length:]
@@ -75,6 +129,189 @@ def _nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Float32 per-token cross-entropy [B, T] of `targets` under `logits` [B, T, V]."""
     nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
     return nll.view_as(targets)
+
+
+def _check_inputs(input_ids: torch.Tensor, completion_length: int, attention_mask: torch.Tensor | None) -> None:
+    """The checks every estimator shares, before any forward pass."""
+    length = input_ids.shape[1]
+    if not 0 < completion_length <= length:
+        raise ValueError(f"completion_length={completion_length} must be in [1, {length}] (input length).")
+    if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape {tuple(input_ids.shape)}."
+        )
+
+
+@dataclass(frozen=True)
+class ElboTerms:
+    """The k (2k with antithetic) masked samples of `mc_elbo`, S rows per sequence: `logps` [S, B, T] log p of
+    every completion token in each sample's input, `masked` [S, B, T] the completion positions masked in that
+    input, `scored` [S, B, T] those that enter the ELBO (= `masked` without blocks; block-wise, only the
+    chosen block's masked tokens, later blocks being masked context), `weight` [S, B] each sample's
+    importance weight (cells / masked count, see `elbo_terms`)."""
+
+    logps: torch.Tensor
+    masked: torch.Tensor
+    scored: torch.Tensor
+    weight: torch.Tensor
+
+    def elbo(self) -> torch.Tensor:
+        """Per-token contributions [B, T]: the mean over samples of weight * log p on scored tokens; their
+        sum over T is the unbiased ELBO estimate (what `per_token_logps(estimator="mc_elbo")` returns)."""
+        terms = torch.where(self.scored, self.logps * self.weight[..., None], 0.0)
+        return terms.mean(dim=0)
+
+    def _per_row(self, completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The masked completion tokens [S, B, T], each row's masked fraction of the completion [S, B] and
+        which rows have any [S, B] (SPG averages over rows; a row with no masked token, which SPG's law never
+        draws and ours does with x = 0, is left out of the average, so the rows kept follow SPG's law)."""
+        real = completion_mask.bool()[None]
+        chosen = self.masked & real
+        count = chosen.sum(dim=-1)
+        fraction = count / real.sum(dim=-1).clamp(min=1)
+        return chosen, fraction, count > 0
+
+    def elbo_per_token_mean(self, completion_mask: torch.Tensor) -> torch.Tensor:
+        """SPG's ELBO per sequence [B] (`_get_per_seq_logps`, logp_estimation "elbo"): the mean over samples of
+        the mean log p over the masked completion tokens (masked later blocks included, as SPG's code does).
+        Not elbo().sum(-1) / T: without blocks, with a full completion and no empty row it equals
+        elbo().sum(-1) / (T + 1) (weight (T+1)/x times a sum over x tokens); padding, blocks and empty rows
+        break even that."""
+        chosen, _, nonempty = self._per_row(completion_mask)
+        row_mean = torch.where(chosen, self.logps, 0.0).sum(dim=-1) / chosen.sum(dim=-1).clamp(min=1)
+        return (row_mean * nonempty).sum(dim=0) / nonempty.sum(dim=0).clamp(min=1)
+
+    def eubo(self, beta: float, completion_mask: torch.Tensor) -> torch.Tensor:
+        """SPG's upper bound per sequence [B] (`_get_per_seq_logps`, logp_estimation "eubo"): per token, the mean
+        over samples of p^beta * masked / t (t: the row's masked fraction of the completion); the log of that,
+        averaged over the completion tokens where it is > 0, divided by beta."""
+        chosen, fraction, nonempty = self._per_row(completion_mask)
+        powered = torch.where(chosen, (beta * self.logps).exp(), 0.0) / fraction.clamp(min=1e-8)[..., None]
+        per_token = (powered * nonempty[..., None]).sum(dim=0) / nonempty.sum(dim=0).clamp(min=1)[:, None]
+        kept = per_token > 0
+        logs = torch.where(kept, per_token.clamp(min=1e-30).log(), 0.0)
+        return logs.sum(dim=-1) / kept.sum(dim=-1).clamp(min=1) / beta
+
+
+def elbo_terms(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    completion_length: int,
+    mc: MCOptions | None = None,
+    mask_token_id: int | None = None,
+    p_mask_prompt: float = 0.15,
+    generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> ElboTerms:
+    """The `mc_elbo` samples of the last `completion_length` (T) tokens, all in one batched forward pass.
+
+    Each sample draws a cell z uniformly from nb * (L + 1) cells (nb blocks of L tokens; without blocks nb = 1,
+    L = T): block b = z // (L + 1) and a count x = z % (L + 1), then a uniform x-subset of block b is masked,
+    earlier blocks clean, later blocks fully masked; its x scored tokens get weight nb (L + 1) / x. This is
+    ESPO's counting (x uniform on {0..L}, weight (L+1)/x) rather than LLaDA's (x on {1..L}, weight L/x): both
+    are unbiased for ELBO = sum over nonempty S of (|S|-1)!(L-|S|)!/L! sum_{i in S} log p(x_i | x outside S),
+    but only under ESPO's law does the complement L - x have the same law as x, so the antithetic row (the
+    rest of block b masked, weight nb (L + 1) / (L - x)) is unbiased too. Block-wise the sum is the ELBO of
+    each block given the clean blocks before it and masked ones after (the semi-autoregressive sampler's
+    bound): b with probability 1/nb, hence the factor nb. SPG's block_random instead draws x on {1..L},
+    scores every masked completion token (later blocks too) and averages per masked token, which is no ELBO
+    estimate; `ElboTerms.elbo_per_token_mean` and `eubo` reproduce SPG's per-sequence reductions from
+    `masked` (which keeps the later blocks). SPG draws masks within the real completion (post-EOS always
+    masked); here masks cover all T positions, the completion mask entering only those reductions.
+    "stratified" takes z_j = floor((j + u) * cells / k) for one u ~ U[0, 1) per sequence: each z_j alone is
+    not uniform, their average over j is. Each sample draws its own prompt mask (`p_mask_prompt`), shared
+    with its antithetic row. Rows s = j * B + b (sample j, sequence b), the antithetic ones after the k * B
+    others; every draw comes from `generator`."""
+    _check_inputs(input_ids, completion_length, attention_mask)
+    mc = mc or MCOptions()
+    size = mc.block_length or completion_length
+    if completion_length % size:
+        raise ValueError(
+            f"mc_block_length={mc.block_length} must divide the completion length {completion_length}; "
+            "use a divisor or 0 (one block)."
+        )
+    mask_id = resolve_token_id(model, mask_token_id, "mask_token_id")
+    b, k, t = input_ids.shape[0], mc.samples, completion_length
+    cells = (t // size) * (size + 1)
+    z = _draw_cells(k, b, cells, mc.t_sampling, input_ids, generator)
+    block, count = z // (size + 1), z % (size + 1)
+    position_block = torch.arange(t, device=input_ids.device) // size
+    in_block = position_block == block[..., None]  # [k, B, T]
+    later = position_block > block[..., None]
+    scores = _uniform((k, b, t), input_ids, generator).masked_fill(~in_block, 2.0)
+    chosen = scores.argsort(dim=-1).argsort(dim=-1) < count[..., None]  # a uniform count-subset of the block
+    scored, sizes = [chosen], [count]
+    if mc.antithetic:
+        scored, sizes = [chosen, in_block & ~chosen], [count, size - count]
+    scored, sizes = torch.cat(scored), torch.cat(sizes)
+    reps = len(scored) // k
+    masked = scored | later.repeat(reps, 1, 1)
+    padding = None if attention_mask is None else attention_mask.repeat(k, 1)
+    prompts = mask_prompt(input_ids.repeat(k, 1), t, mask_id, p_mask_prompt, generator, padding)
+    targets = input_ids[:, -t:]
+    noisy = prompts.view(k, b, -1).repeat(reps, 1, 1)
+    noisy[..., -t:] = torch.where(masked, mask_id, targets)
+    rows_mask = None if attention_mask is None else attention_mask.repeat(len(scored), 1)
+    logits = _completion_logits(model, noisy.flatten(0, 1), rows_mask, t)
+    logps = -_nll(logits, targets.repeat(len(scored), 1)).view_as(masked)
+    weight = cells / sizes.clamp(min=1).to(torch.float32)
+    return ElboTerms(logps=logps, masked=masked, scored=scored, weight=weight)
+
+
+def _draw_cells(
+    k: int, b: int, cells: int, t_sampling: str, like: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """Cell indices [k, B] in {0..cells-1}: independent uniform draws ("random"), or k evenly spaced points
+    shifted by one uniform offset per sequence ("stratified")."""
+    if t_sampling == "random":
+        points = _uniform((k, b), like, generator).double()
+    else:
+        offset = _uniform((1, b), like, generator).double()
+        points = (torch.arange(k, device=like.device, dtype=torch.float64)[:, None] + offset) / k
+    return (points * cells).floor().long().clamp(max=cells - 1)
+
+
+def left_to_right_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    completion_length: int,
+    mask_token_id: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    chunk_rows: int = 64,
+) -> torch.Tensor:
+    """JustGRPO's exact log-likelihood of a left-to-right decode, [B, T] float32: token k scored under
+    log_softmax(logits / `temperature`) (the rollout's sampling law) with the prompt, completion tokens < k
+    visible and tokens >= k masked. The B * T inputs go as rows ordered by step, `chunk_rows` per forward
+    pass; a pass asks for the columns of its first to last step (about chunk_rows / B + 1 per row), not
+    the whole completion. The prompt is never masked (there is no p_mask_prompt here: the likelihood is
+    exact, not a randomised estimate)."""
+    _check_inputs(input_ids, completion_length, attention_mask)
+    if temperature <= 0 or chunk_rows < 1:
+        raise ValueError(
+            f"temperature={temperature} must be > 0 and chunk_rows={chunk_rows} >= 1 (left_to_right)."
+        )
+    mask_id = resolve_token_id(model, mask_token_id, "mask_token_id")
+    b, t = input_ids.shape[0], completion_length
+    start = input_ids.shape[1] - t
+    device = input_ids.device
+    steps = torch.arange(t, device=device).repeat_interleave(b)  # step-major rows: nearby rows share columns
+    sequences = torch.arange(b, device=device).repeat(t)
+    hidden = torch.arange(t, device=device)[None, :] >= steps[:, None]
+    logps = []
+    for lo in range(0, b * t, chunk_rows):
+        step, seq = steps[lo : lo + chunk_rows], sequences[lo : lo + chunk_rows]
+        ids = input_ids[seq].clone()
+        ids[:, start:] = torch.where(hidden[lo : lo + chunk_rows], mask_id, ids[:, start:])
+        first, last = int(step[0]), int(step[-1])
+        rows_mask = None if attention_mask is None else attention_mask[seq]
+        logits, _ = predicting_logits(model, ids, slice(start + first, start + last + 1), rows_mask)
+        column = logits[torch.arange(len(step), device=device), step - first].float() / temperature
+        target = input_ids[seq, start + step]
+        logps.append(column.log_softmax(dim=-1).gather(-1, target[:, None]).squeeze(-1))
+    return torch.cat(logps).view(t, b).T
 
 
 def elbo_loglikelihood(
