@@ -1,5 +1,6 @@
-"""Every RL method (benchmarks/rl_methods.py's METHODS) trains with 2 CPU processes and, killed between two
-inner updates of a rollout, resumes to exactly the weights of the uninterrupted run."""
+"""Every RL method (benchmarks/rl_methods.py's METHODS) trains with 2 CPU processes (gradients non-zero at every
+update) and, stopped between two inner updates of a rollout, resumes to exactly the weights of the
+uninterrupted run."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from benchmarks.rl_methods import METHODS
+
 from tests.rl.test_grpo_run import grpo_argv
 
 PROBE = Path(__file__).with_name("methods_probe.py")
@@ -31,6 +32,8 @@ def test_every_method_trains_on_two_processes_and_resumes_exactly(tiny_model_dir
     results = json.loads((tmp_path / "methods.json").read_text())
     assert set(results) == set(METHODS)
     assert {m for m, r in results.items() if not r["same_weights"]} == set()
+    assert {m for m, r in results.items() if min(r["grad_norms"]) <= 0} == set()  # every update learned
+    assert results["igpo"]["rewards"][0] > 0  # the tiny model alone earns 0: the hinted rows were swapped in
     assert all("clip_ratio" in results[m]["keys"] for m in ("d1", "espo", "justgrpo"))
     assert "clip_ratio" not in results["wd1"]["keys"] and "clip_ratio" not in results["spg"]["keys"]
     assert "inpaint/zero_signal_groups" in results["igpo"]["keys"]

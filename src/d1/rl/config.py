@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from d1.diffusion.likelihood import ESTIMATORS
+from d1.diffusion.likelihood import ESTIMATORS, T_SAMPLINGS, MCOptions
 from d1.diffusion.losses import OBJECTIVE_NEEDS, OBJECTIVES
 from d1.diffusion.sampling import check_block_schedule
 from d1.models.families import FAMILIES
@@ -27,7 +27,6 @@ ROLLOUT_SAMPLERS = {
 """`d1.generate` options of each rollout sampler (Fast-dLLM's approximations for the last two)."""
 
 ROLLOUT_ORDERS = ("diffusion", "left_to_right")
-MC_T_SAMPLING = ("random", "stratified")
 ZERO_SIGNAL_GROUPS = ("skip", "inpaint")
 
 
@@ -295,7 +294,7 @@ class DiffuGRPOConfig(TrainingArguments):
             ("logp_estimator", self.logp_estimator, ESTIMATORS),
             ("objective", self.objective, OBJECTIVES),
             ("rollout_order", self.rollout_order, ROLLOUT_ORDERS),
-            ("mc_t_sampling", self.mc_t_sampling, MC_T_SAMPLING),
+            ("mc_t_sampling", self.mc_t_sampling, T_SAMPLINGS),
             ("zero_signal_groups", self.zero_signal_groups, ZERO_SIGNAL_GROUPS),
         ):
             if value not in known:
@@ -364,6 +363,15 @@ class DiffuGRPOConfig(TrainingArguments):
                 f"inpaint_free_tail={self.inpaint_free_tail} must be in [0, max_completion_length="
                 f"{self.max_completion_length}) (IGPO: 30 of 256)."
             )
+
+    def mc_options(self) -> MCOptions:
+        """The mc_elbo estimator's options (block-wise: the sampler's blocks)."""
+        return MCOptions(
+            samples=self.mc_samples,
+            block_length=self.block_length if self.mc_blockwise else 0,
+            t_sampling=self.mc_t_sampling,
+            antithetic=self.mc_antithetic,
+        )
 
     def decoding(self) -> dict[str, object]:
         """Keyword arguments of `d1.generate` for rollouts (empty for the exact sampler)."""

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from d1.cluster import CompleteCheckpointsCallback
-from d1.diffusion.likelihood import per_token_logps
+from d1.diffusion.likelihood import ElboTerms, elbo_terms, per_token_logps
 from d1.diffusion.losses import OBJECTIVE_NEEDS, espo_loss, grpo_loss, spg_loss, spg_negative_value, wd1_loss
 from d1.diffusion.sampling import generate
 from d1.evaluation.runner import generate_answers
@@ -146,21 +146,36 @@ class DiffuGRPOTrainer(Trainer):
             else ("mask-fixed", rank)
         )
 
-    def _logps(self, model: Any, batch: dict[str, Any], iteration: int) -> torch.Tensor:
+    def _estimate_inputs(self, batch: dict[str, Any], iteration: int) -> dict[str, Any]:
+        """The keyword arguments every log-likelihood estimate of this batch and iteration shares (its masks
+        come from a generator seeded by rollout, micro-batch, iteration and rank)."""
         ids = batch["input_ids"]
         generator = self._generator(
             ids.device, *self._mask_seed_parts(batch["rollout_step"], batch["micro"], iteration)
         )
+        return {
+            "completion_length": batch["completion_mask"].shape[1],
+            "mask_token_id": self.mask_token_id,
+            "p_mask_prompt": self.args.p_mask_prompt,
+            "generator": generator,
+            "attention_mask": batch["attention_mask"],
+            "mc": self.args.mc_options(),
+        }
+
+    def _logps(self, model: Any, batch: dict[str, Any], iteration: int) -> torch.Tensor:
+        """Per-token log-likelihood estimates [B, T] with `logp_estimator` (left_to_right: at the rollout
+        temperature, as JustGRPO scores its samples)."""
         return per_token_logps(
             model,
-            ids,
-            completion_length=batch["completion_mask"].shape[1],
-            mask_token_id=self.mask_token_id,
-            p_mask_prompt=self.args.p_mask_prompt,
-            generator=generator,
-            attention_mask=batch["attention_mask"],
+            batch["input_ids"],
             estimator=self.args.logp_estimator,
+            temperature=self.args.temperature if self.args.logp_estimator == "left_to_right" else 1.0,
+            **self._estimate_inputs(batch, iteration),
         )
+
+    def _elbo_terms(self, model: Any, batch: dict[str, Any], iteration: int) -> ElboTerms:
+        """The mc_elbo samples themselves, for SPG's lower and upper bounds."""
+        return elbo_terms(model, batch["input_ids"], **self._estimate_inputs(batch, iteration))
 
     @torch.no_grad()
     def _rollout(self, unwrapped: Any, rows: list[dict[str, Any]], micro: int) -> dict[str, Any]:
@@ -409,7 +424,13 @@ class DiffuGRPOTrainer(Trainer):
                 f"Resuming between inner updates needs the rollouts saved with the checkpoint ({path} is missing). "
                 "Resume from a checkpoint saved by d1 grpo, or from one at a multiple of num_iterations."
             )
-        self.rollout_buffer = torch.load(path, map_location=self.accelerator.device, weights_only=False)
+        # loaded on the CPU, then moved: map_location=device fails for the "cpu:N" devices of multi-process CPU runs
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        device = self.accelerator.device
+        self.rollout_buffer = {
+            micro: {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            for micro, batch in saved.items()
+        }
 
     def _normalizer(self, mask: torch.Tensor) -> int:
         """What the objective averages over, counted on the whole batch (before zero-advantage rows go):
