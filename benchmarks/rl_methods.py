@@ -125,7 +125,7 @@ def train(run: Run, args: argparse.Namespace) -> dict:
     argv += ["--output_dir", str(run.folder / "grpo"), "--reward_funcs", *SETTINGS[run.setting]["reward_funcs"],
              "--max_steps", str(steps), "--eval_steps", str(every), "--save_steps", str(every),
              "--logging_steps", str(iterations), "--save_total_limit", "1000",
-             "--negative_advantage_scale", "1"]  # fmt: skip
+             "--negative_advantage_scale", "1", "--learning_rate", str(args.learning_rate)]  # fmt: skip
     argv += method_flags(run.method)
     run.folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -248,7 +248,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/rl_methods"))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--rollouts", type=int, default=16)
+    parser.add_argument("--rollouts", type=int, default=12)
+    parser.add_argument(
+        "--learning_rate", type=float, default=5e-5,
+        help="One for every method (the demo's 2e-4 collapses most of them once negative advantages count).",
+    )  # fmt: skip
     parser.add_argument("--eval_every", type=int, default=4, help="Rollouts between validations.")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run.")
     parser.add_argument("--jobs", type=int, default=1, help="Runs trained at the same time.")

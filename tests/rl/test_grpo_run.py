@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import d1.evaluation.runner
+import d1.rl.trainer
 from d1.cli.args import parse_config
 from d1.cli.grpo import ALIASES
 from d1.rl.config import DiffuGRPOConfig
@@ -20,6 +23,7 @@ from d1.tasks.base import completion_texts
 from d1.tasks.sudoku import SudokuTask
 from d1.tasks.synthetic import make_dataset
 from tests.conftest import run_on_two_cpu_processes
+from tests.scale.grpo_probe import text_reward
 
 
 def grpo_argv(model_dir, out, *extra: str) -> list[str]:
@@ -206,12 +210,97 @@ def test_resume_between_inner_updates_matches_uninterrupted(tiny_model_dir, tmp_
             r"negative_advantage_scale=-1.0 is outside \[0, 1\]",
         ),
         (["--logp_estimator", "exact"], ValueError, "logp_estimator='exact' is unknown"),
+        (["--objective", "ppo"], ValueError, "objective='ppo' is unknown; use one of .'grpo_clip'"),
+        (["--objective", "wd1", "--beta", "0", "--epsilon", "0.2"], ValueError, "epsilon=0.2 would be ignored"),
+        (["--objective", "wd1"], ValueError, "beta=0.04 with objective='wd1'.*set --beta 0"),
+        (["--objective", "spg", "--beta", "0"], ValueError, "defined on ELBO estimates; set logp_estimator=mc_elbo"),
+        (["--logp_estimator", "mc_elbo", "--mc_samples", "0"], ValueError, "mc_samples=0 must be >= 1"),
+        (["--mc_samples", "4"], ValueError, "mc_samples=4 would be ignored"),
+        (["--epsilon_high", "0.3"], ValueError, "only objective=espo clips asymmetrically"),
+        (["--rollout_order", "left_to_right"], ValueError, "Set both to left_to_right"),
+        (["--inpaint_max_replacements", "1"], ValueError, r"inpaint_max_replacements=1.* would be ignored"),
+        (
+            ["--zero_signal_groups", "inpaint", "--inpaint_max_replacements", "2"],
+            ValueError,
+            r"inpaint_max_replacements=2 must be in \[1, num_generations=2\)",
+        ),
+        (
+            ["--zero_signal_groups", "inpaint", "--dataset", "countdown", "--inpaint_max_replacements", "1",
+             "--inpaint_free_tail", "0"],
+            ValueError,
+            "which task .countdown. does not",
+        ),
     ],
 )
 def test_bad_input_fails_before_the_model_loads(tiny_model_dir, tmp_path, extra, error, message) -> None:
     with pytest.raises(error, match=message):
         run_grpo(config_of(*grpo_argv(tiny_model_dir, tmp_path / "out", *extra)))
     assert not (tmp_path / "out").exists()
+
+
+def test_wd1_and_spg_make_no_old_log_prob_pass(tiny_model_dir, tmp_path, monkeypatch) -> None:
+    passes: list[str] = []
+    real = d1.rl.trainer.per_token_logps
+    terms = d1.rl.trainer.elbo_terms
+
+    def counted(real_function):
+        def call(*args, **kwargs):
+            passes.append("update" if torch.is_grad_enabled() else "rollout")
+            return real_function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(d1.rl.trainer, "per_token_logps", counted(real))
+    monkeypatch.setattr(d1.rl.trainer, "elbo_terms", counted(terms))
+    objectives = {"grpo_clip": [], "wd1": [], "spg": ["--logp_estimator", "mc_elbo"]}
+    counts = {}
+    for objective, extra in objectives.items():
+        passes.clear()
+        argv = grpo_argv(tiny_model_dir, tmp_path / objective, "--objective", objective, "--beta", "0", *extra)
+        run_grpo(config_of(*argv, "--max_steps", "2"))
+        counts[objective] = (passes.count("rollout"), passes.count("update"))
+    # one rollout of 2 micro-batches, mu 2: grpo_clip scores 2 x 2 old log-probs; the others none
+    assert counts == {"grpo_clip": (4, 4), "wd1": (0, 4), "spg": (0, 4)}
+
+
+def test_inpaint_fires_on_zero_signal_groups_only_and_never_in_validation(tiny_model_dir, tmp_path, monkeypatch):
+    calls: dict[str, list] = {"rollout": [], "validation": []}
+    scored: list[list[float]] = []
+
+    def recorder(real, kind):
+        def call(model, prompt, **kwargs):
+            calls[kind].append(None if kwargs.get("prefill") is None else len(prompt))
+            return real(model, prompt, **kwargs)
+
+        return call
+
+    def scores(reward_funcs, prompts, completions, columns):
+        # about half the prompts earn 0 whatever the completion (zero-signal groups); the others grpo_probe's
+        # text reward, which varies within a group
+        pairs = zip(prompts, completions, strict=True)
+        values = [text_reward(c) if zlib.crc32(str(p).encode()) % 2 else 0.0 for p, c in pairs]
+        scored.append(values)
+        return torch.tensor([[v] * len(reward_funcs) for v in values])
+
+    monkeypatch.setattr(d1.rl.trainer, "generate", recorder(d1.rl.trainer.generate, "rollout"))
+    monkeypatch.setattr(d1.evaluation.runner, "generate", recorder(d1.evaluation.runner.generate, "validation"))
+    monkeypatch.setattr(d1.rl.trainer, "score_completions", scores)
+    argv = grpo_argv(
+        tiny_model_dir, tmp_path, "--zero_signal_groups", "inpaint", "--num_generations", "4",
+        "--inpaint_max_replacements", "2", "--inpaint_free_tail", "0", "--validation_size", "4", "--eval_steps", "2",
+        "--max_steps", "4", "--per_device_train_batch_size", "8", "--generation_batch_size", "8",
+    )  # fmt: skip
+    run_grpo(config_of(*argv))
+    assert calls["validation"] and set(calls["validation"]) == {None}  # the reference never reaches validation
+    hinted = [n for n in calls["rollout"] if n is not None]
+    # each micro-batch's first scoring is of its own rollout; a second, of the hinted rows, follows when needed
+    originals, i = [], 0
+    for _ in range(4):  # 2 rollouts x 2 micro-batches
+        rewards = torch.tensor(scored[i]).view(-1, 4)
+        zero = int((rewards == rewards[:, :1]).all(1).sum())
+        originals.append(zero)
+        i += 1 + (zero > 0)
+    assert hinted and [4 * z for z in originals if z] == hinted and i == len(scored)
 
 
 def test_reward_defaults_are_the_tasks_and_named_rewards_weigh_one() -> None:

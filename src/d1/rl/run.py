@@ -97,6 +97,25 @@ def training_rows(config: DiffuGRPOConfig, task: Task) -> tuple[list[dict[str, A
     return train, validation
 
 
+def check_references(config: DiffuGRPOConfig, task: Task, rows: list[dict[str, Any]] | None = None) -> None:
+    """zero_signal_groups=inpaint needs the task's reference solution (IGPO's hints) of every training row:
+    refused for a task without any before the data is made, and for rows without one before the model loads."""
+    if config.zero_signal_groups != "inpaint":
+        return
+    if type(task).reference_completion is Task.reference_completion:
+        raise ValueError(
+            f"zero_signal_groups=inpaint needs reference solutions, which task {task.name!r} does not give "
+            "(Sudoku and GSM8K do). Use zero_signal_groups=skip."
+        )
+    missing = sum(task.reference_completion(row) is None for row in rows or [])
+    if missing:
+        raise ValueError(
+            f"zero_signal_groups=inpaint: task {task.name!r} gives no reference solution for {missing} of "
+            f"{len(rows or [])} training rows (GSM8K needs the 'reasoning' of its worked answer). Fix the data "
+            "or use zero_signal_groups=skip."
+        )
+
+
 def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
     """Train; returns the trainer (its `state.log_history` holds every logged metric)."""
     check_writable(config.output_dir, "output_dir")
@@ -106,18 +125,12 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
     config.validate(distributed_state().num_processes)
     task = get_task(config.dataset)
     reward_funcs, reward_weights = resolve_rewards(task, config.reward_funcs, config.reward_weights)
+    check_references(config, task)
     tokenizer = load_tokenizer(config.model_path, trust_remote_code=config.trust_remote_code)
     model_config = load_config(config.model_path, config.trust_remote_code)
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
     train, validation = training_rows(config, task)
-    if config.zero_signal_groups == "inpaint":
-        missing = sum(task.reference_completion(row) is None for row in train)
-        if missing:
-            raise ValueError(
-                f"zero_signal_groups=inpaint needs the task's reference solution of every training prompt, but "
-                f"task {task.name!r} gives none for {missing} of {len(train)} (Sudoku and GSM8K rows have one). Use "
-                "zero_signal_groups=skip."
-            )
+    check_references(config, task, train)
     if config.rollout_sampler == "parallel":
         say(
             "warning: rollout_sampler=parallel (confidence-threshold decoding) has destabilised GRPO after a few "
