@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint clean browser
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# CPU machines take the CPU build of torch first, so no multi-GB CUDA wheel is pulled in.
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 		$(BIN)/python -m pip install -q torch==2.13.0 || \
 		$(BIN)/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" -c constraints.txt
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,4 +1,4 @@
-"""Hostile model output: every task parser and reward handles 1 MB of adversarial text in under a second.
+"""Hostile model output: every task parser and reward handles 1 MB of adversarial text in seconds (linear time).
 
 Each payload family targets a scan that used to backtrack quadratically (unclosed tags and boxes, long
 runs before a missing ``=``, overlapping code fences) or could blow up in evaluation (nested braces,
@@ -24,7 +24,7 @@ from d1.tasks.latex import extract_boxed_answer, last_boxed_only_string
 from d1.tasks.sudoku import extract_sudoku_solution, sudoku_question
 
 SIZE = 1_000_000
-LIMIT_S = 1.0
+LIMIT_S = 5.0  # a quadratic scan of 1 MB takes minutes; linear ones take well under 1 s, also on a loaded machine
 
 PUZZLE, SOLUTION = "0300040000203000", "1342241342313124"
 

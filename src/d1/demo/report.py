@@ -3,6 +3,7 @@ from the run that writes it."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -148,6 +149,21 @@ def rl_signal(done: dict[str, Any]) -> list[str]:
     return lines + ["", *notes] if notes else lines
 
 
+def numerics() -> dict[str, str]:
+    """What decides the demo's digits bit for bit: torch's version and the CPU kernels it dispatches to
+    (AVX2 and AVX-512 kernels round differently; `ATEN_CPU_CAPABILITY` overrides the choice)."""
+    import platform
+
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "CPU kernels": torch.backends.cpu.get_cpu_capability(),
+        "transformers": importlib.metadata.version("transformers"),
+        "machine": platform.machine(),
+    }
+
+
 def write_report(config: DemoConfig, done: dict[str, Any], total_seconds: float) -> Path:
     """Write report.md, report.json and the PNG plots; print the table and the report's path."""
     from d1.utils import say
@@ -163,6 +179,7 @@ def write_report(config: DemoConfig, done: dict[str, Any], total_seconds: float)
         "stage_seconds": times,
         "total_seconds": round(total_seconds, 1),
         "best_rl_checkpoints": {s: done[s].get("best") for s in ("rl_base", "d1")},
+        "numerics": numerics(),
     }
     (folder / "report.json").write_text(json.dumps(summary, indent=2))
     lines = [
@@ -190,6 +207,9 @@ def write_report(config: DemoConfig, done: dict[str, Any], total_seconds: float)
         "|---|---|",
         *[f"| {k} | {v} |" for k, v in times.items()],
         f"| **total (this invocation)** | {total_seconds:.1f} |",
+        "",
+        "The digits above repeat on a machine with the same " + ", ".join(f"{k} ({v})" for k, v in summary["numerics"].items())
+        + "; the thread count does not change them (README, reproducibility).",
         "",
         "## Plots",
         "",
