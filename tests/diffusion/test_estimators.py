@@ -202,6 +202,37 @@ def test_left_to_right_equals_a_hand_loop_of_single_passes():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_left_to_right_gradients_equal_the_hand_loop_and_hold_one_pass_of_activations():
+    model = tiny_model(7)
+    ids = random_ids(7, 3, 13)
+    saved: list[int] = []
+
+    def count(tensor):  # every tensor autograd keeps for backward
+        saved.append(tensor.numel())
+        return tensor
+
+    got = per_token_logps(model, ids, completion_length=5, estimator="left_to_right", chunk_rows=4)
+    got.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    expected = torch.zeros(3, 5)
+    for k in range(5):
+        row = ids.clone()
+        row[:, 8 + k :] = LLADA_MASK
+        expected[:, k] = model(row).logits[:, 8 + k].log_softmax(-1).gather(-1, ids[:, 8 + k, None]).squeeze(-1)
+    expected.sum().backward()
+    for got_grad, param in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(got_grad, param.grad, atol=1e-5, rtol=1e-4)
+    # checkpointed passes keep only their inputs: far less than the 15 rows' activations a plain pass keeps
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        per_token_logps(model, ids, completion_length=5, estimator="left_to_right", chunk_rows=4)
+        kept = sum(saved)
+        saved.clear()
+        model(ids.repeat(5, 1)).logits.sum()  # the 15 rows in plain passes
+        plain = sum(saved)
+    assert kept * 20 < plain
+
+
 @pytest.mark.parametrize("chunk_rows", [1, 5, 64])
 def test_left_to_right_through_a_shifted_model_with_logits_to_keep(chunk_rows):
     model = KeepingLookup(6, seed=8, shifted=True)

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from d1.diffusion.logits import predicting_logits
 from d1.diffusion.masking import _uniform, mask_prompt
@@ -286,8 +287,10 @@ def left_to_right_logps(
     log_softmax(logits / `temperature`) (the rollout's sampling law) with the prompt, completion tokens < k
     visible and tokens >= k masked. The B * T inputs go as rows ordered by step, `chunk_rows` per forward
     pass; a pass asks for the columns of its first to last step (about chunk_rows / B + 1 per row), not
-    the whole completion. The prompt is never masked (there is no p_mask_prompt here: the likelihood is
-    exact, not a randomised estimate)."""
+    the whole completion. With gradients on, each pass is checkpointed (its activations recomputed in
+    backward), so memory holds one pass, not B * T rows (JustGRPO backpropagates each step on its own). The
+    prompt is never masked (there is no p_mask_prompt here: the likelihood is exact, not a randomised
+    estimate)."""
     _check_inputs(input_ids, completion_length, attention_mask)
     if temperature <= 0 or chunk_rows < 1:
         raise ValueError(
@@ -307,11 +310,28 @@ def left_to_right_logps(
         ids[:, start:] = torch.where(hidden[lo : lo + chunk_rows], mask_id, ids[:, start:])
         first, last = int(step[0]), int(step[-1])
         rows_mask = None if attention_mask is None else attention_mask[seq]
-        logits, _ = predicting_logits(model, ids, slice(start + first, start + last + 1), rows_mask)
-        column = logits[torch.arange(len(step), device=device), step - first].float() / temperature
+        chunk = (model, ids, slice(start + first, start + last + 1), rows_mask, step - first)
         target = input_ids[seq, start + step]
-        logps.append(column.log_softmax(dim=-1).gather(-1, target[:, None]).squeeze(-1))
+        if torch.is_grad_enabled():  # keep one chunk's activations at a time: recomputed in backward
+            logps.append(checkpoint(_chunk_logps, *chunk, target, temperature, use_reentrant=False))
+        else:
+            logps.append(_chunk_logps(*chunk, target, temperature))
     return torch.cat(logps).view(t, b).T
+
+
+def _chunk_logps(
+    model: nn.Module,
+    ids: torch.Tensor,
+    columns: slice,
+    attention_mask: torch.Tensor | None,
+    offsets: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """log_softmax(logits / temperature) of each row's target at its own column (`offsets` into `columns`)."""
+    logits, _ = predicting_logits(model, ids, columns, attention_mask)
+    column = logits[torch.arange(len(ids), device=ids.device), offsets].float() / temperature
+    return column.log_softmax(dim=-1).gather(-1, target[:, None]).squeeze(-1)
 
 
 def elbo_loglikelihood(
