@@ -10,13 +10,15 @@ from d1.cli.args import parse_config
 from d1.rl.config import DiffuGRPOConfig
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "grpo").glob("*.yaml"))
+TASKS = ("gsm8k", "math", "countdown", "sudoku")
+METHOD_CONFIGS = [p for p in CONFIGS if "-" in p.stem and p.stem.split("-")[0] in TASKS]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_grpo_config_parses_and_validates(path: Path) -> None:
     config = parse_config(DiffuGRPOConfig, ["--config", str(path)])
     config.validate(world_size=1)
-    if path.stem != "tiny-sudoku":  # d1's LLaDA-8B-Instruct runs
+    if path.stem in TASKS:  # d1's LLaDA-8B-Instruct runs
         assert (config.model_path, config.num_generations, config.max_completion_length) == (
             "GSAI-ML/LLaDA-8B-Instruct",
             6,
@@ -24,6 +26,23 @@ def test_grpo_config_parses_and_validates(path: Path) -> None:
         )
         assert config.num_iterations == (8 if config.dataset in ("countdown", "sudoku") else 12)
         assert (config.lora_r, config.lora_alpha, config.beta, config.learning_rate) == (128, 64, 0.04, 3e-6)
+
+
+@pytest.mark.parametrize("path", METHOD_CONFIGS, ids=[p.stem for p in METHOD_CONFIGS])
+def test_method_configs_are_the_benchmarked_method_on_d1s_rollouts(path: Path) -> None:
+    from benchmarks.rl_methods import METHODS
+
+    task, method = path.stem.split("-", 1)
+    config = parse_config(DiffuGRPOConfig, ["--config", str(path)])
+    config.validate(world_size=1)
+    d1 = parse_config(DiffuGRPOConfig, ["--config", str(path.with_name(f"{task}.yaml"))])
+    assert config.dataset == task and config.model_path == d1.model_path
+    core = ("logp_estimator", "objective", "rollout_order", "zero_signal_groups")
+    assert {k: str(getattr(config, k)) for k in core} == {
+        k: METHODS[method].options.get(k, str(getattr(DiffuGRPOConfig, k))) for k in core
+    }
+    same = ("num_generations", "max_completion_length", "block_length", "diffusion_steps", "load_in_4bit", "lora_r")
+    assert all(getattr(config, name) == getattr(d1, name) for name in same)
 
 
 def test_all_four_tasks_have_a_config() -> None:

@@ -1,0 +1,49 @@
+"""benchmarks/rl_methods.py's bookkeeping on a hand-written log history: training seconds per validation, the
+cost split per rollout, and the best-validation checkpoint at equal rollouts and within a time budget."""
+
+from __future__ import annotations
+
+import pytest
+from benchmarks.rl_methods import METHODS, Run, best_checkpoint, cost, method_flags, timeline
+
+# mu 2: a rollout every 2 steps, logged every 2 steps (per-step means), validation every 2 rollouts
+HISTORY = [
+    {"eval_accuracy": 60.0, "step": 0},
+    {"time/rollout": 3.0, "time/old_logps": 1.0, "time/update": 2.0, "step": 2},
+    {"time/rollout": 2.0, "time/old_logps": 1.0, "time/update": 1.0, "step": 4},
+    {"eval_accuracy": 65.0, "step": 4},
+    {"time/rollout": 4.0, "time/old_logps": 0.0, "time/update": 2.0, "step": 6},
+    {"time/rollout": 2.0, "time/old_logps": 1.0, "time/update": 1.0, "step": 8},
+    {"eval_accuracy": 64.0, "step": 8},
+]
+RESULT = {"log_history": HISTORY, "iterations": 2, "wall_s": 99.0, "peak_mib": 1.0}
+
+
+def test_timeline_counts_training_seconds_only():
+    # per-step means times the 2 steps of each log: 12 + 8 by step 4, + 12 + 8 by step 8
+    assert timeline(RESULT) == [
+        {"step": 0, "seconds": 0.0, "accuracy": 60.0},
+        {"step": 4, "seconds": 20.0, "accuracy": 65.0},
+        {"step": 8, "seconds": 40.0, "accuracy": 64.0},
+    ]
+
+
+def test_cost_is_per_rollout():
+    assert cost(RESULT) == {"rollout": 11 * 2 / 4, "old_logps": 3 * 2 / 4, "update": 6 * 2 / 4}
+
+
+@pytest.mark.parametrize("budget, step", [(None, 4), (40.0, 4), (19.0, 0)])
+def test_best_checkpoint_within_a_budget(tmp_path, budget, step):
+    run = Run(tmp_path / "demo", 0, "d1", "d1", tmp_path / "run")
+    chosen, folder = best_checkpoint(run, RESULT, budget)
+    assert chosen == step
+    assert folder == str(tmp_path / ("demo/models/sft" if step == 0 else f"run/grpo/checkpoint-{step}"))
+
+
+def test_method_flags_parse_into_a_valid_config():
+    from d1.cli.args import parse_config
+    from d1.rl.config import DiffuGRPOConfig
+
+    for name in METHODS:
+        config = parse_config(DiffuGRPOConfig, ["--dataset", "sudoku", "--beta", "0", *method_flags(name)])
+        config.validate(world_size=1)
