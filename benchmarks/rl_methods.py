@@ -207,8 +207,12 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
     lines = []
     for setting in args.settings:
         mine = [r for r in runs if r.setting == setting]
+        if args.report_only:  # while another invocation trains: the finished runs only
+            mine = [r for r in mine if (r.folder / "train.json").exists()]
         results = {(r.method, r.seed): train(r, args) for r in mine}
-        budget = {s: min(timeline(results[(m, s)])[-1]["seconds"] for m in args.methods) for s in args.seeds_of}
+        seeds = sorted({r.seed for r in mine if all((m, r.seed) in results for m in args.methods)})
+        mine = [r for r in mine if r.seed in seeds]  # equal wall time needs every method of a seed
+        budget = {s: min(timeline(results[(m, s)])[-1]["seconds"] for m in args.methods) for s in seeds}
         sft = {r.seed: test_accuracy(r, str(r.demo / "models" / "sft"), "sft", args) for r in mine}
         lines += [f"\n### Setting `{setting}` ({args.rollouts} rollouts; test = 200 unseen 8-blank puzzles)\n",
                   "| method | test cells, equal rollouts: d - SFT mean [min, max] | solved d | equal wall time: cells d "
@@ -257,6 +261,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run.")
     parser.add_argument("--jobs", type=int, default=1, help="Runs trained at the same time.")
     parser.add_argument("--train_only", action="store_true", help="Train the missing runs; no table.")
+    parser.add_argument(
+        "--report_only", action="store_true", help="The table of the finished runs (seeds with every method); no training."
+    )
     args = parser.parse_args()
     for demo in args.demos:
         if not (demo / "models" / "sft").is_dir():
@@ -267,15 +274,14 @@ def main() -> None:
             seed = demo_config(demo).seed
             for method in args.methods:
                 runs.append(Run(demo, seed, setting, method, args.out / setting / method / f"seed{seed}"))
-    args.seeds_of = sorted({r.seed for r in runs})
     for run in runs:  # the data files first, once, before runs share them
         setting_data(run, args.out)
-    if args.jobs > 1:
+    if args.jobs > 1 and not args.report_only:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda r: train(r, args), runs))
-    for run in runs:
+    for run in [] if args.report_only else runs:
         train(run, args)
     if not args.train_only:
         table = report(runs, args)
