@@ -68,7 +68,7 @@ def test_dream_sft_and_eval_configs_parse_and_pass_the_checks() -> None:
     from d1.sft.config import SFTConfig
 
     root = Path(__file__).resolve().parents[2] / "configs"
-    assert {p.stem for p in DREAM_CONFIGS} == {"gsm8k", "math", "countdown", "sudoku"}
+    assert {p.stem for p in DREAM_CONFIGS if "-" not in p.stem} == {"gsm8k", "math", "countdown", "sudoku"}
     sft = parse_config(SFTConfig, ["--config", str(root / "sft" / "dream-s1k.yaml")])
     assert (sft.model_name, sft.preset, sft.lora_r, sft.lora_alpha) == ("Dream-org/Dream-v0-Instruct-7B", "s1k", 128, 256)
     evaluation = parse_config(EvalConfig, ["--config", str(root / "eval" / "dream.yaml")])
