@@ -46,7 +46,7 @@ class MCOptions:
 
     def __post_init__(self) -> None:
         if self.samples < 1:
-            raise ValueError(f"mc_samples={self.samples} must be at least 1 (ESPO and SPG use 2).")
+            raise ValueError(f"mc_samples={self.samples} must be >= 1 (ESPO and SPG use 2).")
         if self.block_length < 0:
             raise ValueError(
                 f"mc_block_length={self.block_length} must be >= 0 (0: the whole completion is one block)."

@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from d1.diffusion.likelihood import ESTIMATORS, T_SAMPLINGS, MCOptions
+from d1.diffusion.likelihood import ESTIMATORS, MCOptions
 from d1.diffusion.losses import OBJECTIVE_NEEDS, OBJECTIVES
 from d1.diffusion.sampling import check_block_schedule
 from d1.models.families import FAMILIES
@@ -288,25 +288,15 @@ class DiffuGRPOConfig(TrainingArguments):
             raise ValueError(f"{', '.join(changed)} would be ignored: {why}. Remove it (or change the method).")
 
     def _check_method(self) -> None:
-        """The RL method's options (estimator, objective, rollout order): known names, the combinations the
-        papers define, and no option that the chosen method would silently ignore."""
-        for name, value, known in (
-            ("logp_estimator", self.logp_estimator, ESTIMATORS),
-            ("objective", self.objective, OBJECTIVES),
-            ("rollout_order", self.rollout_order, ROLLOUT_ORDERS),
-            ("mc_t_sampling", self.mc_t_sampling, T_SAMPLINGS),
-            ("zero_signal_groups", self.zero_signal_groups, ZERO_SIGNAL_GROUPS),
-        ):
-            if value not in known:
-                raise ValueError(f"{name}={value!r} is unknown; use one of {list(known)}.")
+        """The RL method's options (estimator, objective, rollout order): the combinations the papers define,
+        and no option that the chosen method would silently ignore."""
         if (self.rollout_order == "left_to_right") != (self.logp_estimator == "left_to_right"):
             raise ValueError(
                 f"rollout_order={self.rollout_order!r} with logp_estimator={self.logp_estimator!r}: JustGRPO's exact "
                 "likelihood is that of a left-to-right decode. Set both to left_to_right, or neither."
             )
         if self.logp_estimator == "mc_elbo":
-            if self.mc_samples < 1:
-                raise ValueError(f"mc_samples={self.mc_samples} must be >= 1 (SPG/ESPO use 2).")
+            self.mc_options()  # its own checks name mc_samples and mc_t_sampling
         else:
             self._refuse_ignored(
                 ("mc_samples", "mc_blockwise", "mc_t_sampling", "mc_antithetic"),
@@ -404,21 +394,22 @@ class DiffuGRPOConfig(TrainingArguments):
         )
         if self.generation_batch_size < 1 or self.num_iterations < 1:
             raise ValueError("generation_batch_size and num_iterations must be >= 1.")
-        if self.rollout_sampler not in ROLLOUT_SAMPLERS:
-            raise ValueError(
-                f"rollout_sampler={self.rollout_sampler!r} is unknown; use one of {list(ROLLOUT_SAMPLERS)}."
-            )
+        for name, known in (
+            ("rollout_sampler", ROLLOUT_SAMPLERS),
+            ("scale_rewards", ("none", "group")),
+            ("loss_normalization", ("token", "sequence")),
+            ("logp_estimator", ESTIMATORS),
+            ("objective", OBJECTIVES),
+            ("rollout_order", ROLLOUT_ORDERS),
+            ("zero_signal_groups", ZERO_SIGNAL_GROUPS),
+        ):
+            if getattr(self, name) not in known:
+                raise ValueError(f"{name}={getattr(self, name)!r} is unknown; use one of {list(known)}.")
         self._check_method()
-        if self.scale_rewards not in ("none", "group"):
-            raise ValueError(f"scale_rewards={self.scale_rewards!r} is unknown; use 'none' or 'group'.")
         if not 0.0 <= self.negative_advantage_scale <= 1.0:
             raise ValueError(
                 f"negative_advantage_scale={self.negative_advantage_scale} is outside [0, 1]; use 1 (d1) to keep "
                 "negative advantages, 0 to drop them, or a value between."
-            )
-        if self.loss_normalization not in ("token", "sequence"):
-            raise ValueError(
-                f"loss_normalization={self.loss_normalization!r} is unknown; use 'token' or 'sequence'."
             )
         if self.beta > 0 and not self.lora and self.load_in_4bit:
             raise ValueError(
