@@ -119,6 +119,18 @@ def test_rl_puzzles_are_easier_and_the_rest_keep_d1s_blanks(tmp_path) -> None:
         DemoConfig(output_dir=str(tmp_path / "demo"), rl_empty_cells=[7, 3])
 
 
+def test_stop_after_runs_the_stages_up_to_it_and_a_later_run_continues(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    with pytest.raises(ValueError, match=r"stop_after='sfft' is not a stage; use one of \['init', 'pretrain'"):
+        DemoConfig(quick=True, output_dir=str(out), stop_after="sfft")
+    assert run_demo(DemoConfig(quick=True, output_dir=str(out), stop_after="init")) == out
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["init.json"] and not (out / "report.md").exists()
+    init = (out / "stages" / "init.json").read_text()
+    run_demo(DemoConfig(quick=True, output_dir=str(out), stop_after="init"))  # finished: skipped, stops again
+    assert (out / "stages" / "init.json").read_text() == init and "init: already done" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "stages").iterdir()) == ["init.json"]
+
+
 def test_unknown_lr_scheduler_is_named_before_anything_runs(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"lr_scheduler_type='cosin'.*constant_with_warmup"):
         DemoConfig(output_dir=str(tmp_path / "demo"), lr_scheduler_type="cosin")
