@@ -165,11 +165,44 @@ def test_prompt_text_plain_turns_without_template() -> None:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--gen_length", "30"], "--gen_length=30 must be a multiple of --block_length=16"),
-        (["--temperature", "-1"], "--temperature=-1.0 and --cfg_scale=0.0 must be >= 0"),
-        ([], "absent-model"),
+        (["--sampler", "llada", "--gen_length", "30"], "gen_length=30 must be a multiple of block_length=16"),
+        (["--sampler", "llada", "--temperature", "-1"], "temperature=-1.0 must be a finite number >= 0"),
+        (["--sampler", "dream", "--block_length", "8"], "block_length=8: option(s) of sampler(s) ['llada']"),
+        ([], "absent-model': no such file or folder"),
     ],
 )
 def test_bad_settings_fail_before_loading(tmp_path: Path, args: list[str], message: str) -> None:
     done = _chat_pipe(tmp_path / "absent-model", "", *args)
     assert done.returncode == 1 and message in done.stderr and "Traceback" not in done.stderr
+    assert "loading" not in done.stderr  # refused before the model loads
+
+
+def test_dream_sampler_chats_live(tiny_dream_dir: Path) -> None:
+    """Dream's own sampler in the chat: the answer is denoised live from its trace, then the steps are counted."""
+    term = Terminal("--model_path", str(tiny_dream_dir), "--sampler", "dream", "--gen_length", "16", "--steps", "8")
+    try:
+        term.expect(PROMPT)
+        term.send(b"hello there\n")
+        turn = term.expect(PROMPT)
+        assert b"8 steps" in turn and "\u2591".encode() in turn
+        term.send(b"\x04")
+        assert term.close() == 0
+    finally:
+        term.process.kill()
+
+
+def test_answer_ends_at_the_first_end_of_turn_token(tiny_model_dir: Path) -> None:
+    """<|eot_id|> (LLaDA's end of turn) cuts the answer even where the tokenizer does not call it special."""
+    import torch
+
+    from d1.cli.chat import Chat
+
+    chat = Chat.__new__(Chat)
+    chat.ends = {5, 9}
+    assert chat.turn(torch.tensor([1, 2, 9, 3, 5])).tolist() == [1, 2]
+    assert chat.turn(torch.tensor([1, 2, 3])).tolist() == [1, 2, 3]
+
+
+def test_loading_is_announced(tiny_model_dir: Path) -> None:
+    done = _chat_pipe(tiny_model_dir, "hi\n", "--no-live")
+    assert done.returncode == 0 and f"loading {tiny_model_dir} ..." in done.stderr

@@ -19,7 +19,7 @@ def test_grpo_config_parses_and_validates(path: Path) -> None:
     config = parse_config(DiffuGRPOConfig, ["--config", str(path)])
     config.validate(world_size=1)
     if path.stem in TASKS:  # d1's LLaDA-8B-Instruct runs
-        assert (config.model_path, config.num_generations, config.max_completion_length) == (
+        assert (config.model_path, config.num_generations, config.gen_length) == (
             "GSAI-ML/LLaDA-8B-Instruct",
             6,
             256,
@@ -41,7 +41,7 @@ def test_method_configs_are_the_benchmarked_method_on_d1s_rollouts(path: Path) -
     assert {k: str(getattr(config, k)) for k in core} == {
         k: METHODS[method].options.get(k, str(getattr(DiffuGRPOConfig, k))) for k in core
     }
-    same = ("num_generations", "max_completion_length", "block_length", "diffusion_steps", "load_in_4bit", "lora_r")
+    same = ("num_generations", "gen_length", "block_length", "diffusion_steps", "load_in_4bit", "lora_r")
     assert all(getattr(config, name) == getattr(d1, name) for name in same)
 
 
@@ -59,18 +59,18 @@ def test_dream_grpo_config_is_d1s_recipe_on_dream(path: Path) -> None:
     llada = parse_config(DiffuGRPOConfig, ["--config", str(path.parents[1] / path.name)])
     assert dream.model_path == "Dream-org/Dream-v0-Instruct-7B" and dream.dataset == llada.dataset
     assert dream.lora_target_modules == []  # the Dream family's default targets
-    same = ("num_generations", "max_completion_length", "block_length", "diffusion_steps", "num_iterations", "beta")
+    same = ("num_generations", "gen_length", "block_length", "diffusion_steps", "num_iterations", "beta")
     assert all(getattr(dream, name) == getattr(llada, name) for name in (*same, "learning_rate", "lora_r"))
 
 
 def test_dream_sft_and_eval_configs_parse_and_pass_the_checks() -> None:
-    from d1.evaluation.runner import EvalConfig, check_generation_settings
+    from d1.evaluation.config import EvalConfig
     from d1.sft.config import SFTConfig
 
     root = Path(__file__).resolve().parents[2] / "configs"
     assert {p.stem for p in DREAM_CONFIGS if "-" not in p.stem} == {"gsm8k", "math", "countdown", "sudoku"}
     sft = parse_config(SFTConfig, ["--config", str(root / "sft" / "dream-s1k.yaml")])
-    assert (sft.model_name, sft.preset, sft.lora_r, sft.lora_alpha) == ("Dream-org/Dream-v0-Instruct-7B", "s1k", 128, 256)
+    assert (sft.model_path, sft.preset, sft.lora_r, sft.lora_alpha) == ("Dream-org/Dream-v0-Instruct-7B", "s1k", 128, 256)
     evaluation = parse_config(EvalConfig, ["--config", str(root / "eval" / "dream.yaml")])
-    check_generation_settings(evaluation)
+    evaluation.options()
     assert (evaluation.sampler, evaluation.alg, evaluation.steps, evaluation.top_p) == ("dream", "entropy", 256, 0.9)

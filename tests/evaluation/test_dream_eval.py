@@ -1,5 +1,5 @@
-"""`d1 eval --sampler dream`: Dream's diffusion_generate in the eval runner, and each sampler's options refused
-with the other sampler before any model loads."""
+"""`d1 eval --sampler dream`: Dream's diffusion_generate in the eval runner, files recording only the chosen
+sampler's options, and each sampler's options refused with the other sampler before any model loads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from d1.evaluation import runner
-from d1.evaluation.runner import EvalConfig, run_eval
+from d1.evaluation.config import EvalConfig
+from d1.evaluation.runner import run_eval
 from d1.tasks.synthetic import make_dataset
 
 
@@ -33,14 +34,19 @@ def test_dream_sampler_writes_its_settings(tiny_dream_dir: Path, sudoku_csv: Pat
         _config(tiny_dream_dir, sudoku_csv, tmp_path, sampler="dream", alg="topk_margin", top_p=0.9)
     )
     data = json.loads(path.read_text())
-    assert data["settings"]["dream"] == {"alg": "topk_margin", "alg_temp": None, "top_p": 0.9, "top_k": None}
+    settings = data["settings"]
+    assert settings["sampler"] == "dream" and (settings["alg"], settings["top_p"], settings["top_k"]) == (
+        "topk_margin", 0.9, None,
+    )  # fmt: skip
+    assert not {"block_length", "remasking", "cache", "unmask", "early_stop"} & set(settings)
+    assert "block_length" not in data and data["diffusion_steps"] == 6
     assert data["metrics"]["forward_passes"] == 12 and len(data["generations"]) == 3
 
 
-def test_llada_sampler_settings_unchanged(tiny_model_dir: Path, sudoku_csv: Path, tmp_path: Path) -> None:
-    """Files written before --sampler existed still resume: the block sampler records no new keys."""
-    path = run_eval(_config(tiny_model_dir, sudoku_csv, tmp_path, block_length=4))
-    assert "dream" not in json.loads(path.read_text())["settings"]
+def test_llada_file_records_only_its_sampler(tiny_model_dir: Path, sudoku_csv: Path, tmp_path: Path) -> None:
+    settings = json.loads(run_eval(_config(tiny_model_dir, sudoku_csv, tmp_path, block_length=4)).read_text())["settings"]
+    assert settings["sampler"] == "llada" and settings["block_length"] == 4 and settings["cache"] is None
+    assert not {"alg", "alg_temp", "top_p", "top_k", "eps"} & set(settings)
 
 
 @pytest.mark.parametrize(
@@ -48,15 +54,15 @@ def test_llada_sampler_settings_unchanged(tiny_model_dir: Path, sudoku_csv: Path
     [
         (
             {"sampler": "dream", "block_length": 4},
-            r"--block_length 4: option\(s\) of --sampler llada.*pass --sampler llada",
+            r"block_length=4: option\(s\) of sampler\(s\) \['llada'\], which sampler='dream' does not read",
         ),
-        ({"sampler": "dream", "remasking": "random"}, r"--remasking random: option\(s\) of --sampler llada"),
-        ({"sampler": "dream", "cache": "dual"}, r"--cache dual: option\(s\) of --sampler llada"),
-        ({"alg": "entropy"}, r"--alg entropy: option\(s\) of --sampler dream.*pass --sampler dream"),
-        ({"top_p": 0.9, "top_k": 5}, r"--top_p 0.9, --top_k 5: option\(s\) of --sampler dream"),
+        ({"sampler": "dream", "remasking": "random"}, r"remasking='random': option\(s\) of sampler\(s\) \['llada'\]"),
+        ({"sampler": "dream", "cache": "dual"}, r"cache='dual': option\(s\) of sampler\(s\) \['llada'\]"),
+        ({"alg": "maskgit_plus"}, r"alg='maskgit_plus': option\(s\) of sampler\(s\) \['dream'\].*choose one"),
+        ({"top_p": 0.9, "top_k": 5}, r"top_p=0.9, top_k=5: option\(s\) of sampler\(s\) \['dream'\]"),
         ({"sampler": "dream", "alg": "low_confidence"}, "alg='low_confidence' is unknown"),
         ({"sampler": "dream", "top_p": 0.0}, r"top_p=0.0 must be in \(0, 1\]"),
-        ({"sampler": "fast"}, r"sampler='fast' is unknown; use one of \('llada', 'dream'\)"),
+        ({"sampler": "fast"}, r"sampler='fast' is unknown; use one of \['dream', 'llada'"),
     ],
 )
 def test_sampler_option_mismatch_refused_before_loading(
@@ -70,3 +76,49 @@ def test_sampler_option_mismatch_refused_before_loading(
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded first"))
     with pytest.raises(ValueError, match=message):
         run_eval(_config(tiny_dream_dir, sudoku_csv, tmp_path, **overrides))
+
+
+def test_dream_runs_are_traced_and_replayed(tiny_dream_dir: Path, sudoku_csv: Path, tmp_path: Path) -> None:
+    """`--save_traces` with Dream's sampler: every completion position decided once, in `steps` steps, and
+    `d1 trace` turns the file into its page."""
+    from d1.diffusion.trace import row_from_dict
+    from d1.evaluation.traces import read_traces, traces_path
+    from d1.viz.html import write_trace_html
+
+    path = run_eval(_config(tiny_dream_dir, sudoku_csv, tmp_path, sampler="dream", save_traces=2))
+    items = read_traces(traces_path(path))
+    assert len(items) == 2
+    for item in items:
+        row = row_from_dict(item["trace"])
+        assert len(row.steps) == 6
+        decided = sorted(p for step in row.steps for p in step.positions)
+        assert decided == list(range(12))
+    page = write_trace_html(traces_path(path), tmp_path / "trace.html")
+    assert f"d1 trace: {traces_path(path).name}" in page.read_text()
+
+
+def test_dream_sampler_in_the_harness_answers_as_eval(tiny_dream_dir: Path) -> None:
+    """`d1 harness --model_args sampler=dream,...` decodes with Dream's sampler, as `d1 eval` does."""
+    from d1.diffusion.samplers import DreamOptions
+    from d1.evaluation.generation import generate_answers
+    from d1.evaluation.harness import D1HarnessLM
+    from d1.tasks import get_task
+
+    lm = D1HarnessLM(
+        pretrained=str(tiny_dream_dir), device="cpu", batch_size=2, seed=3, sampler="dream", gen_length="8",
+        steps="4", alg="maskgit_plus", temperature="0.7",
+    )  # fmt: skip
+    assert lm.sampler == DreamOptions(gen_length=8, diffusion_steps=4, alg="maskgit_plus", temperature=0.7)
+    assert lm.settings()["sampler"] == "dream" and "block_length" not in lm.settings()
+    task = get_task("gsm8k")
+    items = [{"question": q, "ground_truth": 1.0} for q in ("2+2?", "a longer one, 3*3?", "7-1?")]
+    records = generate_answers(
+        lm.model, lm.tokenizer, task, items, lm.sampler, batch_size=2, seed=3, system_prompt="",
+        keep_special_tokens=False, mask_token_id=lm.mask_token_id,
+    )  # fmt: skip
+
+    class Request:
+        def __init__(self, prompt: str) -> None:
+            self.args = (prompt, {"until": []})
+
+    assert lm.generate_until([Request(r["prompt_input"]) for r in records]) == [r["generations"] for r in records]

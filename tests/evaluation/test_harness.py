@@ -22,10 +22,13 @@ from lm_eval.api.instance import Instance  # noqa: E402
 
 from d1.cli import harness as harness_cli  # noqa: E402
 from d1.diffusion.likelihood import elbo_loglikelihood  # noqa: E402
+from d1.diffusion.samplers import LLaDAOptions  # noqa: E402
 from d1.evaluation import harness, runner  # noqa: E402
+from d1.evaluation.config import EvalConfig  # noqa: E402
+from d1.evaluation.generation import generate_answers  # noqa: E402
 from d1.evaluation.harness import D1HarnessLM  # noqa: E402
 from d1.evaluation.protocol import read_card  # noqa: E402
-from d1.evaluation.runner import EvalConfig, generate_answers, run_eval  # noqa: E402
+from d1.evaluation.runner import run_eval  # noqa: E402
 from d1.evaluation.score import score_paths  # noqa: E402
 from d1.tasks import get_task  # noqa: E402
 from d1.tasks.official import OFFICIAL_TASKS  # noqa: E402
@@ -123,7 +126,7 @@ def test_generations_equal_d1_eval(tiny_model_dir: Path, keep_special_tokens: bo
     task = get_task("gsm8k")
     items = [{"question": q, "ground_truth": 1.0} for q in ("2+2?", "a longer question, 3*3?", "7-1?")]
     records = generate_answers(
-        lm.model, lm.tokenizer, task, items, gen_length=16, block_length=8, steps=8, temperature=0.8,
+        lm.model, lm.tokenizer, task, items, LLaDAOptions(gen_length=16, block_length=8, diffusion_steps=8, temperature=0.8),
         batch_size=2, seed=11, system_prompt="", keep_special_tokens=keep_special_tokens,
         mask_token_id=lm.mask_token_id,
     )  # fmt: skip
@@ -332,7 +335,9 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         (["--tasks", "tiny_gn"], "'tiny_gn' is not an lm-eval task.*Close matches: tiny_gen"),
         (["--tasks", "tiny_ppl"], "asks for loglikelihood_rolling, which the d1 model refuses"),
-        (["--tasks", "tiny_gen", "--model_args", "alg=entropy"], "\\['alg'\\] are not options of the d1 model"),
+        (["--tasks", "tiny_gen", "--model_args", "algo=entropy"], "\\['algo'\\] are not options of the d1 model"),
+        (["--tasks", "tiny_gen", "--model_args", "alg=origin"], "alg='origin': option\\(s\\) of sampler\\(s\\) \\['dream'\\]"),
+        (["--tasks", "tiny_gen", "--model_args", "cache=kv"], "cache='kv' is not one of"),
         (["--tasks", "tiny_gen", "--model_args", "gen_lenght=8"], "did you mean \\['gen_length'\\]"),
         (["--tasks", "tiny_gen", "--model_args", "gen_length=10,block_length=4"], "block_length"),
         (["--tasks", "tiny_gen", "--model_args", "mc_num=0"], "mc_num=0"),

@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from d1.evaluation import runner
-from d1.evaluation.runner import EvalConfig, generate_answers, output_path, run_eval
+from d1.diffusion.samplers import LLaDAOptions
+from d1.evaluation import config as eval_config
+from d1.evaluation import generation, runner
+from d1.evaluation.config import EvalConfig, output_path
+from d1.evaluation.generation import generate_answers
+from d1.evaluation.runner import run_eval
 from d1.models.loading import apply_lora, load_model, load_tokenizer
 from d1.models.presets import init_model
 from d1.tasks import get_task
@@ -53,6 +57,9 @@ def _generations(path: Path) -> list[dict]:
     return json.loads(path.read_text())["generations"]
 
 
+SMALL = LLaDAOptions(gen_length=16, block_length=8, diffusion_steps=8)
+
+
 def test_generate_answers_records_and_stats(family_model_dir: Path, countdown_jsonl: Path) -> None:
     tokenizer = load_tokenizer(family_model_dir)
     model = load_model(family_model_dir).eval()
@@ -62,7 +69,7 @@ def test_generate_answers_records_and_stats(family_model_dir: Path, countdown_js
     batches: list[int] = []
     stats: dict[str, float] = {}
     records = generate_answers(
-        model, tokenizer, task, items, gen_length=16, block_length=8, steps=8, batch_size=2,
+        model, tokenizer, task, items, SMALL, batch_size=2,
         progress=lambda new, batch_stats: batches.append(len(new)), stats=stats,
     )  # fmt: skip
     assert batches == [2, 1]
@@ -73,7 +80,7 @@ def test_generate_answers_records_and_stats(family_model_dir: Path, countdown_js
     assert all(isinstance(r["generations"], str) for r in records)
     # Left padding with an attention mask: a batched prompt decodes as it does alone.
     alone = [
-        generate_answers(model, tokenizer, task, [item], gen_length=16, block_length=8, steps=8)[0]
+        generate_answers(model, tokenizer, task, [item], SMALL)[0]
         for item in items
     ]
     assert [r["generations"] for r in alone] == [r["generations"] for r in records]
@@ -84,12 +91,13 @@ def test_sampling_seeded_per_item_index(tiny_model_dir: Path, sudoku_csv: Path) 
     model = load_model(tiny_model_dir).eval()
     task = get_task("sudoku")
     items = task.load_test(sudoku_csv)[:4]
-    kwargs = {"gen_length": 16, "block_length": 8, "steps": 8, "temperature": 1.0, "seed": 3, "batch_size": 2}
-    whole = generate_answers(model, tokenizer, task, items, **kwargs)
-    assert whole == generate_answers(model, tokenizer, task, items, **kwargs)
-    tail = generate_answers(model, tokenizer, task, items[2:], indices=[2, 3], **kwargs)
+    options = dataclasses.replace(SMALL, temperature=1.0)
+    kwargs = {"seed": 3, "batch_size": 2}
+    whole = generate_answers(model, tokenizer, task, items, options, **kwargs)
+    assert whole == generate_answers(model, tokenizer, task, items, options, **kwargs)
+    tail = generate_answers(model, tokenizer, task, items[2:], options, indices=[2, 3], **kwargs)
     assert tail == whole[2:]  # a resumed run draws the same noise for the same items
-    other = generate_answers(model, tokenizer, task, items, **{**kwargs, "seed": 4})
+    other = generate_answers(model, tokenizer, task, items, options, **{**kwargs, "seed": 4})
     assert other != whole
 
 
@@ -104,7 +112,7 @@ def test_run_eval_writes_d1_file(family_model_dir: Path, sudoku_csv: Path, tmp_p
     ]  # fmt: skip
     settings = data["settings"]
     assert settings["temperature"] == 0.0 and settings["remasking"] == "low_confidence"
-    assert (settings["steps"], settings["batch_size"], settings["world_size"], settings["seed"]) == (8, 4, 1, 42)
+    assert (settings["diffusion_steps"], settings["batch_size"], settings["world_size"], settings["seed"]) == (8, 4, 1, 42)
     assert settings["test_items"] == 6 and settings["data_path"] == str(sudoku_csv)
     assert len(settings["weights_fingerprint"]) == 16 and settings["mask_token_id"] is not None
     assert (data["gen_length"], data["diffusion_steps"], data["block_length"]) == (16, 8, 8)
@@ -125,19 +133,19 @@ def test_interrupted_run_resumes_to_identical_file(
     overrides = {"temperature": 0.8, "batch_size": 2}
     reference = _generations(run_eval(_config(tiny_model_dir, sudoku_csv, tmp_path / "whole", **overrides)))
 
-    real_generate, calls = runner.generate, []
+    real_sample, calls = generation.sample, []
 
     def crash_after_first_batch(*args, **kwargs):
         calls.append(1)
         if len(calls) > 1:
             raise KeyboardInterrupt
-        return real_generate(*args, **kwargs)
+        return real_sample(*args, **kwargs)
 
     config = _config(tiny_model_dir, sudoku_csv, tmp_path / "killed", **overrides)
-    monkeypatch.setattr(runner, "generate", crash_after_first_batch)
+    monkeypatch.setattr(generation, "sample", crash_after_first_batch)
     with pytest.raises(KeyboardInterrupt):
         run_eval(config)
-    monkeypatch.setattr(runner, "generate", real_generate)
+    monkeypatch.setattr(generation, "sample", real_sample)
     assert _generations(output_path(config, 0)) == reference[:2]
     path = run_eval(config)
     assert _generations(path) == reference
@@ -243,7 +251,7 @@ def test_files_without_settings_or_corrupt_are_refused_and_overwrite_starts_over
         ({"diffusion_steps": 7}, "multiple of the number of blocks 2"),
         ({"batch_size": 0}, "batch_size=0"),
         ({"remasking": "entropy"}, "remasking='entropy'"),
-        ({"model_name": "a/b"}, "without path separators"),
+        ({"model_label": "a/b"}, "without path separators"),
         ({"data_path": "/nonexistent/test.csv"}, "no such file"),
         ({"subsample": 7}, "subsample=7"),
         ({"subsample": 0}, "subsample=0 must be -1"),
@@ -295,7 +303,7 @@ def test_lora_checkpoint_is_applied(tiny_model_dir: Path, sudoku_csv: Path, tmp_
     task, tokenizer = get_task("sudoku"), load_tokenizer(tiny_model_dir)
     items = task.load_test(sudoku_csv)
     expected = generate_answers(
-        peft_model.eval(), tokenizer, task, items, gen_length=16, block_length=8, steps=8
+        peft_model.eval(), tokenizer, task, items, SMALL
     )
     base = _generations(run_eval(_config(tiny_model_dir, sudoku_csv, tmp_path / "base")))
     assert _generations(path) == expected
@@ -314,27 +322,23 @@ def test_full_model_checkpoint_replaces_model_path(
     assert _generations(with_checkpoint) == _generations(direct)
 
 
-def test_default_model_name() -> None:
-    assert runner.default_model_name(EvalConfig(model_path="GSAI-ML/LLaDA-8B-Instruct")) == "instruct"
-    assert runner.default_model_name(EvalConfig(model_path="GSAI-ML/LLaDA-8B-Base")) == "base"
-    assert runner.default_model_name(EvalConfig(model_path="/models/tiny/")) == "tiny"
+def test_default_model_label() -> None:
+    label = eval_config.default_model_label
+    assert label(EvalConfig(model_path="GSAI-ML/LLaDA-8B-Instruct")) == "instruct"
+    assert label(EvalConfig(model_path="GSAI-ML/LLaDA-8B-Base")) == "base"
+    assert label(EvalConfig(model_path="/models/tiny/")) == "tiny"
     config = EvalConfig(model_path="x/LLaDA-8B-Instruct", checkpoint_path="sft/ckpt-100/", few_shot=3)
-    assert runner.default_model_name(config) == "instruct_sft_ckpt-100_fs3"
+    assert label(config) == "instruct_sft_ckpt-100_fs3"
     assert (
-        output_path(EvalConfig(dataset="math", model_name="m"), 2).name
+        output_path(EvalConfig(dataset="math", model_label="m"), 2).name
         == "math500_m_128_64_2_generations.json"
     )
 
 
 def test_cached_parallel_eval_options_reach_the_sampler(tiny_model_dir, tmp_path) -> None:
-    from d1.evaluation.runner import EvalConfig, check_generation_settings
-
     config = EvalConfig(model_path=str(tiny_model_dir), cache="dual", unmask="threshold", threshold=0.5)
-    assert config.generation_args()["decoding"] == {
-        "cache": "dual",
-        "unmask": "threshold",
-        "threshold": 0.5,
-        "early_stop": False,
-    }
+    assert config.options() == LLaDAOptions(cache="dual", unmask="threshold", threshold=0.5)
+    assert config.options().generate_kwargs()["cache"] == "dual"
+    assert EvalConfig(model_path=str(tiny_model_dir), cache="none").options().generate_kwargs()["cache"] is None
     with pytest.raises(ValueError, match="cache='kv'"):
-        check_generation_settings(EvalConfig(model_path=str(tiny_model_dir), cache="kv"))
+        EvalConfig(model_path=str(tiny_model_dir), cache="kv").options()

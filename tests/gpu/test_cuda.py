@@ -148,7 +148,8 @@ def test_lora_grpo_runs_on_gpu(tiny_model_dir, tmp_path, four_bit) -> None:
 
 
 def test_eval_runs_on_gpu(tiny_model_dir, tmp_path) -> None:
-    from d1.evaluation.runner import EvalConfig, run_eval
+    from d1.evaluation.config import EvalConfig
+    from d1.evaluation.runner import run_eval
     from d1.tasks.synthetic import make_dataset
 
     data = make_dataset("sudoku", 8, seed=0, output_path=tmp_path / "test.csv")

@@ -201,7 +201,7 @@ def test_resume_between_inner_updates_matches_uninterrupted(tiny_model_dir, tmp_
         (
             ["--max_completion_length", "20"],
             ValueError,
-            "max_completion_length=20 must be a multiple of block_length=8",
+            "gen_length=20 must be a multiple of block_length=8",
         ),
         (["--reward_weights", "1.0", "2.0", "3.0"], ValueError, "reward_weights has 3 values"),
         (
@@ -350,18 +350,42 @@ def test_two_process_cpu_run(tiny_model_dir, tmp_path) -> None:
     assert state["global_step"] == 2 and "reward" in state["log_history"][0]
 
 
-@pytest.mark.parametrize("sampler", ["cached", "parallel"])
-def test_fast_rollout_samplers_train(family_model_dir, tmp_path, sampler, capsys) -> None:
-    trainer = run_grpo(
-        config_of(*grpo_argv(family_model_dir, tmp_path, "--max_steps", "2", "--rollout_sampler", sampler))
-    )
+ROLLOUT_FLAGS = {
+    "cached": ["--rollout_sampler", "cached"],
+    "parallel": ["--rollout_sampler", "parallel"],
+    "threshold": ["--cache", "dual", "--unmask", "threshold", "--threshold", "0.5"],
+    "dream": ["--sampler", "dream", "--alg", "maskgit_plus"],
+}
+
+
+@pytest.mark.parametrize("rollouts", sorted(ROLLOUT_FLAGS))
+def test_rollout_samplers_train(family_model_dir, tmp_path, rollouts, capsys) -> None:
+    argv = grpo_argv(family_model_dir, tmp_path, "--max_steps", "2", *ROLLOUT_FLAGS[rollouts])
+    if rollouts == "dream":  # Dream's sampler has no blocks: its block_length would be refused
+        at = argv.index("--block_length")
+        del argv[at : at + 2]
+    config = config_of(*argv)
+    assert config.rollout_options().name == ("dream" if rollouts == "dream" else "llada")
+    trainer = run_grpo(config)
     assert trainer.state.global_step == 2 and "reward" in trainer.state.log_history[0]
-    assert ("destabilised" in capsys.readouterr().out) == (sampler == "parallel")
+    assert ("destabilised" in capsys.readouterr().out) == (rollouts in ("parallel", "threshold"))
 
 
 def test_unknown_rollout_sampler(tiny_model_dir, tmp_path) -> None:
+    config = config_of(*grpo_argv(tiny_model_dir, tmp_path / "out"))
+    config.rollout_sampler = "fast"  # a YAML value or a Python caller (the command line refuses it itself)
     with pytest.raises(ValueError, match="rollout_sampler='fast' is unknown"):
-        run_grpo(config_of(*grpo_argv(tiny_model_dir, tmp_path / "out", "--rollout_sampler", "fast")))
+        run_grpo(config)
+    with pytest.raises(SystemExit):
+        config_of(*grpo_argv(tiny_model_dir, tmp_path / "out", "--rollout_sampler", "fast"))
+
+
+def test_block_only_rollout_features_refuse_dream_sampler(tiny_model_dir, tmp_path) -> None:
+    argv = grpo_argv(tiny_model_dir, tmp_path / "out", "--sampler", "dream", "--zero_signal_groups", "inpaint")
+    at = argv.index("--block_length")
+    del argv[at : at + 2]
+    with pytest.raises(ValueError, match="zero_signal_groups='inpaint' needs LLaDA's block sampler"):
+        config_of(*argv).validate(world_size=1)
 
 
 def digit_fraction_reward(prompts: list, completions: list, **columns) -> list[float]:

@@ -24,8 +24,9 @@ def _rename(argv: Sequence[str], aliases: dict[str, str]) -> list[str]:
 def parse_config(
     cls: type[T], argv: Sequence[str], aliases: dict[str, str] | None = None, prog: str | None = None
 ) -> T:
-    """Build `cls` from YAML (`--config FILE`) overridden by flags; unknown keys are an error naming them."""
-    aliases = aliases or {}
+    """Build `cls` from YAML (`--config FILE`) overridden by flags; unknown keys are an error naming them.
+    Older spellings (`cls.ALIASES`, then `aliases`) are renamed in both."""
+    aliases = {**getattr(cls, "ALIASES", {}), **(aliases or {})}  # the config's own older spellings, then the CLI's
     parser = HfArgumentParser(cls, prog=prog)
     parser.add_argument("--config", type=str, default=None, help="YAML file of options; flags override it.")
     argv = _rename(argv, aliases)

@@ -5,53 +5,57 @@ answer and returns to the prompt; Ctrl-D (end of input) exits."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, check_block_schedule, generate
+from d1.diffusion.samplers import sampler_arguments, with_default
 from d1.diffusion.trace import Trace
-from d1.utils import check_counts
 
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>")
+"""Tokens that end an assistant turn in LLaDA's and Qwen2's (Dream's) chat formats: an answer is cut at the first."""
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="d1 chat", description=__doc__)
-    parser.add_argument("--model_path", required=True, help="Model folder or Hub name (native LLaDA or Dream).")
-    parser.add_argument("--system_prompt", default=None, help="A system message opening the conversation.")
-    parser.add_argument("--gen_length", type=int, default=128, help="Generated tokens per answer.")
-    parser.add_argument("--block_length", type=int, default=32, help="Semi-autoregressive block length.")
-    parser.add_argument("--steps", type=int, default=None, help="Model calls; default gen_length/2.")
-    parser.add_argument("--temperature", type=float, default=0.0, help="Sampling temperature; 0 = greedy.")
-    parser.add_argument("--remasking", default="low_confidence", choices=REMASKING)
-    parser.add_argument("--cfg_scale", type=float, default=0.0, help="Classifier-free guidance; 0 = off.")
-    parser.add_argument("--cache", default=None, choices=[c for c in CACHES if c], help="Block KV cache.")
-    parser.add_argument("--unmask", default="schedule", choices=UNMASKS, help="Parallel decoding rule.")
-    parser.add_argument("--threshold", type=float, default=0.9, help="unmask=threshold: confidence needed.")
-    parser.add_argument("--factor", type=float, default=1.0, help="unmask=factor: Fast-dLLM's factor.")
-    parser.add_argument("--no_early_stop", action="store_true", help="Decode every block even after EOS.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the sampling noise.")
-    parser.add_argument("--dtype", default="auto", help="Weights dtype: auto, bfloat16, float16, float32.")
-    parser.add_argument("--no-live", "--no_live", dest="live", action="store_false",
-                        help="Print only each answer, no live denoising view.")  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.steps is None:
-        args.steps = max(args.gen_length // 2, 1)
-    return args
+@dataclass
+class ChatConfig(sampler_arguments()):
+    """Options of `d1 chat`: the model, the conversation, and the sampler options every command shares."""
+
+    ALIASES: ClassVar[dict[str, str]] = {"--steps": "--diffusion_steps", "--no-live": "--no_live"}
+    """Older spellings that still work."""
+
+    model_path: str | None = field(
+        default=None, metadata={"help": "Model folder or Hub name (native LLaDA or Dream). Required."}
+    )
+    system_prompt: str | None = field(default=None, metadata={"help": "A system message opening the conversation."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling noise."})
+    dtype: str = field(default="auto", metadata={"help": "Weights dtype: auto, bfloat16, float16, float32."})
+    live: bool = field(default=True, metadata={"help": "Show each answer being denoised (--no_live: print only it)."})
+    early_stop: bool = with_default(
+        "early_stop", True, "On in chat (an answer ends at its EOS; --no_early_stop decodes every block); off in "
+        "d1 eval, where d1's exact sampler decodes every block."
+    )  # fmt: skip
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """The sampler settings, checked before the model loads (the same checks `generate` makes)."""
+def parse_args(argv: list[str]) -> ChatConfig:
+    from d1.cli.args import parse_config
+
+    return parse_config(ChatConfig, argv, prog="d1 chat")
+
+
+def check_args(args: ChatConfig) -> Any:
+    """The model path and the sampler's options, checked before the model loads; returns the options."""
+    from d1.diffusion.samplers import options_from
     from d1.hub import check_local_or_hub
+    from d1.models.families import default_sampler
+    from d1.models.loading import load_config
 
-    check_counts({f"--{name}": getattr(args, name) for name in ("gen_length", "block_length", "steps")})
-    names = ("--gen_length", "--block_length", "--steps")
-    check_block_schedule(args.gen_length, args.block_length, args.steps, names)
-    if not 0 <= args.temperature < float("inf") or not 0 <= args.cfg_scale < float("inf"):
-        raise ValueError(f"--temperature={args.temperature} and --cfg_scale={args.cfg_scale} must be >= 0.")
+    if not args.model_path:
+        raise ValueError("--model_path is required: a model folder or Hub name.")
+    options = options_from(args, args.sampler) if args.sampler else None  # needs no model
     check_local_or_hub(args.model_path, "--model_path")
+    return options or options_from(args, default_sampler(load_config(args.model_path)))
 
 
 def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -65,12 +69,12 @@ def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
 class Chat:
     """One conversation: the model, its settings and the messages so far."""
 
-    def __init__(self, args: argparse.Namespace, console: Any):
+    def __init__(self, args: ChatConfig, options: Any, console: Any):
         import torch
 
         from d1.models.loading import load_config, load_model, load_tokenizer, resolve_mask_token_id
 
-        self.args, self.console = args, console
+        self.args, self.options, self.console = args, options, console
         self.tokenizer = load_tokenizer(args.model_path)
         mask_id = resolve_mask_token_id(self.tokenizer, load_config(args.model_path))
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -81,20 +85,23 @@ class Chat:
         if args.system_prompt:
             self.messages.append({"role": "system", "content": args.system_prompt})
         self.special = set(self.tokenizer.all_special_ids)
+        vocabulary = self.tokenizer.get_vocab()
+        ends = {vocabulary[token] for token in END_OF_TURN if token in vocabulary}
+        self.ends = ends | ({self.tokenizer.eos_token_id} - {None})
 
     def answer(self, question: str) -> str:
         """Generate the reply to `question` (shown live when asked) and add both turns to the conversation."""
         import torch
         from rich.live import Live
 
+        from d1.diffusion.samplers import SamplerCall, sample
         from d1.viz.live import denoising_text
 
         messages = [*self.messages, {"role": "user", "content": question}]
         prompt = prompt_text(self.tokenizer, messages)
         encoded = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
         prompt_ids = encoded["input_ids"].to(self.model.device)
-        args = self.args
-        pieces: list[str | None] = [None] * args.gen_length
+        pieces: list[str | None] = [None] * self.options.gen_length
         confidence: dict[int, float] = {}
         hidden: set[int] = set()
 
@@ -106,23 +113,19 @@ class Chat:
                     hidden.add(position)
             live.update(denoising_text(pieces, confidence, set(step.positions), hidden), refresh=True)
 
-        show = args.live and self.console.is_terminal and not self.console.is_dumb_terminal
-        eos_id = self.tokenizer.eos_token_id
+        show = self.args.live and self.console.is_terminal and not self.console.is_dumb_terminal
         stats: dict[str, int] = {}
         began = time.perf_counter()
         display = Live(console=self.console, transient=True, auto_refresh=False) if show else _Nothing()
         with display as live:
-            output = generate(
-                self.model, prompt_ids, gen_length=args.gen_length, block_length=args.block_length,
-                steps=args.steps, temperature=args.temperature, remasking=args.remasking,
-                cfg_scale=args.cfg_scale, cache=args.cache, unmask=args.unmask, threshold=args.threshold,
-                factor=args.factor, early_stop=not args.no_early_stop and eos_id is not None,
-                eos_token_id=eos_id, generator=self.generator, stats=stats,
+            call = SamplerCall(
+                generator=self.generator, eos_token_id=self.tokenizer.eos_token_id, stats=stats,
                 trace=Trace(on_step=redraw) if show else None,
             )  # fmt: skip
+            output = sample(self.model, prompt_ids, self.options, call)
         seconds = time.perf_counter() - began
         completion = output[0, prompt_ids.shape[1] :]
-        reply = self.tokenizer.decode(completion, skip_special_tokens=True).strip()
+        reply = self.tokenizer.decode(self.turn(completion), skip_special_tokens=True).strip()
         self.messages = [*messages, {"role": "assistant", "content": reply}]
         if not show:
             self.console.print(reply, markup=False, highlight=False)
@@ -136,6 +139,14 @@ class Chat:
             f"({tokens / max(seconds, 1e-9):.1f} tokens/s)[/dim]"
         )
         return reply
+
+    def turn(self, completion: Any) -> Any:
+        """The completion up to its first end-of-turn token (EOS, <|eot_id|>, <|im_end|>): what follows is not
+        part of the answer, and those tokens need not be registered as special to be dropped."""
+        import torch
+
+        ends = torch.isin(completion, torch.tensor(sorted(self.ends), device=completion.device))
+        return completion[: int(ends.int().argmax())] if bool(ends.any()) else completion
 
 
 class _Nothing:
@@ -152,14 +163,15 @@ def main(argv: list[str]) -> int:
     from rich.console import Console
 
     args = parse_args(argv)
-    check_args(args)
+    options = check_args(args)
     from transformers.utils import logging as transformers_logging
 
     console = Console(highlight=False)
     interactive = sys.stdin.isatty()
 
     transformers_logging.disable_progress_bar()
-    chat = Chat(args, console)
+    print(f"loading {args.model_path} ...", file=sys.stderr, flush=True)
+    chat = Chat(args, options, console)
     if not getattr(chat.tokenizer, "chat_template", None):
         note = f"note: {args.model_path} has no chat template; using plain 'User:'/'Assistant:' turns."
         print(note, file=sys.stderr)

@@ -4,7 +4,8 @@ and prints d1's score table of the run's files."""
 from __future__ import annotations
 
 from d1.cli.args import parse_config
-from d1.evaluation.runner import EvalConfig, output_path, run_eval
+from d1.evaluation.config import EvalConfig, output_path
+from d1.evaluation.runner import run_eval
 from d1.evaluation.score import format_table, score_paths
 from d1.utils import distributed_state, is_main_process, say
 

@@ -1,4 +1,4 @@
-"""`d1 sft`: masked SFT with d1's flags (`--model_name --batch_size --max_length --num_epochs --learning_rate
+"""`d1 sft`: masked SFT with d1's flags (`--model_path` (d1's `--model_name` works too) `--batch_size --max_length --num_epochs --learning_rate
 --grad_accum_steps --output_dir --job_name --train_data --debugging`) and any TrainingArguments field."""
 
 from __future__ import annotations

@@ -213,7 +213,7 @@ def grpo_argv(config: DemoConfig, data: DemoData, start: Path, job: str) -> list
         str(config.num_iterations),
         "--max_prompt_length",
         "128",
-        "--max_completion_length",
+        "--gen_length",
         str(config.rl_gen_length),
         "--block_length",
         str(config.block_length),
@@ -276,7 +276,8 @@ def test_scores(
 ) -> dict[int, dict[str, float]]:
     """`d1 eval` + `d1 score` of one model on the test puzzles at each of `eval_gen_lengths`:
     {length: {"accuracy": cells %, "solved": puzzles %, ...}} (also used by benchmarks/rl_methods.py)."""
-    from d1.evaluation.runner import EvalConfig, run_eval
+    from d1.evaluation.config import EvalConfig
+    from d1.evaluation.runner import run_eval
     from d1.evaluation.score import score_paths, scores_to_json
 
     for length in config.eval_gen_lengths:
@@ -291,7 +292,7 @@ def test_scores(
                 batch_size=config.eval_batch_size,
                 subsample=-1,
                 output_dir=str(out),
-                model_name=name,
+                model_label=name,
                 system_prompt="",
                 seed=config.seed,
                 dtype="float32",

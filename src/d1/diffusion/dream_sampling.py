@@ -24,6 +24,7 @@ from transformers.utils import ModelOutput
 
 from d1.diffusion.logits import predicting_logits
 from d1.diffusion.sampling import resolve_token_id
+from d1.diffusion.trace import Trace
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 DEFAULT_NEW_TOKENS = 20
@@ -189,6 +190,7 @@ def diffusion_generate(
     generation_tokens_hook_func: TokensHook | None = None,
     generation_logits_hook_func: LogitsHook | None = None,
     generator: torch.Generator | None = None,
+    trace: Trace | None = None,
     **kwargs: Any,
 ) -> DreamGenerationOutput | torch.Tensor:
     """Dream's `model.diffusion_generate`: the prompt [B, P] (`inputs` or `input_ids`, left-padded with
@@ -199,6 +201,8 @@ def diffusion_generate(
     `generation_logits_hook_func(step, x, logits) -> logits` sees the realigned logits [B, L, V] of each step.
     Returns the sequences, or with `return_dict_in_generate` a `DreamGenerationOutput` (`.sequences`, and
     `.history`: x after every step when `output_history`). Randomness comes from `generator`, else torch's.
+    `trace` (a `d1.diffusion.trace.Trace`, one block the length of the completion) is filled with the positions
+    each step unmasked, their tokens and probabilities.
     """
     settings = settings_from(generation_config, kwargs)
     prompt = inputs if inputs is not None else input_ids
@@ -231,12 +235,18 @@ def diffusion_generate(
     logits_hook = generation_logits_hook_func or (lambda step, x, logits: logits)
     times = torch.linspace(1, settings.eps, settings.steps + 1, device=x.device)
     history = []
+    start = prompt.shape[1]
+    if trace is not None:
+        trace.start(x.shape[0], new_tokens, new_tokens)
     x = tokens_hook(None, x, None)
     for step in range(settings.steps):
         logits, _ = predicting_logits(model, x, slice(0, None), attention_mask=mask, position_ids=positions)
         logits = logits_hook(step, x, logits)
         ratio = 1 - times[step + 1] / times[step]
+        masked = x[:, start:] == mask_id
         _unmask_step(x, logits, mask_id, ratio, step == settings.steps - 1, settings, generator)
+        if trace is not None:
+            trace.record(0, 0, masked & (x[:, start:] != mask_id), x[:, start:], logits[:, start:])
         x = tokens_hook(step, x, logits)
         if settings.output_history:
             history.append(x.clone())

@@ -197,38 +197,45 @@ def check_block_schedule(
         )
 
 
-def _validate(
-    prompt_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    gen_length: int,
-    block_length: int,
-    steps: int,
-    temperature: float,
-    remasking: str,
-    cfg_scale: float,
-    cache: str | None = None,
-    unmask: str = "schedule",
-    threshold: float = 0.9,
-    factor: float = 1.0,
-) -> None:
-    """Reject bad settings before any forward pass, saying which values would work."""
+def check_prompt(prompt_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    """The prompt is [batch, length] and its attention mask, if any, has the same shape."""
     if prompt_ids.dim() != 2:
         raise ValueError(f"prompt_ids must be [batch, prompt_length], got shape {tuple(prompt_ids.shape)}.")
     if attention_mask is not None and attention_mask.shape != prompt_ids.shape:
         raise ValueError(
             f"attention_mask shape {tuple(attention_mask.shape)} must equal prompt_ids shape {tuple(prompt_ids.shape)}."
         )
+
+
+def check_settings(
+    *,
+    gen_length: int,
+    block_length: int,
+    steps: int,
+    temperature: float = 0.0,
+    remasking: str = "low_confidence",
+    cfg_scale: float = 0.0,
+    cache: str | None = None,
+    unmask: str = "schedule",
+    threshold: float = 0.9,
+    factor: float = 1.0,
+    max_block_steps: int | None = None,
+    names: tuple[str, str, str] = ("gen_length", "block_length", "steps"),
+    **_: Any,
+) -> None:
+    """Reject bad sampler settings before any forward pass, saying which values would work (`names`: what the
+    caller calls the length, block and steps options). Options that need no check pass through `_`."""
     if gen_length <= 0 or block_length <= 0 or steps <= 0:
         raise ValueError(
-            f"gen_length={gen_length}, block_length={block_length}, steps={steps} must all be positive."
+            f"{names[0]}={gen_length}, {names[1]}={block_length}, {names[2]}={steps} must all be positive."
         )
-    check_block_schedule(gen_length, block_length, steps)
+    check_block_schedule(gen_length, block_length, steps, names)
     if remasking not in REMASKING:
         raise ValueError(f"remasking={remasking!r} is not one of {REMASKING}.")
-    if not temperature >= 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy).")
-    if not cfg_scale >= 0:
-        raise ValueError(f"cfg_scale={cfg_scale} must be >= 0 (0 = no classifier-free guidance).")
+    if not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature={temperature} must be a finite number >= 0 (0 = greedy).")
+    if not 0 <= cfg_scale < math.inf:
+        raise ValueError(f"cfg_scale={cfg_scale} must be a finite number >= 0 (0 = no classifier-free guidance).")
     if cache not in CACHES:
         raise ValueError(f"cache={cache!r} is not one of {CACHES} (None = exact decoding, no cache).")
     if unmask not in UNMASKS:
@@ -400,6 +407,7 @@ def generate(
     unmask: str = "schedule",
     threshold: float = 0.9,
     factor: float = 1.0,
+    max_block_steps: int | None = None,
     early_stop: bool = False,
     stats: dict | None = None,
     sync_done: Callable[[bool], bool] | None = None,
@@ -427,20 +435,13 @@ def generate(
     need: a process that finished runs forward passes that change nothing until every process has finished.
     Each process's tokens are those it would decode alone.
     """
-    _validate(
-        prompt_ids,
-        attention_mask,
-        gen_length,
-        block_length,
-        steps,
-        temperature,
-        remasking,
-        cfg_scale,
-        cache,
-        unmask,
-        threshold,
-        factor,
-    )
+    check_prompt(prompt_ids, attention_mask)
+    check_settings(
+        gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
+        remasking=remasking, cfg_scale=cfg_scale, cache=cache, unmask=unmask, threshold=threshold, factor=factor,
+    )  # fmt: skip
+    if max_block_steps is not None:  # TEMP until the fastdllm-llada branch lands
+        raise ValueError("max_block_steps is not implemented yet")
     _check_prefill(prefill, prompt_ids.shape[0], gen_length, early_stop)
     if cache is not None and not _accepts(model, "cache"):
         raise ValueError(f"cache={cache!r} needs a model whose forward takes `cache` (d1's native LLaDA).")

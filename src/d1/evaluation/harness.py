@@ -2,12 +2,11 @@
 
 Importing this module registers it (`lm_eval.simple_evaluate(model="d1", model_args={...})`; `d1 harness`
 imports it). Options (`model_args`): `pretrained`/`model_path`, `checkpoint_path`, `dtype`, `device`,
-`batch_size`, `mask_token_id`, `trust_remote_code`, `seed`, `mc_num`, `is_greedy`, `keep_special_tokens`, and
-the sampler's own options: every keyword option of `d1.generate` (gen_length, block_length, steps, remasking,
-cfg_scale, temperature, cache, unmask, threshold, factor, early_stop, logits_eos_inf, confidence_eos_eot_inf),
-with `d1 eval`'s defaults (gen_length 128, block_length 32, steps gen_length // 2, greedy).
+`batch_size`, `mask_token_id`, `trust_remote_code`, `seed`, `mc_num`, `is_greedy`, `keep_special_tokens`,
+`sampler` (default: the model family's) and every option of the registered samplers (`d1.diffusion.samplers`:
+the same names and defaults as `d1 eval`'s flags; `steps` is accepted for `diffusion_steps`).
 
-- `generate_until`: prompts left-padded in batches of `batch_size`, `d1.generate` with the sampler options
+- `generate_until`: prompts left-padded in batches of `batch_size`, the chosen sampler with its options
   (noise seeded per batch exactly as `d1 eval`'s `generate_answers`, so the same prompts and settings give the
   same text), decoded; a request's `max_gen_toks` caps the answer at that many tokens (the diffusion canvas
   stays `gen_length`, the model_args setting, as in LLaDA's harness model); its `until` strings cut the text
@@ -25,8 +24,8 @@ Single process: run one `d1 harness` per device and split tasks between them.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import inspect
 from typing import Any
 
 import torch
@@ -35,28 +34,19 @@ from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
 from d1.diffusion.likelihood import elbo_loglikelihood
+from d1.diffusion.samplers import SamplerCall, option_fields, sample
 from d1.diffusion.sampling import generate
-from d1.evaluation.runner import (
-    EvalConfig,
-    check_generation_settings,
-    checkpoint_kind,
-    load_eval_model,
-    load_eval_tokenizer,
-    weights_fingerprint,
-)
+from d1.evaluation.config import EvalConfig, checkpoint_kind
+from d1.evaluation.files import weights_fingerprint
+from d1.evaluation.runner import load_eval_model, load_eval_tokenizer
 from d1.hub import check_local_or_hub
 from d1.utils import derive_seed
 
-_SAMPLER_INTERNAL = {
-    "model", "prompt_ids", "mask_token_id", "attention_mask", "generator", "stats", "sync_done",
-    "eos_token_id", "eot_token_id", "prefill",
-}  # fmt: skip
-SAMPLER_OPTIONS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(generate).parameters.items()
-    if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name not in _SAMPLER_INTERNAL
-}
-"""The sampler's own options and defaults, read from `d1.generate` (the one place a family's sampler is named)."""
+SAMPLER_OPTIONS = {"sampler": None, **{name: spec.default for name, (_, spec) in option_fields().items()}}
+"""The sampler choice and every registered sampler's options, with the registry's defaults."""
+
+ALIASES = {"steps": "diffusion_steps"}
+"""Older spellings of model_args that still work."""
 
 HARNESS_OPTIONS = {
     "pretrained": None,
@@ -81,35 +71,48 @@ REFUSED_OUTPUT_TYPES = {
 }
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
-    """A model_args value as the option's type (lm-eval parses `k=v` strings only loosely)."""
-    if value is None or default is None or isinstance(default, str):
+def _coerce(name: str, value: Any, default: Any, kind: Any = None) -> Any:
+    """A model_args value as the option's type `kind` (else its default's; lm-eval parses `k=v` loosely)."""
+    if value is None or (default is None and isinstance(value, str) and value.lower() == "none"):
+        return None
+    target = kind if kind is not None else (type(default) if default is not None else None)
+    if target is None or target is str:
         return value
-    if isinstance(default, bool):
+    if target is bool:
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
         if not isinstance(value, bool):
             raise ValueError(f"{name}={value!r} must be true or false.")
         return value
     try:
-        return type(default)(value)
+        return target(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} must be a {type(default).__name__}.") from None
+        raise ValueError(f"{name}={value!r} must be a {target.__name__}.") from None
+
+
+def _option_type(kind: Any) -> Any:
+    """The plain type of an option annotation (`int | None` -> int)."""
+    args = [a for a in getattr(kind, "__args__", ()) if a is not type(None)]
+    return args[0] if args else kind
 
 
 def resolve_options(args: dict[str, Any]) -> dict[str, Any]:
-    """All options with defaults filled in, each checked by name and type; options of no sampler of this model
-    (another family's, e.g. Dream's `alg`) are refused naming close matches. Runs before any model loads."""
+    """All options with defaults filled in, each checked by name and type; unknown names are refused naming
+    close matches. Runs before any model loads."""
+    args = {ALIASES.get(name, name): value for name, value in args.items()}
     known = {**HARNESS_OPTIONS, **SAMPLER_OPTIONS}
+    kinds = {name: _option_type(kind) for name, (kind, _) in option_fields().items()}
     unknown = [name for name in args if name not in known]
     if unknown:
         hints = {name: difflib.get_close_matches(name, known, n=2) for name in unknown}
         hint = "; ".join(f"{name}: did you mean {close}?" for name, close in hints.items() if close)
         raise ValueError(
-            f"model_args {unknown} are not options of the d1 model: its sampler (d1.generate) takes "
+            f"model_args {unknown} are not options of the d1 model: its samplers take "
             f"{sorted(SAMPLER_OPTIONS)}, the model {sorted(HARNESS_OPTIONS)}." + (f" {hint}" if hint else "")
         )
-    options = {name: _coerce(name, args.get(name, default), default) for name, default in known.items()}
+    options = {
+        name: _coerce(name, args.get(name, default), default, kinds.get(name)) for name, default in known.items()
+    }
     if options["pretrained"] and options["model_path"] and options["pretrained"] != options["model_path"]:
         raise ValueError(
             f"pretrained={options['pretrained']!r} and model_path={options['model_path']!r} disagree; pass one."
@@ -122,32 +125,13 @@ def resolve_options(args: dict[str, Any]) -> dict[str, Any]:
     options["batch_size"] = int(options["batch_size"])
     if options["mc_num"] < 1:
         raise ValueError(f"mc_num={options['mc_num']} must be at least 1.")
-    if options["steps"] is None or "steps" not in args:
-        options["steps"] = options["gen_length"] // 2  # d1 eval's default
     return options
 
 
 def eval_config(options: dict[str, Any]) -> EvalConfig:
     """The `d1 eval` settings these options mean, so both check and load the same way."""
-    return EvalConfig(
-        model_path=options["model_path"],
-        checkpoint_path=options["checkpoint_path"],
-        gen_length=options["gen_length"],
-        block_length=options["block_length"],
-        diffusion_steps=options["steps"],
-        batch_size=options["batch_size"],
-        seed=options["seed"],
-        temperature=options["temperature"],
-        remasking=options["remasking"],
-        cfg_scale=options["cfg_scale"],
-        dtype=options["dtype"],
-        mask_token_id=options["mask_token_id"],
-        cache=options["cache"],
-        unmask=options["unmask"],
-        threshold=options["threshold"],
-        early_stop=options["early_stop"],
-        trust_remote_code=options["trust_remote_code"],
-    )
+    shared = {f.name for f in dataclasses.fields(EvalConfig)}
+    return EvalConfig(**{name: value for name, value in options.items() if name in shared})
 
 
 def check_options(args: dict[str, Any]) -> tuple[dict[str, Any], EvalConfig, str]:
@@ -155,9 +139,10 @@ def check_options(args: dict[str, Any]) -> tuple[dict[str, Any], EvalConfig, str
     checkpoint kind."""
     options = resolve_options(args)
     config = eval_config(options)
-    check_generation_settings(config)
     check_local_or_hub(config.model_path, "pretrained")
-    return options, config, checkpoint_kind(config.checkpoint_path)
+    kind = checkpoint_kind(config.checkpoint_path)
+    config.options()  # the sampler's own checks
+    return options, config, kind
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +166,7 @@ class D1HarnessLM(TemplateLM):
         adapter = [self.config.checkpoint_path] if kind == "lora" else []
         self.weights_fingerprint = weights_fingerprint(weights, *adapter)
         self.model = load_eval_model(self.config, kind, weights, self.mask_token_id, self._device)
-        self.sampler = {name: self.options[name] for name in SAMPLER_OPTIONS}
+        self.sampler = self.config.options()
 
     # ------------------------------------------------------------ what lm-eval asks of a model
 
@@ -226,7 +211,7 @@ class D1HarnessLM(TemplateLM):
             return render([message for message in chat_history if message["role"] != "system"])
 
     def generate_until(self, requests: list[Any], disable_tqdm: bool = False) -> list[str]:
-        """Batched, left-padded `d1.generate`, each batch's noise seeded as in `generate_answers`."""
+        """Batched, left-padded sampling, each batch's noise seeded as in `generate_answers`."""
         size = self.options["batch_size"]
         outputs: list[str] = []
         for start in tqdm(range(0, len(requests), size), disable=disable_tqdm, desc="d1 generate_until"):
@@ -234,14 +219,12 @@ class D1HarnessLM(TemplateLM):
             rows = [self.tok_encode(request.args[0]) for request in batch]
             prompt_ids, attention_mask = _left_pad(rows, self.tokenizer.pad_token_id, self._device)
             generator = torch.Generator(device=self._device).manual_seed(derive_seed(self.options["seed"], start))
-            output = generate(
-                self.model,
-                prompt_ids,
-                mask_token_id=self.mask_token_id,
+            call = SamplerCall(
                 attention_mask=None if bool(attention_mask.all()) else attention_mask,
                 generator=generator,
-                **self.sampler,
+                mask_token_id=self.mask_token_id,
             )
+            output = sample(self.model, prompt_ids, self.sampler, call)
             for request, answer in zip(batch, output[:, prompt_ids.shape[1] :].tolist(), strict=True):
                 text = self.finish(answer, request.args[1] or {})
                 outputs.append(text)
@@ -322,5 +305,10 @@ class D1HarnessLM(TemplateLM):
 
     def settings(self) -> dict[str, Any]:
         """The resolved model options (sampler, likelihood, weights) for the protocol card."""
-        options = {key: value for key, value in self.options.items() if key not in ("device", "max_batch_size")}
-        return {**options, "mask_token_id": self.mask_token_id, "weights_fingerprint": self.weights_fingerprint}
+        model = {key: self.options[key] for key in HARNESS_OPTIONS if key in self.options}
+        for key in ("device", "max_batch_size"):
+            model.pop(key, None)
+        return {
+            **model, "model_path": self.options["model_path"], **self.sampler.recorded(),
+            "mask_token_id": self.mask_token_id, "weights_fingerprint": self.weights_fingerprint,
+        }  # fmt: skip

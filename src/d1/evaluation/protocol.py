@@ -1,7 +1,7 @@
 """The protocol card: what produced a result, written into every generation file (its `settings` block) and
 every `d1 score` / `d1 harness` result.
 
-A card is the run's settings (sampler, prompt, data, subsample, seed, weights: see `runner.run_settings`) plus
+A card is the run's settings (sampler, prompt, data, subsample, seed, weights: see `files.run_settings`) plus
 `protocol` and `protocol_source` (whose prompts, shots and answer extraction), `model_revision` (name or path
 and, for a Hub name, the commit of the cached snapshot) and `software` (d1, torch, transformers, lm-eval
 versions). Everything but `software` is part of a generation file's resume key. Files without a card (d1's

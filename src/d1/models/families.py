@@ -15,10 +15,6 @@ from transformers import PretrainedConfig, PreTrainedModel
 from d1.models.dream import DreamConfig, DreamModel
 from d1.models.llada import LLaDAConfig, LLaDAModelLM
 
-SAMPLERS = ("llada", "dream")
-"""`llada`: d1.generate's block sampler (any family; d1's default everywhere, as in the GRPO rollouts);
-`dream`: Dream's `diffusion_generate` (no blocks; `d1 eval --sampler dream`)."""
-
 
 @dataclass(frozen=True)
 class TinyTokenizer:
@@ -49,6 +45,8 @@ class Family:
     tokenizer: TinyTokenizer
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     example: str = ""
+    sampler: str = "llada"
+    """The sampler every command uses unless told otherwise (a name of `d1.diffusion.samplers.SAMPLERS`)."""
 
     @property
     def logits_shifted(self) -> bool:
@@ -192,6 +190,12 @@ def family_of(config: Any) -> Family | None:
     """The family of a loaded config (by `model_type`), None for models d1 has no native code for."""
     model_type = getattr(config, "model_type", None)
     return next((f for f in FAMILIES.values() if f.model_type == model_type), None)
+
+
+def default_sampler(config: Any) -> str:
+    """The sampler of a loaded config's family; LLaDA's block sampler for models d1 has no native code for."""
+    found = family_of(config)
+    return found.sampler if found is not None else "llada"
 
 
 def unknown_model_type_error(name_or_path: str, model_type: str | None) -> ValueError:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import TrainingArguments
 
 from d1.diffusion.likelihood import ESTIMATORS, MCOptions
 from d1.diffusion.losses import OBJECTIVE_NEEDS, OBJECTIVES
-from d1.diffusion.sampling import check_block_schedule
+from d1.diffusion.samplers import (
+    LLaDAOptions,
+    SamplerOptions,
+    options_from,
+    sampler_arguments,
+    with_default,
+)
 from d1.models.families import FAMILIES
 from d1.models.loading import LORA_TARGETS_HELP, non_reentrant
 from d1.sft.config import bf16_available
@@ -24,7 +30,9 @@ ROLLOUT_SAMPLERS = {
     "cached": {"cache": "dual"},
     "parallel": {"cache": "dual", "unmask": "threshold"},
 }
-"""`d1.generate` options of each rollout sampler (Fast-dLLM's approximations for the last two)."""
+"""The shorthands of older configs (`rollout_sampler`): the sampler options each one sets. `parallel` also caps
+each block at diffusion_steps / num_blocks passes (`max_block_steps`), the parallel decoding RL has measured."""
+
 
 ROLLOUT_ORDERS = ("diffusion", "left_to_right")
 ZERO_SIGNAL_GROUPS = ("skip", "inpaint")
@@ -35,12 +43,19 @@ def _default_of(spec: Field) -> Any:
 
 
 @dataclass
-class DiffuGRPOConfig(TrainingArguments):
+class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArguments):
     """diffu-GRPO options. Names follow d1 (`num_generations`, `p_mask_prompt`, `num_iterations`, ...).
 
     One optimizer step is one inner update; a rollout happens every `num_iterations` steps and its
     completions are reused for those `num_iterations` updates, each with its own prompt mask.
     """
+
+    ALIASES: ClassVar[dict[str, str]] = {
+        "--max_completion_length": "--gen_length",
+        "--steps": "--diffusion_steps",
+        "--rollout_threshold": "--threshold",
+    }
+    """Older spellings that still work: d1's `max_completion_length` (TRL's name), `--steps`, `rollout_threshold`."""
 
     # model
     model_path: str = field(
@@ -102,21 +117,21 @@ class DiffuGRPOConfig(TrainingArguments):
     max_prompt_length: int = field(
         default=200, metadata={"help": "Prompts longer than this keep their last tokens."}
     )
-    max_completion_length: int = field(default=256, metadata={"help": "Generated tokens per completion."})
-    block_length: int = field(default=32, metadata={"help": "Semi-autoregressive block size of the sampler."})
-    diffusion_steps: int = field(default=128, metadata={"help": "Sampler steps over the whole completion."})
-    temperature: float = field(default=0.9, metadata={"help": "Sampling temperature of rollouts."})
-    remasking: str = field(default="low_confidence", metadata={"help": "low_confidence or random."})
-    cfg_scale: float = field(default=0.0, metadata={"help": "Classifier-free guidance scale (0 = off)."})
-    rollout_sampler: str = field(
-        default="exact",
-        metadata={
-            "help": "exact (LLaDA's sampler), cached (dual KV cache) or parallel (cache + confidence-threshold "
-            "unmasking, which is known to destabilise RL: watch the reward trend)."
-        },
+    gen_length: int = with_default(
+        "gen_length", 256, "d1 grpo: 256, d1's rollout length (its max_completion_length, accepted as an alias)."
     )
-    rollout_threshold: float = field(
-        default=0.9, metadata={"help": "rollout_sampler=parallel: unmask threshold."}
+    diffusion_steps: int | None = with_default("diffusion_steps", 128, "d1 grpo: 128 (d1's).")
+    temperature: float = with_default(
+        "temperature", 0.9, "d1 grpo: 0.9, d1's rollout temperature (validation stays greedy)."
+    )
+    rollout_sampler: str | None = field(
+        default=None,
+        metadata={
+            "help": "Shorthand of older configs: exact (no cache), cached (--cache dual) or parallel (--cache dual "
+            "--unmask threshold, capped at diffusion_steps / num_blocks passes a block; threshold-decoded rollouts "
+            "are known to destabilise RL: watch the reward trend). Default: the sampler flags as given.",
+            "choices": list(ROLLOUT_SAMPLERS),
+        },
     )
     generation_batch_size: int = field(
         default=6, metadata={"help": "Completions generated per sampler call."}
@@ -333,6 +348,21 @@ class DiffuGRPOConfig(TrainingArguments):
         else:
             self._refuse_ignored(("spg_eubo_beta", "spg_mix_weight"), "they are objective=spg's")
 
+    def _check_sampler(self) -> None:
+        """The rollout sampler's options, and the rollout features only LLaDA's block sampler has."""
+        if self.rollout_sampler is not None and self.rollout_sampler not in ROLLOUT_SAMPLERS:
+            raise ValueError(
+                f"rollout_sampler={self.rollout_sampler!r} is unknown; use one of {list(ROLLOUT_SAMPLERS)}."
+            )
+        options = self.rollout_options()
+        needs = {"rollout_order": self.rollout_order != "diffusion", "zero_signal_groups": self.zero_signal_groups != "skip"}
+        for name, used in needs.items():
+            if used and not isinstance(options, LLaDAOptions):
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} needs LLaDA's block sampler (one token a step in order; tokens "
+                    f"fixed in place), not sampler={options.name!r}; pass --sampler llada."
+                )
+
     def _check_inpaint(self) -> None:
         names = ("inpaint_fraction", "inpaint_chunk_size", "inpaint_max_replacements", "inpaint_free_tail")
         if self.zero_signal_groups != "inpaint":
@@ -348,10 +378,10 @@ class DiffuGRPOConfig(TrainingArguments):
                 f"inpaint_max_replacements={self.inpaint_max_replacements} must be in [1, num_generations="
                 f"{self.num_generations}): replacing a whole group leaves it without signal again (IGPO: 4 of 8)."
             )
-        if not 0 <= self.inpaint_free_tail < self.max_completion_length:
+        if not 0 <= self.inpaint_free_tail < self.gen_length:
             raise ValueError(
-                f"inpaint_free_tail={self.inpaint_free_tail} must be in [0, max_completion_length="
-                f"{self.max_completion_length}) (IGPO: 30 of 256)."
+                f"inpaint_free_tail={self.inpaint_free_tail} must be in [0, gen_length="
+                f"{self.gen_length}) (IGPO: 30 of 256)."
             )
 
     def mc_options(self) -> MCOptions:
@@ -363,12 +393,28 @@ class DiffuGRPOConfig(TrainingArguments):
             antithetic=self.mc_antithetic,
         )
 
-    def decoding(self) -> dict[str, object]:
-        """Keyword arguments of `d1.generate` for rollouts (empty for the exact sampler)."""
-        options = dict(ROLLOUT_SAMPLERS[self.rollout_sampler])
-        if options.get("unmask") == "threshold":
-            options["threshold"] = self.rollout_threshold
-        return options
+    def rollout_options(self) -> SamplerOptions:
+        """The rollouts' sampler options (LLaDA's block sampler unless `sampler` is set), with `rollout_sampler`'s
+        shorthand applied; a shorthand contradicting an explicitly set option is refused."""
+        preset: dict[str, object] = {}
+        if self.rollout_sampler is not None:
+            preset = dict(ROLLOUT_SAMPLERS[self.rollout_sampler])
+            if self.rollout_sampler == "parallel":
+                steps = self.diffusion_steps or max(self.gen_length // 2, 1)
+                preset["max_block_steps"] = steps * self.block_length // self.gen_length
+            clash = self._changed(*preset)
+            if clash:
+                raise ValueError(
+                    f"rollout_sampler={self.rollout_sampler!r} sets {preset}, but {', '.join(clash)} was given too; "
+                    "drop rollout_sampler and pass the sampler options alone."
+                )
+        return options_from(self, self.sampler or "llada", preset)
+
+    def validation_options(self) -> SamplerOptions:
+        """Validation's sampler options: the rollouts' sampler, length and steps, greedy and exact."""
+        rollout = self.rollout_options()
+        kept = ("gen_length", "block_length", "diffusion_steps")
+        return type(rollout)(**{name: getattr(rollout, name) for name in kept if hasattr(rollout, name)})
 
     def validate(self, world_size: int) -> None:
         """Cheap checks that need no model; each error names the option, the value and a fix."""
@@ -386,16 +432,10 @@ class DiffuGRPOConfig(TrainingArguments):
                 f" x processes = {self.per_device_train_batch_size} x {world_size} = {global_batch}. Values that "
                 f"work: {working}; or change per_device_train_batch_size."
             )
-        check_block_schedule(
-            self.max_completion_length,
-            self.block_length,
-            self.diffusion_steps,
-            ("max_completion_length", "block_length", "diffusion_steps"),
-        )
+        self._check_sampler()
         if self.generation_batch_size < 1 or self.num_iterations < 1:
             raise ValueError("generation_batch_size and num_iterations must be >= 1.")
         for name, known in (
-            ("rollout_sampler", ROLLOUT_SAMPLERS),
             ("scale_rewards", ("none", "group")),
             ("loss_normalization", ("token", "sequence")),
             ("logp_estimator", ESTIMATORS),

@@ -131,10 +131,10 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
     train, validation = training_rows(config, task)
     check_references(config, task, train)
-    if config.rollout_sampler == "parallel":
+    if getattr(config.rollout_options(), "unmask", "schedule") != "schedule":
         say(
-            "warning: rollout_sampler=parallel (confidence-threshold decoding) has destabilised GRPO after a few "
-            "hundred steps in published runs; watch the logged reward trend"
+            "warning: parallel (confidence-threshold) rollouts have destabilised GRPO after a few hundred steps "
+            "in published runs; watch the logged reward trend"
         )
     say(
         f"diffu-GRPO on {task.name}: {len(train)} training prompts, {len(validation)} held out for validation; "

@@ -17,6 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from d1.cluster import CompleteCheckpointsCallback
 from d1.diffusion.likelihood import ElboTerms, elbo_terms, per_token_logps
 from d1.diffusion.losses import OBJECTIVE_NEEDS, espo_loss, grpo_loss, spg_loss, spg_negative_value, wd1_loss
-from d1.diffusion.sampling import generate
-from d1.evaluation.runner import generate_answers
+from d1.diffusion.samplers import SamplerCall, sample
+from d1.evaluation.generation import generate_answers
 from d1.rl.advantages import combine_rewards, group_advantages, learning_rows
 from d1.rl.config import DiffuGRPOConfig
 from d1.rl.inpaint import hint_canvas, hint_fractions, replace_rows, zero_signal_groups
@@ -98,6 +99,9 @@ class DiffuGRPOTrainer(Trainer):
         self.mask_token_id = int(config.mask_token_id)
         self.eos_token_id = int(processing_class.eos_token_id)
         self.sync_done = all_ranks_done if sharding_kind(self.accelerator) else None
+        self.rollout_options = args.rollout_options()
+        if args.rollout_order == "left_to_right":  # JustGRPO: one token a step, in order
+            self.rollout_options = replace(self.rollout_options, block_length=1, diffusion_steps=args.gen_length)
         self.ref_model = None
         if args.beta > 0 and not getattr(
             model, "peft_config", None
@@ -254,31 +258,20 @@ class DiffuGRPOTrainer(Trainer):
         generator: torch.Generator,
         prefill: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Completion ids [N, max_completion_length] in batches of generation_batch_size, with the rollout
-        order's schedule (left_to_right: one token per step, in order) and `prefill`'s tokens fixed."""
+        """Completion ids [N, gen_length] in batches of generation_batch_size, with the rollout sampler's options
+        (left_to_right: one token per step, in order) and `prefill`'s tokens fixed."""
         args = self.args
-        left_to_right = args.rollout_order == "left_to_right"
         outputs = []
         for lo in range(0, len(prompt_ids), args.generation_batch_size):
             hi = lo + args.generation_batch_size
-            outputs.append(
-                generate(
-                    unwrapped,
-                    prompt_ids[lo:hi],
-                    attention_mask=prompt_mask[lo:hi],
-                    gen_length=args.max_completion_length,
-                    block_length=1 if left_to_right else args.block_length,
-                    steps=args.max_completion_length if left_to_right else args.diffusion_steps,
-                    temperature=args.temperature,
-                    remasking=args.remasking,
-                    cfg_scale=args.cfg_scale,
-                    mask_token_id=self.mask_token_id,
-                    generator=generator,
-                    sync_done=self.sync_done,
-                    prefill=None if prefill is None else prefill[lo:hi],
-                    **args.decoding(),
-                )
+            call = SamplerCall(
+                attention_mask=prompt_mask[lo:hi],
+                generator=generator,
+                mask_token_id=self.mask_token_id,
+                sync_done=self.sync_done,
+                prefill=None if prefill is None else prefill[lo:hi],
             )
+            outputs.append(sample(unwrapped, prompt_ids[lo:hi], self.rollout_options, call))
         return torch.cat(outputs)[:, prompt_ids.shape[1] :]
 
     def _score(self, rows: list[dict[str, Any]], completions: list[str], step: int) -> torch.Tensor:
@@ -324,7 +317,7 @@ class DiffuGRPOTrainer(Trainer):
             ]
             prefill = hint_canvas(
                 references,
-                args.max_completion_length,
+                args.gen_length,
                 self.mask_token_id,
                 [float(fractions[rank * size + i]) for i in chosen],
                 [torch.Generator().manual_seed(derive_seed(args.seed, "hint", step, micro, rank * size + i)) for i in chosen],
@@ -500,13 +493,11 @@ class DiffuGRPOTrainer(Trainer):
                     self.processing_class,
                     self.task,
                     shard,
-                    gen_length=args.max_completion_length,
-                    block_length=args.block_length,
-                    steps=args.diffusion_steps,
+                    args.validation_options(),
                     batch_size=args.generation_batch_size,
                     system_prompt=args.system_prompt,
                     mask_token_id=self.mask_token_id,
-                    decoding={"sync_done": self.sync_done},
+                    sync_done=self.sync_done,
                 )[:real]
             finally:
                 model.train(was_training)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from transformers import TrainingArguments
@@ -23,8 +24,11 @@ class SFTConfig(TrainingArguments):
     Checkpoints and the final model go to `output_dir/job_name`.
     """
 
-    model_name: str = field(
-        default="GSAI-ML/LLaDA-8B-Instruct", metadata={"help": "Hub name or local folder."}
+    ALIASES: ClassVar[dict[str, str]] = {"--model_name": "--model_path"}
+    """Older spellings that still work: d1's `--model_name`."""
+
+    model_path: str = field(
+        default="GSAI-ML/LLaDA-8B-Instruct", metadata={"help": "Hub name or local folder (alias --model_name, d1's)."}
     )
     train_data: str = field(
         default="simplescaling/s1K",

@@ -66,8 +66,8 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
     check_training_length(config)
     settings = run_settings(config)
     checkpoint = check_output_dir(config, settings)
-    tokenizer = load_tokenizer(config.model_name, trust_remote_code=config.trust_remote_code)
-    model_config = load_config(config.model_name, config.trust_remote_code)
+    tokenizer = load_tokenizer(config.model_path, trust_remote_code=config.trust_remote_code)
+    model_config = load_config(config.model_path, config.trust_remote_code)
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
     train_set, eval_set, report = prepare_sft_data(config, tokenizer)
     say(
@@ -84,7 +84,7 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
     check_model_before_loading(model_config, config)
     claim_output_dir(config, settings)
 
-    model = load_trainable_model(config.model_name, config, mask_token_id)
+    model = load_trainable_model(config.model_path, config, mask_token_id)
     collator = MaskedDiffusionCollator(
         tokenizer.eos_token_id, mask_token_id, config.max_length, seed=config.seed
     )
