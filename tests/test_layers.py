@@ -1,5 +1,5 @@
-"""The import graph of `src/d1` (read with `ast`, imports inside functions included): no cycles between modules,
-and no module imports from a higher layer (docs/ARCHITECTURE.md)."""
+"""The import graph of `src/d1` (read with `ast`, imports inside functions included): no cycles between
+modules, and no module imports from a higher layer (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`DemoConfig` (every knob of `d1 demo`), its stages' names and its table's rows: shared by the pipeline and the
-report, so that neither imports the other's internals."""
+"""`DemoConfig` (every knob of `d1 demo`), its stages' names and its table's rows: shared by the pipeline and
+the report, so that neither imports the other."""
 
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ class DemoConfig:
     family: str = _option("llada", "Model architecture: llada or dream (models/families.py).")
     preset: str = _option("small", "Model size preset: tiny or small (`--quick` uses tiny).")
     trace: str = _option(
-        "none", "Reasoning in the SFT answers: none (the answer alone), cells (one line) or steps (a line per cell)."
+        "none",
+        "Reasoning in the SFT answers: none (the answer alone), cells (one line) or steps (a line per cell).",
     )
-    # `sft` leaves the SFT model for benchmarks/rl_methods.py, and running again without it continues from there
+    # `sft` leaves the SFT model for benchmarks/rl_methods.py; running again without it continues from there
     stop_after: str = _option(
         "eval", f"Last stage to run, one of {list(STAGES)}; run again without it to continue."
     )
@@ -82,7 +83,7 @@ class DemoConfig:
     )
     # 3x faster on CPU, validation as with the exact sampler (docs/rl-at-tiny-scale.md)
     rollout_sampler: str = _option(
-        "cached", "Sampler of RL rollouts (`d1 grpo --rollout_sampler`); evaluation always uses the exact one."
+        "cached", "Sampler of RL rollouts (`d1 grpo --rollout_sampler`); evaluation always uses the exact one"
     )
     eval_gen_lengths: list[int] = _option([28, 56], "Generation lengths of the test evaluation.")
     eval_batch_size: int = _option(100, "Puzzles per evaluation batch.")

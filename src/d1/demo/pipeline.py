@@ -43,7 +43,7 @@ def _models(config: DemoConfig) -> Path:
 
 
 def _train_options(config: DemoConfig) -> dict[str, Any]:
-    """What both trainers share: all weights trained in float32, no reporting, resumable, two checkpoints kept."""
+    """Shared by both trainers: all weights trained in float32, no reporting, resumable, 2 checkpoints kept."""
     return {
         "dtype": "float32",
         "lora": False,
@@ -141,127 +141,6 @@ def grpo_argv(config: DemoConfig, data: DemoData, start: Path, job: str) -> list
     return argv
 
 
-# OLD PATH (temporary, for the equivalence test)
-def _common_train_args(config: DemoConfig) -> list[str]:
-    return [
-        "--dtype",
-        "float32",
-        "--no-lora",
-        "--report_to",
-        "none",
-        "--seed",
-        str(config.seed),
-        "--resume_from_checkpoint",
-        "auto",
-        "--save_total_limit",
-        "2",
-        "--logging_steps",
-        "5",
-    ]
-
-
-def _old_sft_argv(config: DemoConfig, model: Path, data: Path, job: str, steps: int, preset: str) -> list[str]:
-    return [
-        "--model_name",
-        str(model),
-        "--train_data",
-        str(data),
-        "--preset",
-        preset,
-        "--output_dir",
-        str(_models(config)),
-        "--job_name",
-        job,
-        "--max_length",
-        str(config.max_length),
-        "--batch_size",
-        str(config.batch_size),
-        "--grad_accum_steps",
-        "1",
-        "--max_steps",
-        str(steps),
-        "--learning_rate",
-        str(config.learning_rate),
-        "--eval_fraction",
-        "0",
-        "--save_steps",
-        str(max(steps // 3, 1)),
-        "--lr_scheduler_type",
-        config.lr_scheduler_type,
-        "--warmup_steps",
-        str(min(20, steps // 10)),
-        "--debugging",
-        *_common_train_args(config),
-    ]
-
-
-def _old_grpo_argv(config: DemoConfig, data: DemoData, start: Path, job: str) -> list[str]:
-    """An RL stage's `d1 grpo` flags: the demo's knobs (benchmarks/rl_methods.py appends its own after them)."""
-    batch = config.rl_prompts_per_step * config.num_generations
-    out = _models(config) / job
-    return [
-        "--model_path",
-        str(start),
-        "--output_dir",
-        str(out),
-        "--dataset",
-        "sudoku",
-        "--data_path",
-        str(data.rl),
-        "--validation_path",
-        str(data.validation),
-        "--train_holdout",
-        "0",
-        "--system_prompt",
-        "",
-        "--num_generations",
-        str(config.num_generations),
-        "--per_device_train_batch_size",
-        str(batch),
-        "--gradient_accumulation_steps",
-        "1",
-        "--generation_batch_size",
-        str(batch),
-        "--num_iterations",
-        str(config.num_iterations),
-        "--max_prompt_length",
-        "128",
-        "--max_completion_length",
-        str(config.rl_gen_length),
-        "--block_length",
-        str(config.block_length),
-        "--diffusion_steps",
-        str(config.rl_diffusion_steps),
-        "--temperature",
-        str(config.temperature),
-        "--learning_rate",
-        str(config.rl_learning_rate),
-        "--beta",
-        "0.0",
-        "--logp_estimator",
-        config.logp_estimator,
-        "--reward_funcs",
-        *config.reward_funcs,
-        "--negative_advantage_scale",
-        str(config.negative_advantage_scale),
-        "--rollout_sampler",
-        config.rollout_sampler,
-        "--max_steps",
-        str(config.rl_steps),
-        "--eval_steps",
-        str(max(config.rl_steps // 4, config.num_iterations)),
-        "--save_steps",
-        str(max(config.rl_steps // 4, config.num_iterations)),
-        "--log_completions",
-        "false",
-        "--warmup_steps",
-        "0",
-        "--lr_scheduler_type",
-        "constant",
-        *_common_train_args(config),
-    ]
-
-
 def check_grpo_settings(config: DemoConfig, data: DemoData) -> None:
     """`d1 grpo`'s own checks of the RL stages' settings (estimator, sampler, rewards, batch...), run before
     any stage so that a bad value fails in seconds, not after pre-training and SFT."""
@@ -324,11 +203,13 @@ def test_scores(
 def _evaluate(config: DemoConfig, data: DemoData, models: dict[str, str]) -> dict[str, Any]:
     out = Path(config.output_dir) / "eval"
     # save_traces: the report replays the first test puzzle's denoising
-    return {"scores": {row: test_scores(config, data.test, models[row], row, out, save_traces=1) for row in ROWS}}
+    return {
+        "scores": {row: test_scores(config, data.test, models[row], row, out, save_traces=1) for row in ROWS}
+    }
 
 
 def _stages(config: DemoConfig, done: dict[str, dict[str, Any]]) -> list[Stage]:
-    """The stages in order (`STAGES`); evaluation reads the models that the finished stages recorded in `done`."""
+    """The stages in order (`STAGES`); evaluation reads the models the finished stages recorded in `done`."""
 
     def base_model(config: DemoConfig) -> Path:
         return _models(config) / "base"
@@ -339,7 +220,9 @@ def _stages(config: DemoConfig, done: dict[str, dict[str, Any]]) -> list[Stage]:
         return {"model": str(init_model(config.preset, _models(config) / "init", config.seed, config.family))}
 
     return [
-        Stage("init", "a fresh random model of the family (--family) and its tokenizer", lambda c: 2, run_init),
+        Stage(
+            "init", "a fresh random model of the family (--family) and its tokenizer", lambda c: 2, run_init
+        ),
         Stage(
             "pretrain",
             "generic masked-diffusion pre-training on mixed synthetic text -> base",
@@ -431,7 +314,9 @@ def run_demo(config: DemoConfig) -> Path:
                 f"[{index}/{len(stages)}] {stage.name}: already done ({done[stage.name]['seconds']:.0f} s), skipped"
             )
         else:
-            say(f"[{index}/{len(stages)}] {stage.name}: {stage.what} (~{stage.seconds_estimate(config):.0f} s)")
+            say(
+                f"[{index}/{len(stages)}] {stage.name}: {stage.what} (~{stage.seconds_estimate(config):.0f} s)"
+            )
             began = time.perf_counter()
             result = stage.run(config, data)
             result["seconds"] = time.perf_counter() - began
