@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from d1.diffusion.trace import row_from_dict
 from d1.evaluation.traces import read_traces
+from d1.utils import write_atomic
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
@@ -160,7 +160,4 @@ def write_trace_html(trace_file: str | Path, output: str | Path) -> Path:
         raise IsADirectoryError(f"--output {str(output)!r} is a folder; give a file name such as trace.html.")
     page = render_html(items, f"d1 trace: {Path(trace_file).name}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, output)
-    return output
+    return write_atomic(output, page)
