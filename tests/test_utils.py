@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,6 +27,7 @@ from d1.utils import (
     rotate_checkpoints,
     run_settings,
     temporary_path,
+    without_stderr,
     write_atomic,
     write_json_atomic,
     write_manifest,
@@ -209,3 +212,18 @@ def test_a_folder_of_this_step_from_an_earlier_run_is_incomplete_until_saved_aga
     assert checkpoint_problem(old) is None
     callback.on_step_end(args, SimpleNamespace(global_step=3), None)
     assert checkpoint_problem(old) == "no d1_complete.json"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_without_stderr_hides_the_fatal_git_message_of_lm_eval(tmp_path, monkeypatch, capfd) -> None:
+    """lm-eval's `get_git_commit_hash` (called by `simple_evaluate`) runs `git describe`, which prints "fatal:
+    not a git repository" outside one; `d1 harness` wraps it in `without_stderr`, which keeps later stderr."""
+    import lm_eval.evaluator
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert lm_eval.evaluator.get_git_commit_hash() is None
+    assert "fatal: not a git repository" in capfd.readouterr().err
+    assert without_stderr(lm_eval.evaluator.get_git_commit_hash)() is None
+    print("still shown", file=sys.stderr)
+    assert capfd.readouterr().err == "still shown\n"

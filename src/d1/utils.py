@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Collection
+import sys
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
 from accelerate import PartialState
+
+T = TypeVar("T")
 
 
 def check_writable(path: str | Path, field: str) -> None:
@@ -71,6 +75,25 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 def write_json_atomic(path: str | Path, value: Any) -> Path:
     """`write_atomic` of `value` as indented JSON (what JSON cannot hold is written as its `str`)."""
     return write_atomic(path, json.dumps(value, indent=2, default=str))
+
+
+def without_stderr(function: Callable[..., T]) -> Callable[..., T]:
+    """`function` with the process's standard error (file descriptor 2, which subprocesses inherit) sent to
+    /dev/null while it runs: for a library call whose subprocess prints a failure the library handles."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> T:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                return function(*args, **kwargs)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    return call
 
 
 def write_manifest(folder: str | Path, step: int) -> None:
