@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from d1.demo.config import ROWS, DemoConfig
 from d1.demo.data import DemoData, make_demo_data
 from d1.demo.report import write_report
-from d1.utils import check_writable, say
+from d1.utils import check_writable, say, write_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from d1.rl.config import DiffuGRPOConfig
@@ -290,7 +290,7 @@ def run_demo(config: DemoConfig) -> Path:
     out = Path(config.output_dir)
     marks = out / "stages"
     marks.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    write_json_atomic(out / "config.json", asdict(config))
     started = time.perf_counter()
     data = make_demo_data(
         out / "data",
@@ -320,7 +320,7 @@ def run_demo(config: DemoConfig) -> Path:
             began = time.perf_counter()
             result = stage.run(config, data)
             result["seconds"] = time.perf_counter() - began
-            mark.write_text(json.dumps(result, indent=1, default=str))
+            write_atomic(mark, json.dumps(result, indent=1, default=str))  # a rerun reads it
             done[stage.name] = result
         if stage.name == config.stop_after != "eval":
             say(f"stopped after {stage.name} (--stop_after); run again without it to continue")
