@@ -26,8 +26,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from d1.demo.config import DemoConfig
 from d1.demo.data import make_demo_data
-from d1.demo.pipeline import DemoConfig, _chat_renderer, grpo_argv, test_scores
+from d1.demo.pipeline import _chat_renderer, grpo_argv, test_scores
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@ that never leaves only an incomplete checkpoint."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,6 +15,7 @@ import pytest
 import d1.rl.run
 import d1.sft.run
 from d1.cluster import CompleteCheckpointsCallback
+from d1.evaluation.runner import remove_stale_temporaries
 from d1.tasks import get_task
 from d1.utils import (
     BEST_CHECKPOINT_NAME,
@@ -22,6 +26,10 @@ from d1.utils import (
     latest_complete_checkpoint,
     rotate_checkpoints,
     run_settings,
+    temporary_path,
+    without_stderr,
+    write_atomic,
+    write_json_atomic,
     write_manifest,
 )
 from tests.rl.test_grpo_run import config_of as grpo_config_of
@@ -147,21 +155,51 @@ def test_save_completes_the_checkpoint_then_rotates_keeping_the_best(tmp_path) -
 
 def test_synthetic_training_data_cut_off_while_written_is_not_taken(tiny_model_dir, tmp_path, monkeypatch) -> None:
     """A kill while `synthetic_train_size` rows are written leaves no file at the data's name: the next run
-    generates all of them instead of training on the truncated file."""
+    generates all of them instead of training on a truncated file."""
     config = grpo_config_of(*grpo_argv(tiny_model_dir, tmp_path))
 
-    def cut_off(task_name, n, seed, path, split):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text("puzzle,solution\n")
-        raise KeyboardInterrupt("killed while writing")
+    def killed(source, target):
+        assert Path(source).read_text().startswith("Puzzle,Solution\n")  # the rows went to the temporary
+        raise KeyboardInterrupt("killed before the rename")
 
-    monkeypatch.setattr(d1.rl.run, "make_dataset", cut_off)
+    monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         d1.rl.run.training_rows(config, get_task("sudoku"))
-    assert not (tmp_path / "data" / "sudoku_train.csv").exists()
+    assert not list((tmp_path / "data").iterdir())
     monkeypatch.undo()
     train, validation = d1.rl.run.training_rows(config, get_task("sudoku"))
     assert len(train) + len(validation) == 64
+
+
+def test_write_atomic_replaces_the_whole_file_or_leaves_the_old_one(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "out.json"
+    assert write_atomic(path, "first\r\nline") == path and path.read_bytes() == b"first\r\nline"
+    write_atomic(path, bytes([0, 255]))
+    assert path.read_bytes() == bytes([0, 255])
+    write_json_atomic(path, {"step": 3, "at": Path("x")})
+    assert path.read_text() == '{\n  "step": 3,\n  "at": "x"\n}'
+
+    def full_disk(source, target):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_atomic(path, "new")
+    assert json.loads(path.read_text())["step"] == 3 and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
+def test_one_temporary_name_for_manifests_and_stale_cleanup(tmp_path) -> None:
+    """What a killed `write_atomic` leaves (`.{name}.{pid}.tmp`) is not listed in a checkpoint's manifest and is
+    what `d1 eval`'s stale-temporary cleanup deletes."""
+    path = tmp_path / "checkpoint-1" / "0_rollout_buffer.pt"
+    path.parent.mkdir()
+    left = temporary_path(path)
+    assert left == path.with_name(f".0_rollout_buffer.pt.{os.getpid()}.tmp")
+    left.write_bytes(bytes(5))
+    write_manifest(path.parent, 1)
+    assert json.loads((path.parent / "d1_complete.json").read_text())["files"] == {}
+    remove_stale_temporaries(path)
+    assert not left.exists()
 
 
 def test_a_folder_of_this_step_from_an_earlier_run_is_incomplete_until_saved_again(tmp_path) -> None:
@@ -174,3 +212,18 @@ def test_a_folder_of_this_step_from_an_earlier_run_is_incomplete_until_saved_aga
     assert checkpoint_problem(old) is None
     callback.on_step_end(args, SimpleNamespace(global_step=3), None)
     assert checkpoint_problem(old) == "no d1_complete.json"
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_without_stderr_hides_the_fatal_git_message_of_lm_eval(tmp_path, monkeypatch, capfd) -> None:
+    """lm-eval's `get_git_commit_hash` (called by `simple_evaluate`) runs `git describe`, which prints "fatal:
+    not a git repository" outside one; `d1 harness` wraps it in `without_stderr`, which keeps later stderr."""
+    import lm_eval.evaluator
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    assert lm_eval.evaluator.get_git_commit_hash() is None
+    assert "fatal: not a git repository" in capfd.readouterr().err
+    assert without_stderr(lm_eval.evaluator.get_git_commit_hash)() is None
+    print("still shown", file=sys.stderr)
+    assert capfd.readouterr().err == "still shown\n"

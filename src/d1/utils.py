@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Collection
+import sys
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
 from accelerate import PartialState
+
+T = TypeVar("T")
 
 
 def check_writable(path: str | Path, field: str) -> None:
@@ -48,11 +52,48 @@ def _checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(folders, key=lambda p: int(p.name[11:]), reverse=True)
 
 
-def _write_json_atomically(path: Path, value: Any) -> None:
-    """Write JSON to a temporary name, then rename: a reader sees the old file or the new one, never half."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(temp, path)
+def temporary_path(path: str | Path) -> Path:
+    """Where `write_atomic` writes before renaming: `.{name}.{pid}.tmp` beside `path` (hidden, one per process;
+    checkpoint manifests skip `*.tmp`, and `.{name}.*.tmp` finds what a killed writer left)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> Path:
+    """Write `data` (text as UTF-8, newlines as given) to `temporary_path(path)`, then rename it over `path`: a
+    reader sees the old file or the new one, never half of one. The temporary is removed when the write fails."""
+    path, temp = Path(path), temporary_path(path)
+    try:
+        temp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, value: Any) -> Path:
+    """`write_atomic` of `value` as indented JSON (what JSON cannot hold is written as its `str`)."""
+    return write_atomic(path, json.dumps(value, indent=2, default=str))
+
+
+def without_stderr(function: Callable[..., T]) -> Callable[..., T]:
+    """`function` with the process's standard error (file descriptor 2, which subprocesses inherit) sent to
+    /dev/null while it runs: for a library call whose subprocess prints a failure the library handles."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> T:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                return function(*args, **kwargs)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+    return call
 
 
 def write_manifest(folder: str | Path, step: int) -> None:
@@ -63,7 +104,7 @@ def write_manifest(folder: str | Path, step: int) -> None:
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != COMPLETE_NAME and not p.name.endswith(".tmp")
     }
-    _write_json_atomically(folder / COMPLETE_NAME, {"step": step, "files": files})
+    write_json_atomic(folder / COMPLETE_NAME, {"step": step, "files": files})
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:
@@ -227,7 +268,7 @@ def claim_output_dir(config: Any, settings: dict[str, Any]) -> None:
         for folder in _checkpoints(out):
             shutil.rmtree(folder)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json_atomically(out / RUN_SETTINGS_NAME, settings)
+    write_json_atomic(out / RUN_SETTINGS_NAME, settings)
 
 
 def train_and_save(trainer: Any, checkpoint: str | None) -> None:

@@ -11,8 +11,9 @@ import matplotlib.image
 import pytest
 
 from d1.demo import pipeline
+from d1.demo.config import ROWS, DemoConfig
 from d1.demo.data import make_demo_data
-from d1.demo.pipeline import ROWS, DemoConfig, run_demo
+from d1.demo.pipeline import run_demo
 from d1.demo.report import rl_signal, write_report
 from d1.tasks.synthetic import make_sudoku_split
 from d1.viz.strip import strip_steps

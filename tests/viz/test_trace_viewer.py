@@ -70,12 +70,16 @@ def test_bad_save_traces_fail_before_loading(tiny_model_dir, tmp_path, monkeypat
     [
         (lambda text: text[: len(text) // 2], "is not complete JSON .* truncated"),
         (
+            lambda text: text[: text.index('"question"') + 4],
+            r"\(Unterminated string starting at: line \d+, column \d+\): truncated",
+        ),
+        (
             lambda text: text.replace('"version": 1', '"version": 7', 1),
             "a d1 trace of version 7; this d1 reads version 1",
         ),
         (lambda text: '{"generations": []}', "is not a d1 trace file"),
     ],
-    ids=["truncated", "other-version", "generation-file"],
+    ids=["truncated", "cut-in-a-string", "other-version", "generation-file"],
 )
 def test_bad_trace_files_are_one_line_errors_and_write_nothing(traced, tmp_path, capsys, damage, message):
     bad = tmp_path / "bad_traces.json"
@@ -85,6 +89,20 @@ def test_bad_trace_files_are_one_line_errors_and_write_nothing(traced, tmp_path,
     assert err.startswith("d1 trace: error:") and len(err.strip().splitlines()) == 1
     assert re.search(message, err)
     assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_a_folder_with_one_trace_file_is_read_and_one_with_several_lists_them(traced, tmp_path, capsys) -> None:
+    assert main(["trace", str(traced.parent), "--output", str(tmp_path / "one.html")]) == 0
+    assert traced.name in (tmp_path / "one.html").read_text()
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("a_traces.json", "b_traces.json"):
+        (folder / name).write_bytes(traced.read_bytes())
+    capsys.readouterr()
+    assert main(["trace", str(folder), "--output", str(tmp_path / "two.html")]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder; its *_traces.json files: a_traces.json, b_traces.json. Pass one of them" in err
+    assert not (tmp_path / "two.html").exists()
 
 
 def _browser() -> Browser:
@@ -120,6 +138,14 @@ def test_viewer_replays_the_generation_in_headless_chromium(traced: Path, tmp_pa
             assert shown == [p for p in range(32) if decided_at[p] < k]
             new = browser.evaluate("[...document.querySelectorAll('#tokens .new')].map(s => s.textContent)")
             assert new == [item["pieces"][p] for p in sorted(row.steps[k - 1].positions)]
+            # the label, the outlined tokens and the tooltips count steps alike: the k-th forward pass is step k
+            label = browser.evaluate("document.getElementById('step-label').textContent")
+            assert label == f"step {k} / {max(decided_at) + 1}"
+            titles = browser.evaluate(
+                "[...document.querySelectorAll('#tokens .decided')].map(s => [s.classList.contains('new'), s.title])"
+            )
+            assert {title.split(",")[0] for outlined, title in titles if outlined} == {f"step {k}"}
+            assert [title.split(",")[0] for _, title in titles] == [f"step {decided_at[p] + 1}" for p in shown]
         cells = browser.evaluate("[...document.querySelectorAll('#grid .cell')].map(c => c.textContent)")
         assert len(cells) == 16
         assert [c for c, given in zip(cells, item["puzzle"], strict=True) if given != "0"] == [

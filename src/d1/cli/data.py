@@ -13,13 +13,20 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="d1 data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     make = commands.add_parser("make", help="write a synthetic Sudoku or Countdown set")
-    make.add_argument("task", choices=["sudoku", "countdown"])
+    make.add_argument("task", choices=["sudoku", "countdown"], help="The task whose items to write.")
     make.add_argument("--n", type=int, required=True, help="Number of items.")
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--seed", type=int, default=0, help="Seed of the items (default 0).")
     make.add_argument(
-        "--output", required=True, help="File to write: .csv, .jsonl or .json (d1's own: .csv for sudoku, .jsonl for countdown)."
+        "--output",
+        required=True,
+        help="File to write: .csv, .jsonl or .json (d1's own: .csv for sudoku, .jsonl for countdown).",
     )
-    make.add_argument("--split", choices=["test", "train"], default="test")
+    make.add_argument(
+        "--split",
+        choices=["test", "train"],
+        default="test",
+        help="Sudoku: train and test puzzles of one seed never share a solution grid (default test).",
+    )
     make.add_argument(
         "--empty_cells",
         type=int,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from d1.cli.args import parse_config
-from d1.demo.pipeline import DemoConfig
+from d1.demo.config import DemoConfig
 
 
 def main(argv: list[str]) -> int:

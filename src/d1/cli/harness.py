@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from d1.utils import check_writable, say
+from d1.utils import check_writable, say, without_stderr
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -135,7 +135,7 @@ def main(argv: list[str]) -> int:
         check_writable(args.output_path, "output_path")
     if args.include_path and not Path(args.include_path).is_dir():
         raise FileNotFoundError(f"--include_path {args.include_path!r} is not a folder.")
-    import lm_eval
+    import lm_eval.evaluator
     from lm_eval.utils import handle_non_serializable, make_table, simple_parse_args_string
 
     from d1.evaluation.harness import D1HarnessLM, check_options
@@ -146,6 +146,8 @@ def main(argv: list[str]) -> int:
     manager = task_manager(args.include_path)
     check_tasks(manager, names)
     lm = D1HarnessLM(**model_args)
+    # lm-eval runs git for a commit hash; outside a repository git prints "fatal: not a git repository"
+    lm_eval.evaluator.get_git_commit_hash = without_stderr(lm_eval.evaluator.get_git_commit_hash)
     results = lm_eval.simple_evaluate(
         model=lm,
         tasks=names,

@@ -12,12 +12,19 @@ from d1.utils import check_writable
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="d1 init-model", description=__doc__)
-    parser.add_argument("--family", choices=sorted(FAMILIES), default="llada", help="Architecture (default llada).")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument(
+        "--family", choices=sorted(FAMILIES), default="llada", help="Architecture (default llada)."
+    )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="tiny",
+        help="Size: tiny (tests) or small (the demo); default tiny.",
+    )
     parser.add_argument(
         "--output", required=True, help="Folder to write config, safetensors and tokenizer to."
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights (default 0).")
     parser.add_argument(
         "--overwrite", action="store_true", help="Replace a model already in --output with the random one."
     )

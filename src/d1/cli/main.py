@@ -13,7 +13,7 @@ COMMANDS = {
     ),
     "sft": ("d1.cli.sft", "masked SFT (completion-only, LLaDA's algorithm)"),
     "grpo": ("d1.cli.grpo", "diffu-GRPO reinforcement learning with verifiable rewards"),
-    "init-model": ("d1.cli.init_model", "write a tiny random LLaDA model + tokenizer for CPU runs"),
+    "init-model": ("d1.cli.init_model", "write a tiny random LLaDA or Dream model + tokenizer for CPU runs"),
     "eval": ("d1.cli.eval", "generate answers for a task's test set (d1's eval.py files)"),
     "score": ("d1.cli.score", "d1's accuracy table of generation files"),
     "trace": ("d1.cli.trace", "write an HTML page replaying the traces of `d1 eval --save_traces N`"),

@@ -11,7 +11,9 @@ from d1.viz.html import write_trace_html
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="d1 trace", description=__doc__)
-    parser.add_argument("file", help="A *_traces.json file of `d1 eval --save_traces N`.")
+    parser.add_argument(
+        "file", help="A *_traces.json file of `d1 eval --save_traces N`, or a folder holding exactly one."
+    )
     parser.add_argument("--output", default="trace.html", help="The HTML file to write (default trace.html).")
     args = parser.parse_args(argv)
     path = write_trace_html(args.file, args.output)

@@ -12,94 +12,22 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from d1.demo.config import ROWS, DemoConfig
 from d1.demo.data import DemoData, make_demo_data
-from d1.tasks.synthetic import check_empty_cells
-from d1.utils import check_writable, say
+from d1.demo.report import write_report
+from d1.utils import check_writable, say, write_atomic, write_json_atomic
 
-ROWS = ("base", "sft", "rl_base", "d1")
-ROW_NAMES = {
-    "base": "base (pre-trained)",
-    "sft": "+SFT",
-    "rl_base": "+diffu-GRPO",
-    "d1": "d1 (SFT + diffu-GRPO)",
-}
+if TYPE_CHECKING:
+    from d1.rl.config import DiffuGRPOConfig
+    from d1.sft.config import SFTConfig
+
 MIN_FREE_BYTES = 500 * 2**20
-
-
-@dataclass
-class DemoConfig:
-    """Every knob of the demo; `--quick` shrinks the budgets so the same pipeline runs in about 2 minutes."""
-
-    output_dir: str = "runs/demo"
-    seed: int = 0
-    quick: bool = False
-    family: str = "llada"  # the architecture: llada or dream (models/families.py)
-    preset: str = "small"
-    trace: str = "none"
-    # the last stage to run; `sft` leaves the SFT model for benchmarks/rl_methods.py, and running again without
-    # it continues from there
-    stop_after: str = "eval"
-    n_sft: int = 2000
-    n_rl: int = 2000
-    n_validation: int = 100
-    n_test: int = 200
-    pretrain_steps: int = 300
-    sft_steps: int = 250
-    rl_steps: int = 160  # 40 rollouts x num_iterations
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    # no decay: a checkpoint whose learning rate was annealed to 0 loses accuracy under any small-batch update
-    # at RL's learning rate, ground-truth SFT included (docs/rl-at-tiny-scale.md)
-    lr_scheduler_type: str = "constant_with_warmup"
-    # twice the tiny recipe's 1e-4: the easier RL puzzles below reward more rollouts, and 2e-4 stayed stable
-    # on them (docs/rl-at-tiny-scale.md, section 5)
-    rl_learning_rate: float = 2e-4
-    num_generations: int = 8
-    rl_prompts_per_step: int = 16
-    num_iterations: int = 4
-    # [fewest, most] blanks of the RL puzzles (validation and test keep d1's 8): an SFT model that solves 4% of
-    # 8-blank puzzles is rewarded too rarely to learn in 40 rollouts (docs/rl-at-tiny-scale.md, section 5)
-    rl_empty_cells: list[int] = field(default_factory=lambda: [2, 6])
-    rl_gen_length: int = 28
-    rl_diffusion_steps: int = 14
-    temperature: float = 1.0
-    # the tiny RL recipe (configs/grpo/tiny-sudoku.yaml; each choice measured in docs/rl-at-tiny-scale.md):
-    # with d1's one-step estimate, cell reward and negative advantages the d1 stage loses accuracy
-    logp_estimator: str = "coupled"
-    reward_funcs: list[str] = field(default_factory=lambda: ["sudoku_solved_reward_func"])
-    negative_advantage_scale: float = 0.0
-    # rollouts with the dual KV cache: 3x faster on CPU, validation as with the exact sampler (docs/rl-at-tiny-
-    # scale.md); evaluation always uses LLaDA's exact sampler
-    rollout_sampler: str = "cached"
-    eval_gen_lengths: list[int] = field(default_factory=lambda: [28, 56])
-    eval_batch_size: int = 100
-    block_length: int = 28
-    max_length: int = 104
-
-    def __post_init__(self) -> None:
-        if self.quick:
-            self.n_sft, self.n_rl, self.n_validation, self.n_test = 200, 200, 16, 48
-            self.pretrain_steps, self.sft_steps, self.rl_steps = 40, 30, 8
-            self.preset = "tiny"
-        check_empty_cells(self.rl_empty_cells, "rl_empty_cells")
-        names = [*(stage.name for stage in _stages()), "eval"]
-        if self.stop_after not in names:
-            raise ValueError(f"stop_after={self.stop_after!r} is not a stage; use one of {names} (default eval).")
-        from d1.models.families import family
-
-        family(self.family)
-        from transformers import SchedulerType
-
-        schedulers = [kind.value for kind in SchedulerType]
-        if self.lr_scheduler_type not in schedulers:
-            raise ValueError(
-                f"lr_scheduler_type={self.lr_scheduler_type!r} is not a transformers scheduler; use one of "
-                f"{schedulers} (the demo's default is constant_with_warmup)."
-            )
+ROW_STAGES = {"base": "pretrain", "sft": "sft", "rl_base": "rl_base", "d1": "d1"}
+"""The stage that trains each row's model."""
 
 
 @dataclass
@@ -114,139 +42,103 @@ def _models(config: DemoConfig) -> Path:
     return Path(config.output_dir) / "models"
 
 
-def _common_train_args(config: DemoConfig) -> list[str]:
-    return [
-        "--dtype",
-        "float32",
-        "--no-lora",
-        "--report_to",
-        "none",
-        "--seed",
-        str(config.seed),
-        "--resume_from_checkpoint",
-        "auto",
-        "--save_total_limit",
-        "2",
-        "--logging_steps",
-        "5",
-    ]
+def _train_options(config: DemoConfig) -> dict[str, Any]:
+    """Shared by both trainers: all weights trained in float32, no reporting, resumable, 2 checkpoints kept."""
+    return {
+        "dtype": "float32",
+        "lora": False,
+        "report_to": "none",
+        "seed": config.seed,
+        "resume_from_checkpoint": "auto",
+        "save_total_limit": 2,
+        "logging_steps": 5,
+    }
+
+
+def sft_config(config: DemoConfig, model: Path, data: Path, job: str, steps: int, preset: str) -> SFTConfig:
+    """The `SFTConfig` of pre-training (`text` preset) or SFT (`generic`) from `model` into models/`job`."""
+    from d1.sft.config import SFTConfig
+
+    return SFTConfig(
+        model_path=str(model),
+        train_data=str(data),
+        preset=preset,
+        output_dir=str(_models(config)),
+        job_name=job,
+        max_length=config.max_length,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=1,
+        max_steps=steps,
+        learning_rate=config.learning_rate,
+        eval_fraction=0.0,
+        save_steps=max(steps // 3, 1),
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=min(20, steps // 10),
+        debugging=True,
+        **_train_options(config),
+    )
 
 
 def _sft(config: DemoConfig, model: Path, data: Path, job: str, steps: int, preset: str) -> dict[str, Any]:
-    from d1.cli.args import parse_config
-    from d1.cli.sft import ALIASES
-    from d1.sft.config import SFTConfig
     from d1.sft.run import run_sft
 
-    argv = [
-        "--model_name",
-        str(model),
-        "--train_data",
-        str(data),
-        "--preset",
-        preset,
-        "--output_dir",
-        str(_models(config)),
-        "--job_name",
-        job,
-        "--max_length",
-        str(config.max_length),
-        "--batch_size",
-        str(config.batch_size),
-        "--grad_accum_steps",
-        "1",
-        "--max_steps",
-        str(steps),
-        "--learning_rate",
-        str(config.learning_rate),
-        "--eval_fraction",
-        "0",
-        "--save_steps",
-        str(max(steps // 3, 1)),
-        "--lr_scheduler_type",
-        config.lr_scheduler_type,
-        "--warmup_steps",
-        str(min(20, steps // 10)),
-        "--debugging",
-        *_common_train_args(config),
-    ]
-    trainer = run_sft(parse_config(SFTConfig, argv, ALIASES))
+    trainer = run_sft(sft_config(config, model, data, job, steps, preset))
     return {"model": str(_models(config) / job), "log_history": trainer.state.log_history}
 
 
-def _grpo_config(config: DemoConfig, data: DemoData, start: Path, job: str) -> Any:
+def grpo_options(config: DemoConfig, data: DemoData, start: Path, job: str) -> dict[str, Any]:
+    """An RL stage's `DiffuGRPOConfig` fields: the demo's knobs, from model `start` into models/`job`."""
+    batch = config.rl_prompts_per_step * config.num_generations
+    every = max(config.rl_steps // 4, config.num_iterations)
+    return {
+        "model_path": str(start),
+        "output_dir": str(_models(config) / job),
+        "dataset": "sudoku",
+        "data_path": str(data.rl),
+        "validation_path": str(data.validation),
+        "train_holdout": 0,
+        "system_prompt": "",
+        "num_generations": config.num_generations,
+        "per_device_train_batch_size": batch,
+        "gradient_accumulation_steps": 1,
+        "generation_batch_size": batch,
+        "num_iterations": config.num_iterations,
+        "max_prompt_length": 128,
+        "gen_length": config.rl_gen_length,
+        "block_length": config.block_length,
+        "diffusion_steps": config.rl_diffusion_steps,
+        "temperature": config.temperature,
+        "learning_rate": config.rl_learning_rate,
+        "beta": 0.0,
+        "logp_estimator": config.logp_estimator,
+        "reward_funcs": list(config.reward_funcs),
+        "negative_advantage_scale": config.negative_advantage_scale,
+        "rollout_sampler": config.rollout_sampler,
+        "max_steps": config.rl_steps,
+        "eval_steps": every,
+        "save_steps": every,
+        "log_completions": False,
+        "warmup_steps": 0,
+        "lr_scheduler_type": "constant",
+        **_train_options(config),
+    }
+
+
+def grpo_config(config: DemoConfig, data: DemoData, start: Path, job: str) -> DiffuGRPOConfig:
     """The `DiffuGRPOConfig` of an RL stage."""
-    from d1.cli.args import parse_config
     from d1.rl.config import DiffuGRPOConfig
 
-    return parse_config(DiffuGRPOConfig, grpo_argv(config, data, start, job))
+    return DiffuGRPOConfig(**grpo_options(config, data, start, job))
 
 
 def grpo_argv(config: DemoConfig, data: DemoData, start: Path, job: str) -> list[str]:
-    """An RL stage's `d1 grpo` flags: the demo's knobs (benchmarks/rl_methods.py appends its own after them)."""
-    batch = config.rl_prompts_per_step * config.num_generations
-    out = _models(config) / job
-    return [
-        "--model_path",
-        str(start),
-        "--output_dir",
-        str(out),
-        "--dataset",
-        "sudoku",
-        "--data_path",
-        str(data.rl),
-        "--validation_path",
-        str(data.validation),
-        "--train_holdout",
-        "0",
-        "--system_prompt",
-        "",
-        "--num_generations",
-        str(config.num_generations),
-        "--per_device_train_batch_size",
-        str(batch),
-        "--gradient_accumulation_steps",
-        "1",
-        "--generation_batch_size",
-        str(batch),
-        "--num_iterations",
-        str(config.num_iterations),
-        "--max_prompt_length",
-        "128",
-        "--gen_length",
-        str(config.rl_gen_length),
-        "--block_length",
-        str(config.block_length),
-        "--diffusion_steps",
-        str(config.rl_diffusion_steps),
-        "--temperature",
-        str(config.temperature),
-        "--learning_rate",
-        str(config.rl_learning_rate),
-        "--beta",
-        "0.0",
-        "--logp_estimator",
-        config.logp_estimator,
-        "--reward_funcs",
-        *config.reward_funcs,
-        "--negative_advantage_scale",
-        str(config.negative_advantage_scale),
-        "--rollout_sampler",
-        config.rollout_sampler,
-        "--max_steps",
-        str(config.rl_steps),
-        "--eval_steps",
-        str(max(config.rl_steps // 4, config.num_iterations)),
-        "--save_steps",
-        str(max(config.rl_steps // 4, config.num_iterations)),
-        "--log_completions",
-        "false",
-        "--warmup_steps",
-        "0",
-        "--lr_scheduler_type",
-        "constant",
-        *_common_train_args(config),
-    ]
+    """An RL stage's settings as `d1 grpo` flags (a list's items after its flag, booleans as true/false), for
+    benchmarks/rl_methods.py, which appends its own flags after them."""
+    argv = []
+    for key, value in grpo_options(config, data, start, job).items():
+        values = value if isinstance(value, list) else [value]
+        argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
+    return argv
 
 
 def check_grpo_settings(config: DemoConfig, data: DemoData) -> None:
@@ -255,7 +147,7 @@ def check_grpo_settings(config: DemoConfig, data: DemoData) -> None:
     from d1.rl.run import resolve_rewards
     from d1.tasks import get_task
 
-    grpo = _grpo_config(config, data, _models(config) / "sft", "d1")
+    grpo = grpo_config(config, data, _models(config) / "sft", "d1")
     grpo.validate(world_size=1)
     resolve_rewards(get_task(grpo.dataset), grpo.reward_funcs, grpo.reward_weights)
 
@@ -264,7 +156,7 @@ def _grpo(config: DemoConfig, data: DemoData, start: Path, job: str) -> dict[str
     from d1.rl.run import run_grpo
 
     out = _models(config) / job
-    trainer = run_grpo(_grpo_config(config, data, start, job))
+    trainer = run_grpo(grpo_config(config, data, start, job))
     best_file = out / "best_checkpoint.json"
     best = json.loads(best_file.read_text()) if best_file.exists() else None
     model = best["checkpoint"] if best and Path(best["checkpoint"]).is_dir() else str(out)
@@ -312,10 +204,14 @@ def test_scores(
 def _evaluate(config: DemoConfig, data: DemoData, models: dict[str, str]) -> dict[str, Any]:
     out = Path(config.output_dir) / "eval"
     # save_traces: the report replays the first test puzzle's denoising
-    return {"scores": {row: test_scores(config, data.test, models[row], row, out, save_traces=1) for row in ROWS}}
+    return {
+        "scores": {row: test_scores(config, data.test, models[row], row, out, save_traces=1) for row in ROWS}
+    }
 
 
-def _stages() -> list[Stage]:
+def _stages(config: DemoConfig, done: dict[str, dict[str, Any]]) -> list[Stage]:
+    """The stages in order (`STAGES`); evaluation reads the models the finished stages recorded in `done`."""
+
     def base_model(config: DemoConfig) -> Path:
         return _models(config) / "base"
 
@@ -325,7 +221,9 @@ def _stages() -> list[Stage]:
         return {"model": str(init_model(config.preset, _models(config) / "init", config.seed, config.family))}
 
     return [
-        Stage("init", "a fresh random model of the family (--family) and its tokenizer", lambda c: 2, run_init),
+        Stage(
+            "init", "a fresh random model of the family (--family) and its tokenizer", lambda c: 2, run_init
+        ),
         Stage(
             "pretrain",
             "generic masked-diffusion pre-training on mixed synthetic text -> base",
@@ -349,6 +247,12 @@ def _stages() -> list[Stage]:
             "diffu-GRPO from the SFT model -> d1",
             lambda c: 1.45 * c.rl_steps,
             lambda c, d: _grpo(c, d, _models(c) / "sft", "d1"),
+        ),
+        Stage(
+            "eval",
+            f"d1 eval of the 4 rows at gen_length {config.eval_gen_lengths} on {config.n_test} test puzzles",
+            lambda c: 0.06 * c.n_test * len(c.eval_gen_lengths) * len(ROWS),
+            lambda c, d: _evaluate(c, d, {row: done[stage]["model"] for row, stage in ROW_STAGES.items()}),
         ),
     ]
 
@@ -383,13 +287,11 @@ def preflight(config: DemoConfig) -> None:
 def run_demo(config: DemoConfig) -> Path:
     """Run (or resume) every stage up to `stop_after`, then write the report; returns the report's path (the
     output folder when stopped early)."""
-    from d1.demo.report import write_report
-
     preflight(config)
     out = Path(config.output_dir)
     marks = out / "stages"
     marks.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    write_json_atomic(out / "config.json", asdict(config))
     started = time.perf_counter()
     data = make_demo_data(
         out / "data",
@@ -404,24 +306,7 @@ def run_demo(config: DemoConfig) -> Path:
     )
     check_grpo_settings(config, data)
     done: dict[str, dict[str, Any]] = {}
-    stages = _stages()
-    stages.append(
-        Stage(
-            "eval",
-            f"d1 eval of the 4 rows at gen_length {config.eval_gen_lengths} on {config.n_test} test puzzles",
-            lambda c: 0.06 * c.n_test * len(c.eval_gen_lengths) * 4,
-            lambda c, d: _evaluate(
-                c,
-                d,
-                {
-                    "base": done["pretrain"]["model"],
-                    "sft": done["sft"]["model"],
-                    "rl_base": done["rl_base"]["model"],
-                    "d1": done["d1"]["model"],
-                },
-            ),
-        )
-    )
+    stages = _stages(config, done)
     for index, stage in enumerate(stages, 1):
         mark = marks / f"{stage.name}.json"
         if mark.exists():
@@ -430,11 +315,13 @@ def run_demo(config: DemoConfig) -> Path:
                 f"[{index}/{len(stages)}] {stage.name}: already done ({done[stage.name]['seconds']:.0f} s), skipped"
             )
         else:
-            say(f"[{index}/{len(stages)}] {stage.name}: {stage.what} (~{stage.seconds_estimate(config):.0f} s)")
+            say(
+                f"[{index}/{len(stages)}] {stage.name}: {stage.what} (~{stage.seconds_estimate(config):.0f} s)"
+            )
             began = time.perf_counter()
             result = stage.run(config, data)
             result["seconds"] = time.perf_counter() - began
-            mark.write_text(json.dumps(result, indent=1, default=str))
+            write_atomic(mark, json.dumps(result, indent=1, default=str))  # a rerun reads it
             done[stage.name] = result
         if stage.name == config.stop_after != "eval":
             say(f"stopped after {stage.name} (--stop_after); run again without it to continue")

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from d1.demo.pipeline import ROW_NAMES, ROWS, DemoConfig
+from d1.demo.config import ROW_NAMES, ROWS, DemoConfig
 
 
 def task_choice(config: DemoConfig) -> str:

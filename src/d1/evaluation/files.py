@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,13 +179,6 @@ def header(config: EvalConfig, options: SamplerOptions) -> dict[str, Any]:
         "diffusion_steps": options.steps,
         **({"block_length": options.block_length} if hasattr(options, "block_length") else {}),
     }
-
-
-def write_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path` (never half-written)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def remove_stale_temporaries(path: Path) -> None:

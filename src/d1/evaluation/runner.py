@@ -22,7 +22,6 @@ from d1.evaluation.files import (
     previous_files,
     remove_stale_temporaries,
     run_settings,
-    write_atomic,
 )
 from d1.evaluation.generation import generate_answers
 from d1.evaluation.traces import read_traces, trace_file, traces_path
@@ -32,7 +31,7 @@ from d1.tasks import Task
 from d1.tasks.base import subsample_indices
 from d1.tasks.gsm8k import HUB_NAME as GSM8K_HUB
 from d1.tasks.math500 import TEST_HUB_NAME as MATH500_HUB
-from d1.utils import distributed_state, is_main_process, say
+from d1.utils import distributed_state, is_main_process, say, write_json_atomic
 
 _LOCAL_TEST_FORMATS = {
     "gsm8k": (
@@ -157,9 +156,9 @@ def run_eval(config: EvalConfig) -> Path:
             **header(config, options),
             "settings": settings,
         }
-        write_atomic(path, payload)
+        write_json_atomic(path, payload)
         if traces:
-            write_atomic(trace_to, trace_file(traces))
+            write_json_atomic(trace_to, trace_file(traces))
 
     todo = len(shard) - len(records)
     if todo > 0 or existing is None:

@@ -72,16 +72,34 @@ def trace_file(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"format": TRACE_FORMAT, "version": TRACE_VERSION, "items": items}
 
 
-def read_traces(path: str | Path) -> list[dict[str, Any]]:
-    """The items of a trace file, each item's `trace` checked; clear errors for truncated or foreign files."""
+def trace_file_at(path: str | Path) -> Path:
+    """`path` if it is a file; for a folder, the one `*_traces.json` file in it (an error listing them when it
+    holds several or none)."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*_traces.json"))
+        if len(found) == 1:
+            return found[0]
+        names = ", ".join(p.name for p in found) or "none"
+        raise IsADirectoryError(
+            f"trace file {str(path)!r} is a folder; its *_traces.json files: {names}. Pass one of them (they are "
+            "written by `d1 eval --save_traces N`)."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"trace file {str(path)!r}: no such file.")
+    return path
+
+
+def read_traces(path: str | Path) -> list[dict[str, Any]]:
+    """The items of a trace file (or of a folder's one trace file), each item's `trace` checked; clear errors
+    for truncated or foreign files."""
+    path = trace_file_at(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(
-            f"{path} is not complete JSON ({err.msg} at line {err.lineno}): truncated or not a trace file. "
+            f"{path} is not complete JSON ({err.msg}: line {err.lineno}, column {err.colno}): truncated or not a "
+            "trace file. "
             "Write it again with `d1 eval --save_traces N`."
         ) from err
     check_version(data, str(path))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,14 +54,6 @@ def resolve_rewards(
     return [known[n] for n in names], weights
 
 
-def _make_synthetic_train(task_name: str, size: int, seed: int, path: Path) -> None:
-    """Generate the synthetic training set under a temporary name (same folder and extension), then rename:
-    a run killed while writing leaves no truncated file that a later run would take as the data."""
-    temp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    make_dataset(task_name, size, seed, temp, split="train")
-    os.replace(temp, path)
-
-
 def training_rows(config: DiffuGRPOConfig, task: Task) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, validation) rows: the training source (d1's, a local file, or synthetic data) shuffled with the
     hold-out (d1: the last 500 countdown/sudoku rows; none for synthetic data, whose test set is generated
@@ -76,8 +67,8 @@ def training_rows(config: DiffuGRPOConfig, task: Task) -> tuple[list[dict[str, A
         path = str(Path(config.output_dir) / "data" / f"{task.name}_train{SYNTHETIC_SUFFIX[task.name]}")
         holdout = 0 if holdout is None else holdout
         with distributed_state().main_process_first():
-            if not Path(path).exists():
-                _make_synthetic_train(task.name, config.synthetic_train_size, config.seed, Path(path))
+            if not Path(path).exists():  # written atomically: a run killed meanwhile leaves no truncated file
+                make_dataset(task.name, config.synthetic_train_size, config.seed, path, split="train")
     holdout = task.train_holdout if holdout is None else holdout
     rows = shuffle_and_hold_out(task.load_train(path), config.seed, holdout)
     if config.validation_path:

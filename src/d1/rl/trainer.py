@@ -10,9 +10,9 @@ schedulers, accelerate/DeepSpeed/FSDP, LoRA, checkpointing and resume stay the T
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +37,7 @@ from d1.rl.rollout import RewardError, completion_mask, encode_prompts, score_co
 from d1.rl.sampler import RepeatSampler
 from d1.rl.sharding import all_ranks_done, gathered_for_generation, sharding_kind
 from d1.tasks import Task
-from d1.utils import BEST_CHECKPOINT_NAME, derive_seed, say
+from d1.utils import BEST_CHECKPOINT_NAME, derive_seed, say, write_atomic
 
 BUFFER_FILE = "rollout_buffer.pt"
 
@@ -406,9 +406,9 @@ class DiffuGRPOTrainer(Trainer):
         the same completions, advantages and old log-probs (written to a temporary name, renamed when done)."""
         if self.rollout_buffer:
             path = folder / f"{self.accelerator.process_index}_{BUFFER_FILE}"
-            temp = path.with_name(f".{path.name}.tmp")
-            torch.save(self.rollout_buffer, temp)
-            os.replace(temp, path)
+            buffer = io.BytesIO()
+            torch.save(self.rollout_buffer, buffer)
+            write_atomic(path, buffer.getvalue())
 
     def _load_buffer(self) -> None:
         path = Path(self._resume_from or "") / f"{self.accelerator.process_index}_{BUFFER_FILE}"

@@ -86,21 +86,50 @@ class SFTConfig(TrainingArguments):
 
     # d1's TrainingArguments choices
     output_dir: str = field(default="sft_output", metadata={"help": "Parent folder of output_dir/job_name."})
-    learning_rate: float = 1e-5
-    num_train_epochs: float = 20.0
-    per_device_train_batch_size: int = 1
-    gradient_accumulation_steps: int = 4
-    weight_decay: float = 0.1
-    max_grad_norm: float = 1.0
-    eval_strategy: str = "steps"
-    eval_steps: float | None = 100
-    save_steps: float = 100
-    save_total_limit: int | None = 20
-    logging_steps: float = 2
-    report_to: None | str | list[str] = "tensorboard"
-    remove_unused_columns: bool = False
-    label_names: list[str] | None = field(default_factory=lambda: ["labels"])
-    bf16: bool = field(default_factory=bf16_available)
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate of AdamW."})
+    num_train_epochs: float = field(
+        default=20.0,
+        metadata={"help": "Passes over the training rows (alias --num_epochs); max_steps > 0 wins."},
+    )
+    per_device_train_batch_size: int = field(
+        default=1, metadata={"help": "Rows per device per micro-batch (alias --batch_size)."}
+    )
+    gradient_accumulation_steps: int = field(
+        default=4, metadata={"help": "Micro-batches per optimizer step (alias --grad_accum_steps)."}
+    )
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    eval_strategy: str = field(
+        default="steps",
+        metadata={
+            "help": "When to score the held-out rows: steps, epoch or no (always no when eval_fraction is 0)."
+        },
+    )
+    eval_steps: float | None = field(
+        default=100, metadata={"help": "Steps between held-out scores (below 1: a fraction of all steps)."}
+    )
+    save_steps: float = field(
+        default=100, metadata={"help": "Steps between checkpoints (below 1: a fraction of all steps)."}
+    )
+    save_total_limit: int | None = field(
+        default=20, metadata={"help": "Checkpoints kept in output_dir/job_name; older ones are deleted."}
+    )
+    logging_steps: float = field(default=2, metadata={"help": "Steps between logged losses."})
+    report_to: None | str | list[str] = field(
+        default="tensorboard",
+        metadata={"help": "Loggers: tensorboard, wandb, none... (--debugging drops wandb)."},
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay false: d1's collator reads the prompt-length column."}
+    )
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["labels"],
+        metadata={"help": "Batch keys holding the labels (d1's collator: labels)."},
+    )
+    bf16: bool = field(
+        default_factory=bf16_available,
+        metadata={"help": "bfloat16 mixed precision; default: on where CUDA has it."},
+    )
 
     def __post_init__(self) -> None:
         if not os.path.basename(os.path.normpath(self.output_dir)) == self.job_name:

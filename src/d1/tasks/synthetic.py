@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import operator
 import random
@@ -255,21 +256,24 @@ def check_data_file_type(path: str | Path) -> None:
 
 
 def write_records(records: list[dict[str, str]], path: str | Path) -> Path:
-    """Write rows in the format `path`'s extension names: CSV with a header, JSON lines, or a JSON list."""
+    """Write rows in the format `path`'s extension names: CSV with a header, JSON lines, or a JSON list; all at
+    once (`write_atomic`), so a writer killed meanwhile leaves no truncated file for a later run to read."""
+    from d1.utils import write_atomic
+
     check_data_file_type(path)
     path = Path(path)
     suffix = path.suffix.lower()
+    text = io.StringIO()
+    if suffix == ".csv":
+        writer = csv.DictWriter(text, fieldnames=list(records[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+    elif suffix == ".jsonl":
+        text.writelines(json.dumps(record) + "\n" for record in records)
+    else:
+        json.dump(records, text, indent=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        if suffix == ".csv":
-            writer = csv.DictWriter(handle, fieldnames=list(records[0]), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(records)
-        elif suffix == ".jsonl":
-            handle.writelines(json.dumps(record) + "\n" for record in records)
-        else:
-            json.dump(records, handle, indent=1)
-    return path
+    return write_atomic(path, text.getvalue())
 
 
 def write_sudoku_csv(items: list[dict[str, str]], path: str | Path) -> Path:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from d1.diffusion.trace import row_from_dict
-from d1.evaluation.traces import read_traces
+from d1.evaluation.traces import read_traces, trace_file_at
+from d1.utils import write_atomic
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
@@ -42,19 +42,19 @@ let item = 0, timer = null;
 function colour(it, pos){
   const when = it.decided_at[pos], conf = it.confidence[pos];
   if ($('mode').value === 'confidence') return `hsl(${Math.round(120*conf)},70%,75%)`;
-  return `hsl(${Math.round(260*when/Math.max(1,it.last))},70%,80%)`;
+  return `hsl(${Math.round(260*(when-1)/Math.max(1,it.last-1))},70%,80%)`;
 }
 function render(){
   const it = DATA.items[item], k = Number($('step').value);
-  $('step-label').textContent = `step ${k} / ${it.last + 1}`;
+  $('step-label').textContent = `step ${k} / ${it.last}`;
   const box = $('tokens'); box.textContent = '';
   it.pieces.forEach((piece, pos) => {
     const span = document.createElement('span'), when = it.decided_at[pos];
     span.className = 'tok'; span.dataset.pos = pos; span.dataset.step = when;
-    if (when < k){
+    if (when <= k){
       span.classList.add('decided'); span.textContent = piece; span.style.background = colour(it, pos);
       span.title = `step ${when}, confidence ${it.confidence[pos].toFixed(3)}`;
-      if (when === k - 1) span.classList.add('new');
+      if (when === k) span.classList.add('new');
     } else { span.classList.add('masked'); span.textContent = '\\u2591'; }
     box.appendChild(span);
   });
@@ -79,7 +79,7 @@ function render(){
 }
 function choose(i){
   item = i; const it = DATA.items[i];
-  $('step').max = it.last + 1; $('step').value = Math.min(Number($('step').value), it.last + 1);
+  $('step').max = it.last; $('step').value = Math.min(Number($('step').value), it.last);
   $('question').textContent = it.question; render();
 }
 function play(){
@@ -103,7 +103,7 @@ $('play').addEventListener('click', play);
 function fromHash(){
   const hash = new URLSearchParams(location.hash.slice(1));
   $('item').value = Number(hash.get('item') || 0);
-  $('step').max = DATA.items[Number($('item').value)].last + 1;
+  $('step').max = DATA.items[Number($('item').value)].last;
   $('step').value = hash.has('step') ? Number(hash.get('step')) : $('step').max;
   choose(Number($('item').value));
 }
@@ -113,9 +113,11 @@ fromHash();
 
 
 def viewer_item(item: dict[str, Any]) -> dict[str, Any]:
-    """What the page needs of a trace-file item: each position's text, deciding step and confidence."""
+    """What the page needs of a trace-file item: each position's text, confidence and deciding step, counted as
+    the slider counts (step 0: before any forward pass, the k-th pass decides at step k, early-stop fills one
+    step after the last pass; 0 for a position no pass decided, as a prefilled one)."""
     row = row_from_dict(item["trace"])
-    decided_at = row.decided_at()
+    decided_at = [when + 1 for when in row.decided_at()]
     confidence = [1.0] * row.gen_length
     for step in row.steps:
         for position, value in zip(step.positions, step.confidences, strict=True):
@@ -153,14 +155,12 @@ def render_html(items: list[dict[str, Any]], title: str) -> str:
 
 
 def write_trace_html(trace_file: str | Path, output: str | Path) -> Path:
-    """Read a trace file and write its viewer to `output` (a temporary name first, then renamed)."""
+    """Read a trace file (or a folder's one trace file) and write its viewer to `output`, atomically."""
+    trace_file = trace_file_at(trace_file)
     items = read_traces(trace_file)
     output = Path(output)
     if output.is_dir():
         raise IsADirectoryError(f"--output {str(output)!r} is a folder; give a file name such as trace.html.")
     page = render_html(items, f"d1 trace: {Path(trace_file).name}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, output)
-    return output
+    return write_atomic(output, page)
