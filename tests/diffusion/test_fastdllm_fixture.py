@@ -73,3 +73,19 @@ def test_factor_strict_differs_from_fastdllm_only_where_the_last_fails_branch_wa
     for case, different in zip(greedy, differs, strict=True):
         assert not different or case["last_fails_taken"] > 0, case_id(case)
     assert any(differs)
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+def test_batch_rows_decode_as_alone_where_fastdllm_factor_crashes(model, cache):
+    """Fast-dLLM's factor rule raises IndexError once one row of a batch finishes its block before another
+    (`threshs[0] = -1` on an empty list; e.g. these two prompts with factor 2); d1 lets the finished row wait,
+    so each row decodes as it would alone (Fast-dLLM's batch-wide loop: the pass count is the slowest row's)."""
+    prompt = torch.tensor([[41, 25, 8, 14, 37, 13], [21, 3, 43, 56, 2, 49]])
+    settings = dict(gen_length=16, block_length=8, steps=4, cache=cache, unmask="factor", factor=2.0)
+    stats: list[dict] = [{}, {}, {}]
+    batched = generate(model, prompt, stats=stats[2], **settings)
+    alone = [generate(model, prompt[row : row + 1], stats=stats[row], **settings) for row in (0, 1)]
+    assert torch.equal(batched, torch.cat(alone))
+    assert stats[0]["block_passes"] != stats[1]["block_passes"], "the rows finish together: nothing tested"
+    first, second = (s["block_passes"] for s in stats[:2])
+    assert stats[2]["block_passes"] == [max(a, b) for a, b in zip(first, second, strict=True)]
