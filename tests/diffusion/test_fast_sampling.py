@@ -437,3 +437,15 @@ def test_sync_done_joins_a_slower_process_until_its_block_is_done(cache):
     assert max(alone_stats["block_passes"]) < peer, "this process is not the faster one: nothing to join"
     assert torch.equal(out, alone) and stats["steps"] == alone_stats["steps"]
     assert stats["block_passes"] == [peer, peer] and stats["forward_passes"] == len(model.inputs) == 2 * peer
+
+
+@pytest.mark.parametrize("unmask", ["threshold", "factor"])
+def test_committed_mask_predictions_end_a_block_after_block_length_passes(unmask):
+    """A [MASK] prediction is committed and stays masked (as in LLaDA); Fast-dLLM, which loops until the
+    block has no mask, would then never stop on greedy decoding. d1 ends the block after block_length passes."""
+    bias = torch.zeros(VOCAB).index_fill(0, torch.tensor([MASK]), 50.0)
+    model = Biased(tiny_model(18, n_kv_heads=2), bias)
+    prompt = random_prompt(18, 2, 4)
+    stats: dict = {}
+    out = generate(model, prompt, gen_length=8, block_length=4, steps=2, unmask=unmask, stats=stats)
+    assert stats["block_passes"] == [4, 4] and (out[:, 4:] == MASK).all()
