@@ -1,5 +1,6 @@
 """d1.generate's fast paths: exact mode against LLaDA's loop restatement, and the invariants of Fast-dLLM's
-block KV cache (prefix, dual), parallel unmasking (threshold, factor) and early stop."""
+block KV cache (prefix, dual), parallel unmasking (threshold, factor, factor_strict; the `max_block_steps` cap
+against a restatement of the capped loop) and early stop. Fast-dLLM's own tokens: test_fastdllm_fixture.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from d1.diffusion.sampling import generate, parallel_unmask_count
@@ -200,21 +202,99 @@ def test_threshold_above_one_unmasks_one_token_per_step(cache):
         model, prompt, gen_length=gen_length, block_length=block_length, steps=gen_length,
         cache=cache, unmask="threshold", threshold=1.5, stats=stats,
     )  # fmt: skip
-    assert stats == {"forward_passes": gen_length, "steps": gen_length}
+    assert stats == {"forward_passes": gen_length, "steps": gen_length, "block_passes": [8, 8]}
     blocks = decode_trace(model, prompt_len, gen_length, block_length, out)
     check_blockwise_progress(blocks, prompt, block_length, exactly_one=True)
 
 
 @pytest.mark.parametrize("cache", [None, "dual"])
-def test_steps_cap_is_respected(cache):
+def test_steps_do_not_cap_parallel_unmasking_but_max_block_steps_does(cache):
+    """As in Fast-dLLM, a block decodes until it is done whatever `steps` says; `max_block_steps` caps it."""
     model = Biased(tiny_model(9, n_kv_heads=2, init_std=0.5))
     prompt = random_prompt(9, 3, 5)
+    settings = dict(gen_length=24, block_length=8, steps=3, cache=cache, unmask="threshold", threshold=2.0)
     stats: dict = {}
-    out = generate(
-        model, prompt, gen_length=24, block_length=8, steps=9, cache=cache, unmask="threshold", threshold=2.0,
-        stats=stats,
-    )  # fmt: skip
-    assert stats["forward_passes"] == 9 and not (out == MASK).any()
+    out = generate(model, prompt, stats=stats, **settings)
+    assert stats["block_passes"] == [8, 8, 8] and not (out == MASK).any()  # one token a step
+    stats = {}
+    out = generate(model, prompt, stats=stats, max_block_steps=3, **settings)
+    assert stats["block_passes"] == [3, 3, 3] and not (out == MASK).any()  # 3 + 3 + 2 tokens a block
+
+
+@torch.no_grad()
+def capped_reference(model, prompt, *, gen_length, block_length, cap, unmask, threshold=0.9, factor=1.0):
+    """The capped parallel loop restated per row (greedy, no cache): each of at most `cap` steps per block
+    commits the c most confident masked block tokens, c = the rule's count (threshold: the first plus every
+    one >= threshold; factor_strict: the longest run whose n-th reaches 1 - factor / (n + 1), at least one)
+    raised to ceil(masked left / steps left)."""
+    x = torch.cat([prompt, torch.full((prompt.shape[0], gen_length), MASK)], dim=1)
+    for start in range(prompt.shape[1], x.shape[1], block_length):
+        for step in range(cap):
+            if not (x[:, start : start + block_length] == MASK).any():
+                break
+            probs = F.softmax(model(x).logits.double(), dim=-1)
+            for row in range(x.shape[0]):
+                masked = (x[row, start : start + block_length] == MASK).nonzero().flatten() + start
+                if len(masked) == 0:
+                    continue
+                confidence, token = probs[row, masked].max(dim=-1)
+                order = confidence.argsort(descending=True)
+                ranked = confidence[order].tolist()
+                if unmask == "threshold":
+                    count = 1 + sum(c >= threshold for c in ranked[1:])
+                else:
+                    count = 0
+                    while count < len(ranked) and ranked[count] >= 1 - factor / (count + 2):
+                        count += 1
+                count = max(count, 1, -(-len(ranked) // (cap - step)))
+                chosen = order[:count]
+                x[row, masked[chosen]] = token[chosen]
+    return x
+
+
+@pytest.mark.parametrize(
+    "unmask, threshold, factor, cap",
+    [
+        ("threshold", 0.6, 1.0, 2),
+        ("threshold", 0.6, 1.0, 4),
+        ("factor_strict", 0.9, 3.0, 2),
+        ("factor_strict", 0.9, 1.0, 3),
+    ],
+)
+def test_max_block_steps_is_the_capped_loop(unmask, threshold, factor, cap):
+    """max_block_steps = steps // blocks is d1's earlier parallel decoding, restated independently."""
+    model = Biased(tiny_model(15, n_kv_heads=2, init_std=0.5))
+    prompt = random_prompt(15, 3, 5)
+    options = dict(gen_length=24, block_length=8, unmask=unmask, threshold=threshold, factor=factor)
+    expected = capped_reference(model, prompt, cap=cap, **options)
+    stats: dict = {}
+    out = generate(model, prompt, steps=3 * cap, max_block_steps=cap, stats=stats, **options)
+    assert torch.equal(out, expected)
+    assert all(passes <= cap for passes in stats["block_passes"]) and not (out == MASK).any()
+    uncapped: dict = {}
+    generate(model, prompt, steps=3 * cap, stats=uncapped, **options)
+    assert max(uncapped["block_passes"]) > cap, "the cap never binds: the case tests nothing"
+
+
+@pytest.mark.parametrize("cache", [None, "prefix", "dual"])
+@pytest.mark.parametrize("unmask", ["threshold", "factor", "factor_strict"])
+def test_parallel_unmasking_takes_at_most_a_pass_per_masked_position(cache, unmask):
+    """Each pass commits a token of every unfinished row, so a block takes at most its masked count of passes
+    (threshold > 1: exactly that many); prefilled positions are not masked."""
+    model = Biased(tiny_model(16, n_kv_heads=2, init_std=0.5))
+    prompt = random_prompt(16, 2, 4)
+    prefill = torch.full((2, 16), MASK)
+    prefill[0, [0, 3, 9]] = torch.tensor([5, 6, 7])
+    prefill[1, [1, 2, 4, 10]] = torch.tensor([5, 6, 7, 8])
+    masked = [6, 7]  # per block, the most masked positions of any row
+    settings = dict(gen_length=16, block_length=8, steps=2, cache=cache, unmask=unmask, prefill=prefill)
+    for threshold in (0.2, 1.5):
+        stats: dict = {}
+        out = generate(model, prompt, threshold=threshold, factor=2.0, stats=stats, **settings)
+        assert not (out == MASK).any() and torch.equal(out[:, 4:][prefill != MASK], prefill[prefill != MASK])
+        assert all(p <= m for p, m in zip(stats["block_passes"], masked, strict=True)), stats
+        if unmask == "threshold" and threshold > 1:
+            assert stats["block_passes"] == masked
 
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
@@ -273,10 +353,38 @@ def test_parallel_unmask_count_rules():
     confidence = torch.tensor([[0.95, 0.2, 0.92, 0.5, 0.99], [0.1, 0.3, 0.2, 0.05, 0.0]], dtype=torch.float64)
     candidates = torch.tensor([[True, True, True, True, False], [True, True, True, False, False]])
     assert parallel_unmask_count(confidence, candidates, "threshold", 0.9, 1.0).tolist() == [2, 1]
-    # factor 1: the n-th most confident must reach 1 - 1 / (n + 1): 0.5, 0.667, 0.75, ...
-    assert parallel_unmask_count(confidence, candidates, "factor", 0.9, 1.0).tolist() == [2, 1]
-    assert parallel_unmask_count(confidence, candidates, "factor", 0.9, 10.0).tolist() == [4, 3]
+    # factor 1: the n-th most confident must reach 1 - 1 / (n + 1): 0.5, 0.667, 0.75, 0.8
+    for unmask in ("factor", "factor_strict"):
+        assert parallel_unmask_count(confidence, candidates, unmask, 0.9, 1.0).tolist() == [2, 1]
+        assert parallel_unmask_count(confidence, candidates, unmask, 0.9, 10.0).tolist() == [4, 3]
     assert parallel_unmask_count(confidence, candidates & False, "threshold", 0.9, 1.0).tolist() == [0, 0]
+
+
+def test_factor_rules_where_only_the_last_candidate_fails():
+    """Fast-dLLM's `get_transfer_index_dynamic` commits all m candidates when the run of passing ones stops
+    at the m-th (so the last two always go together); factor_strict stops the run there. Factor 1: the n-th
+    must reach 0.5, 0.667, 0.75, 0.8 for n = 1..4 (Fast-dLLM: the first always passes)."""
+    confidence = torch.tensor(
+        [
+            [0.9, 0.8, 0.1, 0.0],  # m = 3, the 3rd fails 0.75: Fast-dLLM all 3, strict 2
+            [0.3, 0.1, 0.0, 0.0],  # m = 2, both fail: Fast-dLLM both, strict 1
+            [0.05, 0.0, 0.0, 0.0],  # m = 1: 1
+            [0.9, 0.3, 0.2, 0.1],  # m = 4, the 2nd fails 0.667: 1 (the run stops before the last)
+            [0.9, 0.9, 0.9, 0.9],  # m = 0: none
+        ],
+        dtype=torch.float64,
+    )
+    candidates = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]]).bool()
+    counts = {
+        unmask: parallel_unmask_count(confidence, candidates, unmask, 0.25, 1.0).tolist()
+        for unmask in ("factor", "factor_strict", "threshold")
+    }
+    # threshold 0.25: the most confident plus every other one >= 0.25
+    assert counts == {
+        "factor": [3, 2, 1, 1, 0],
+        "factor_strict": [2, 1, 1, 1, 0],
+        "threshold": [2, 1, 1, 2, 0],
+    }
 
 
 class Uncached(nn.Module):
@@ -293,6 +401,9 @@ class Uncached(nn.Module):
         (dict(unmask="greedy"), "unmask='greedy'"),
         (dict(threshold=float("nan")), "threshold"),
         (dict(factor=0.0), "factor"),
+        (dict(max_block_steps=2), "max_block_steps=2 caps parallel unmasking"),
+        (dict(unmask="threshold", max_block_steps=0), "max_block_steps=0 must be a positive integer"),
+        (dict(unmask="factor", max_block_steps=1.5), "max_block_steps=1.5 must be a positive integer"),
         (dict(cache="dual"), "needs a model whose forward takes `cache`"),
     ],
 )
@@ -301,3 +412,40 @@ def test_bad_fast_settings_raise_before_any_forward(kwargs, message):
         generate(
             Uncached(), torch.zeros(2, 4, dtype=torch.long), gen_length=8, block_length=8, steps=8, **kwargs
         )
+
+
+@pytest.mark.parametrize("cache", [None, "dual"])
+def test_sync_done_joins_a_slower_process_until_its_block_is_done(cache):
+    """Parallel unmasking runs until the block is done on every process (sharded weights need equal forward
+    passes): a process done early joins with passes that change nothing; its tokens and steps stay its own."""
+    model = Biased(tiny_model(17, n_kv_heads=2, init_std=0.5))
+    prompt = random_prompt(17, 2, 4)
+    settings = dict(gen_length=16, block_length=8, steps=2, cache=cache, unmask="threshold", threshold=0.3)
+    alone_stats: dict = {}
+    alone = generate(model, prompt, stats=alone_stats, **settings)
+    peer, calls = 6, [0]  # the other process takes 6 passes in every block
+
+    def sync_done(done: bool) -> bool:
+        calls[0] += 1
+        everyone = done and calls[0] > peer
+        calls[0] = 0 if everyone else calls[0]
+        return everyone
+
+    model.inputs.clear()
+    stats: dict = {}
+    out = generate(model, prompt, stats=stats, sync_done=sync_done, **settings)
+    assert max(alone_stats["block_passes"]) < peer, "this process is not the faster one: nothing to join"
+    assert torch.equal(out, alone) and stats["steps"] == alone_stats["steps"]
+    assert stats["block_passes"] == [peer, peer] and stats["forward_passes"] == len(model.inputs) == 2 * peer
+
+
+@pytest.mark.parametrize("unmask", ["threshold", "factor"])
+def test_committed_mask_predictions_end_a_block_after_block_length_passes(unmask):
+    """A [MASK] prediction is committed and stays masked (as in LLaDA); Fast-dLLM, which loops until the
+    block has no mask, would then never stop on greedy decoding. d1 ends the block after block_length passes."""
+    bias = torch.zeros(VOCAB).index_fill(0, torch.tensor([MASK]), 50.0)
+    model = Biased(tiny_model(18, n_kv_heads=2), bias)
+    prompt = random_prompt(18, 2, 4)
+    stats: dict = {}
+    out = generate(model, prompt, gen_length=8, block_length=4, steps=2, unmask=unmask, stats=stats)
+    assert stats["block_passes"] == [4, 4] and (out[:, 4:] == MASK).all()

@@ -305,7 +305,7 @@ def test_stats_counts_forward_passes_and_steps():
     for cfg_scale in (0.0, 1.0):
         stats: dict = {}
         generate(model, prompt, gen_length=16, block_length=4, steps=8, cfg_scale=cfg_scale, stats=stats)
-        assert stats == {"forward_passes": 8, "steps": 8}
+        assert stats == {"forward_passes": 8, "steps": 8, "block_passes": [2, 2, 2, 2]}
 
 
 def test_logits_eos_inf_forbids_eos():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import d1.evaluation.runner
+import d1.evaluation.generation
 import d1.rl.trainer
 from d1.cli.args import parse_config
 from d1.cli.grpo import ALIASES
@@ -268,9 +268,9 @@ def test_inpaint_fires_on_zero_signal_groups_only_and_never_in_validation(tiny_m
     scored: list[list[float]] = []
 
     def recorder(real, kind):
-        def call(model, prompt, **kwargs):
-            calls[kind].append(None if kwargs.get("prefill") is None else len(prompt))
-            return real(model, prompt, **kwargs)
+        def call(model, prompt, options, extras):
+            calls[kind].append(None if extras.prefill is None else len(prompt))
+            return real(model, prompt, options, extras)
 
         return call
 
@@ -282,8 +282,8 @@ def test_inpaint_fires_on_zero_signal_groups_only_and_never_in_validation(tiny_m
         scored.append(values)
         return torch.tensor([[v] * len(reward_funcs) for v in values])
 
-    monkeypatch.setattr(d1.rl.trainer, "generate", recorder(d1.rl.trainer.generate, "rollout"))
-    monkeypatch.setattr(d1.evaluation.runner, "generate", recorder(d1.evaluation.runner.generate, "validation"))
+    monkeypatch.setattr(d1.rl.trainer, "sample", recorder(d1.rl.trainer.sample, "rollout"))
+    monkeypatch.setattr(d1.evaluation.generation, "sample", recorder(d1.evaluation.generation.sample, "validation"))
     monkeypatch.setattr(d1.rl.trainer, "score_completions", scores)
     argv = grpo_argv(
         tiny_model_dir, tmp_path, "--zero_signal_groups", "inpaint", "--num_generations", "4",

@@ -8,11 +8,13 @@ decoding schedules can reuse them. The exact path asks the model only for the lo
 masked column to the block's end) and works in float64 only on candidate rows; random numbers are still drawn
 for the whole sequence (a CPU generator keeps only the window's, see `window_rand`).
 
-Fast-dLLM's approximations (opt-in): a block KV cache, refreshed by a full forward at each block's first
+Fast-dLLM's approximations (opt-in), token for token as Fast-dLLM's `llada/generate.py` decodes greedily
+(tests/fixtures/fastdllm_llada.json): a block KV cache, refreshed by a full forward at each block's first
 step; later steps feed the block plus everything after it on the cached prefix ("prefix", as Fast-dLLM's
 `generate_with_prefix_cache`) or only the block, written over its slots of the full cache ("dual").
-Parallel unmasking ("threshold", "factor", Fast-dLLM's `get_transfer_index(_dynamic)`) commits every
-confident enough token, at least one a step and as many as needed to finish within `steps`.
+Parallel unmasking ("threshold", "factor": Fast-dLLM's `get_transfer_index(_dynamic)`; "factor_strict")
+commits the confident enough tokens, at least one a step, until the block is done; `max_block_steps` caps the
+forward passes a block may take (each step then commits at least the block's remaining masks / steps left).
 
 `block_length=1, steps=gen_length` decodes left to right, one token a step: JustGRPO's rollouts. `prefill`
 fixes completion tokens in place, the rest decoded around them: IGPO's inpainting of hints.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,7 +36,7 @@ from d1.diffusion.trace import Trace
 
 REMASKING = ("low_confidence", "random")
 CACHES = (None, "prefix", "dual")
-UNMASKS = ("schedule", "threshold", "factor")
+UNMASKS = ("schedule", "threshold", "factor", "factor_strict")
 
 
 def resolve_token_id(model: nn.Module, token_id: int | None, field: str) -> int:
@@ -157,19 +159,24 @@ def select_transfer(confidence: torch.Tensor, candidates: torch.Tensor, k: torch
 def parallel_unmask_count(
     confidence: torch.Tensor, candidates: torch.Tensor, unmask: str, threshold: float, factor: float
 ) -> torch.Tensor:
-    """Tokens each row unmasks [B] under Fast-dLLM's parallel rules, at least one while candidates remain.
+    """Tokens each row unmasks [B], the most confident first: at least one while its m candidates last.
 
-    threshold: every candidate with confidence >= `threshold`. factor: the longest run of the n most confident
-    with the n-th's confidence >= 1 - factor / (n + 1), n = 1, 2, ...
+    threshold: the most confident plus every candidate with confidence >= `threshold` (Fast-dLLM's
+    `get_transfer_index`). factor_strict: the longest run of the n most confident whose n-th has confidence
+    >= 1 - factor / (n + 1). factor (Fast-dLLM's `get_transfer_index_dynamic`): the same run, but all m when
+    it stops at the last candidate (n = m - 1), so the last two candidates are always committed together.
     """
+    available = candidates.sum(dim=-1)
     ranked = confidence.masked_fill(~candidates, float("-inf")).sort(dim=-1, descending=True).values
     if unmask == "threshold":
         passes = ranked >= threshold
     else:
-        n = torch.arange(1, ranked.shape[-1] + 1, device=ranked.device)
-        passes = ranked >= 1 - factor / (n + 1)
-    run = passes.long().cumprod(dim=-1).sum(dim=-1)
-    return torch.minimum(run.clamp(min=1), candidates.sum(dim=-1))
+        n = torch.arange(1, ranked.shape[-1] + 1, dtype=torch.float64, device=ranked.device)
+        passes = ranked >= (1 - factor / (n + 1)).to(ranked.dtype)  # compared as Fast-dLLM's Python floats
+    run = passes.long().cumprod(dim=-1).sum(dim=-1).clamp(min=1)
+    if unmask == "factor":
+        run = torch.where(run >= available - 1, available, run)
+    return torch.minimum(run, available)
 
 
 def check_block_schedule(
@@ -246,6 +253,18 @@ def check_settings(
         )
     if not (math.isfinite(factor) and factor > 0):
         raise ValueError(f"factor={factor} must be a finite number > 0 (Fast-dLLM uses about 1).")
+    if max_block_steps is not None:
+        if unmask == "schedule":
+            raise ValueError(
+                f"max_block_steps={max_block_steps} caps parallel unmasking; unmask='schedule' already takes "
+                "steps / number of blocks steps a block. Drop max_block_steps or use a parallel unmask "
+                f"({', '.join(UNMASKS[1:])})."
+            )
+        if isinstance(max_block_steps, bool) or not isinstance(max_block_steps, int) or max_block_steps < 1:
+            raise ValueError(
+                f"max_block_steps={max_block_steps!r} must be a positive integer (forward passes a block may "
+                "take) or None (decode each block until it is done, as Fast-dLLM)."
+            )
 
 
 def _check_prefill(prefill: torch.Tensor | None, batch: int, gen_length: int, early_stop: bool) -> None:
@@ -265,7 +284,8 @@ def _check_prefill(prefill: torch.Tensor | None, batch: int, gen_length: int, ea
 
 @dataclass
 class _Decoder:
-    """The settings every denoising step shares; decodes one block at a time, in place."""
+    """The settings every denoising step shares; decodes one block at a time, in place, counting its forward
+    passes (`passes`; per block: `block_passes`) and the denoising steps among them (`steps`)."""
 
     model: nn.Module
     mask_id: int
@@ -281,9 +301,13 @@ class _Decoder:
     unmask: str
     threshold: float
     factor: float
+    max_block_steps: int | None = None
     sync_done: Callable[[bool], bool] | None = None
     trace: Trace | None = None
     gen_start: int = 0
+    passes: int = 0
+    steps: int = 0
+    block_passes: list[int] = field(default_factory=list)
 
     def all_done(self, done: bool) -> bool:
         """Whether every process is done (`done` itself without `sync_done`)."""
@@ -296,9 +320,10 @@ class _Decoder:
 
     @property
     def exact_rng(self) -> bool:
-        """Exact decoding that draws random numbers: they are drawn over the whole sequence, as LLaDA does."""
+        """Uncached decoding that draws random numbers: they are drawn over the whole sequence, as LLaDA and
+        Fast-dLLM's uncached `generate` do."""
         sampled = self.temperature > 0 or self.remasking == "random"
-        return sampled and self.cache is None and self.unmask == "schedule"
+        return sampled and self.cache is None
 
     def logits(self, x: torch.Tensor, inputs: slice, keep: slice, **cache_args) -> tuple[torch.Tensor, Any]:
         """Guided logits of the input columns `inputs` of x, kept at `keep` (relative to `inputs`), and the
@@ -340,49 +365,86 @@ class _Decoder:
             logits, _ = self.logits(x, slice(start - lead, end), block, cache=cache, cache_position=position)
         return logits, slice(start, end), cache
 
+    def step_limit(self, steps: int, block_length: int) -> int:
+        """Forward passes a block may take: LLaDA's `steps` per block; for parallel unmasking the cap, else
+        the block's length (equal on every process; a block whose steps all commit a token needs no more)."""
+        if self.unmask == "schedule":
+            return steps
+        return block_length if self.max_block_steps is None else self.max_block_steps
+
+    def block_done(self, x: torch.Tensor, start: int, end: int) -> bool:
+        """Whether decoding this block is over: LLaDA's exact sampler always runs its `steps` when it draws
+        random numbers (same draws as LLaDA); otherwise once no mask is left (schedule: in x[:, :end];
+        parallel unmasking: in the block, Fast-dLLM's stopping rule)."""
+        if self.unmask != "schedule":
+            return not (x[:, start:end] == self.mask_id).any()
+        return not self.exact_rng and not (x[:, :end] == self.mask_id).any()
+
     def decode_block(
         self, x: torch.Tensor, start: int, end: int, steps: int, block: int, finished: bool = False
-    ) -> int:
-        """Unmask x[:, start:end] (block number `block`) in place in at most `steps` steps (exactly `steps`
-        for LLaDA's schedule); returns the number of model forward passes. `finished` (early stop): nothing
-        left to decode. With `sync_done`, a process with nothing left runs `join_forward` until every process
-        is done. Each step is recorded in `trace` when there is one."""
-        schedule = num_transfer_tokens(x[:, start:end] == self.mask_id, steps)
-        prefilled = not schedule.any()  # every position fixed by `prefill`: skipped, as IGPO does
+    ) -> None:
+        """Unmask x[:, start:end] (block number `block`) in place: LLaDA's schedule in exactly `steps` steps;
+        parallel unmasking until the block is done (at most `max_block_steps` steps when set). `finished`
+        (early stop): nothing left to decode. With `sync_done`, a process with nothing left runs
+        `join_forward` until every process is done. Each step is recorded in `trace` when there is one."""
+        masked = x[:, start:end] == self.mask_id
+        prefilled = not masked.any()  # every position fixed by `prefill`: skipped, as IGPO does
+        limit = self.step_limit(steps, end - start)
+        schedule = num_transfer_tokens(masked, limit)  # read by unmask="schedule" only (limit = steps)
         cache = None
-        for step in range(steps):
-            idle = finished or prefilled or (not self.exact_rng and not (x[:, :end] == self.mask_id).any())
+        passes = 0
+        for step in range(limit):
+            idle = finished or prefilled or self.block_done(x, start, end)
             if self.all_done(idle):
-                return step
+                break
+            passes += 1
             if idle:
                 self.join_forward(x)
                 if self.trace is not None:
                     self.trace.record(block, 0)
                 continue
-            logits, window, cache = self.step_logits(x, step, start, end, cache)
-            positions = torch.arange(window.start, window.stop, device=x.device)
-            candidates = (x[:, window] == self.mask_id) & (positions < end)
-            x0, confidence = predict_tokens(
-                logits,
-                candidates,
-                temperature=self.temperature,
-                remasking=self.remasking,
-                generator=self.generator,
-                suppress_ids=self.suppress_ids,
-                stream=(window.start, x.shape[1]) if self.exact_rng else None,
-            )
-            k = schedule[:, step]
-            if self.unmask != "schedule":
-                count = parallel_unmask_count(
-                    confidence, candidates, self.unmask, self.threshold, self.factor
-                )
-                steps_left = steps - step
-                k = torch.maximum(count, (candidates.sum(dim=-1) + steps_left - 1) // steps_left)
-            transfer = select_transfer(confidence, candidates, k)
-            x[:, window] = torch.where(transfer, x0, x[:, window])
-            if self.trace is not None:
-                self.trace.record(block, window.start - self.gen_start, transfer, x0, logits)
-        return steps
+            self.steps += 1
+            cache = self.denoise(x, step, limit, (start, end), schedule[:, step], cache, block)
+        self.passes += passes
+        self.block_passes.append(passes)
+
+    def denoise(
+        self,
+        x: torch.Tensor,
+        step: int,
+        limit: int,
+        bounds: tuple[int, int],
+        scheduled: torch.Tensor,
+        cache: Any,
+        block: int,
+    ) -> Any:
+        """One denoising step of the block x[:, start:end] (`bounds`), in place: LLaDA commits `scheduled`
+        [B] tokens, parallel unmasking what its rule picks (plus, under `max_block_steps`, enough to finish
+        within the `limit`). Returns the block's cache."""
+        start, end = bounds
+        logits, window, cache = self.step_logits(x, step, start, end, cache)
+        positions = torch.arange(window.start, window.stop, device=x.device)
+        candidates = (x[:, window] == self.mask_id) & (positions < end)
+        x0, confidence = predict_tokens(
+            logits,
+            candidates,
+            temperature=self.temperature,
+            remasking=self.remasking,
+            generator=self.generator,
+            suppress_ids=self.suppress_ids,
+            stream=(window.start, x.shape[1]) if self.exact_rng else None,
+        )
+        k = scheduled
+        if self.unmask != "schedule":
+            k = parallel_unmask_count(confidence, candidates, self.unmask, self.threshold, self.factor)
+            if self.max_block_steps is not None:
+                steps_left = limit - step
+                k = torch.maximum(k, (candidates.sum(dim=-1) + steps_left - 1) // steps_left)
+        transfer = select_transfer(confidence, candidates, k)
+        x[:, window] = torch.where(transfer, x0, x[:, window])
+        if self.trace is not None:
+            self.trace.record(block, window.start - self.gen_start, transfer, x0, logits)
+        return cache
 
 
 @torch.no_grad()
@@ -419,11 +481,19 @@ def generate(
 
     `attention_mask` [B, P] marks left padding (1 real, 0 pad). `logits_eos_inf` forbids EOS;
     `confidence_eos_eot_inf` commits EOS/EoT predictions last. Fast-dLLM's approximations:
-    `cache` "prefix" | "dual" (block KV cache, needs a model taking `cache`), `unmask` "threshold" |
-    "factor" (parallel unmasking; `steps` becomes a cap), `early_stop` (stop once every row's decoded
-    blocks end in EOS, filling the rest with EOS). `stats`, when given, receives "forward_passes" and "steps".
-    `trace`, when given (a `d1.diffusion.trace.Trace`), is filled with what each step decided, per row: the
-    positions, tokens and their probabilities (the return value stays the token tensor).
+    `cache` "prefix" | "dual" (block KV cache, needs a model taking `cache`); `unmask` "threshold" |
+    "factor" (parallel unmasking as Fast-dLLM's `get_transfer_index` / `get_transfer_index_dynamic`: each
+    step commits the most confident token and the others its rule accepts, until the block is done; `steps`
+    then only has to be a multiple of the number of blocks, as in Fast-dLLM) or "factor_strict" (the longest
+    run of the n most confident whose n-th reaches 1 - factor / (n + 1), without Fast-dLLM's exception that
+    commits every candidate when only the last fails); `max_block_steps` (parallel unmasking only) caps the
+    forward passes of a block, each step then committing at least ceil(block's masks left / steps left);
+    `early_stop` (stop once every row's decoded blocks end in EOS, filling the rest with EOS).
+    `stats`, when given, receives "forward_passes" (model calls, the passes of a finished process that only
+    keep `sync_done` processes in step included), "steps" (the denoising steps among them) and
+    "block_passes" (forward passes per decoded block). `trace`, when given (a `d1.diffusion.trace.Trace`), is
+    filled with what each step decided, per row: the positions, tokens and their probabilities (the return
+    value stays the token tensor).
 
     `prefill` [B, gen_length] fixes completion tokens in place (`mask_token_id` where free; IGPO's
     inpainting): they are never masked or changed, each block's schedule counts only its free positions
@@ -439,9 +509,8 @@ def generate(
     check_settings(
         gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,
         remasking=remasking, cfg_scale=cfg_scale, cache=cache, unmask=unmask, threshold=threshold, factor=factor,
+        max_block_steps=max_block_steps,
     )  # fmt: skip
-    if max_block_steps is not None:  # TEMP until the fastdllm-llada branch lands
-        raise ValueError("max_block_steps is not implemented yet")
     _check_prefill(prefill, prompt_ids.shape[0], gen_length, early_stop)
     if cache is not None and not _accepts(model, "cache"):
         raise ValueError(f"cache={cache!r} needs a model whose forward takes `cache` (d1's native LLaDA).")
@@ -479,6 +548,7 @@ def generate(
         unmask,
         threshold,
         factor,
+        max_block_steps,
         sync_done,
         trace,
         prompt_length,
@@ -487,12 +557,11 @@ def generate(
         trace.start(b, gen_length, block_length)
 
     num_blocks = gen_length // block_length
-    forward_passes = 0
     finished = False
     for block in range(num_blocks):
         end = prompt_length + (block + 1) * block_length
         start = end - block_length
-        forward_passes += decoder.decode_block(x, start, end, steps // num_blocks, block, finished)
+        decoder.decode_block(x, start, end, steps // num_blocks, block, finished)
         if early_stop:
             rows_done = x[:, end - 1] == eos_id
             if trace is not None:
@@ -502,5 +571,5 @@ def generate(
             if decoder.all_done(finished):
                 break
     if stats is not None:
-        stats.update(forward_passes=forward_passes, steps=forward_passes)
+        stats.update(forward_passes=decoder.passes, steps=decoder.steps, block_passes=decoder.block_passes)
     return x
