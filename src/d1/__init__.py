@@ -1,7 +1,8 @@
 """d1: masked SFT, diffu-GRPO and evaluation for masked diffusion language models (LLaDA).
 
-Public API: `load_model`, `load_tokenizer`, `generate` (and its `Trace`), `per_token_logps`, `tasks`. Imported lazily so that
-`d1 --help` starts fast.
+Public API: `load_model`, `load_tokenizer`, `generate` (LLaDA's block sampler, and its `Trace`), the sampler
+registry (`sample` with `LLaDAOptions`/`DreamOptions`, `SAMPLERS`), `per_token_logps`, `tasks`. Imported lazily
+so that `d1 --help` starts fast.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ _EXPORTS = {
     "load_tokenizer": "d1.models.loading",
     "generate": "d1.diffusion.sampling",
     "Trace": "d1.diffusion.trace",
+    "sample": "d1.diffusion.samplers",
+    "SAMPLERS": "d1.diffusion.samplers",
+    "SamplerCall": "d1.diffusion.samplers",
+    "LLaDAOptions": "d1.diffusion.samplers",
+    "DreamOptions": "d1.diffusion.samplers",
     "per_token_logps": "d1.diffusion.likelihood",
 }
 __all__ = [*_EXPORTS, "tasks"]

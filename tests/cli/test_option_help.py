@@ -9,12 +9,15 @@ from dataclasses import fields
 
 import pytest
 
+from d1.cli.chat import ChatConfig
 from d1.cli.main import COMMANDS
 from d1.demo.config import DemoConfig
+from d1.evaluation.config import EvalConfig
+from d1.rl.config import DiffuGRPOConfig
 from d1.sft.config import SFTConfig
 
 
-@pytest.mark.parametrize("config", [DemoConfig, SFTConfig])
+@pytest.mark.parametrize("config", [DemoConfig, SFTConfig, DiffuGRPOConfig, EvalConfig, ChatConfig])
 def test_every_config_field_has_help(config: type) -> None:
     assert [f.name for f in fields(config) if f.init and not f.metadata.get("help")] == []
 
@@ -45,7 +48,7 @@ def arguments_without_help(parser: argparse.ArgumentParser) -> list[str]:
     return missing
 
 
-@pytest.mark.parametrize("command", ["init-model", "data", "merge", "score", "launch-check", "trace"])
+@pytest.mark.parametrize("command", ["init-model", "data", "merge", "score", "launch-check", "trace", "harness"])
 def test_every_argument_has_help(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert arguments_without_help(parser_of(command, monkeypatch)) == []
 

@@ -342,3 +342,20 @@ def test_cached_parallel_eval_options_reach_the_sampler(tiny_model_dir, tmp_path
     assert EvalConfig(model_path=str(tiny_model_dir), cache="none").options().generate_kwargs()["cache"] is None
     with pytest.raises(ValueError, match="cache='kv'"):
         EvalConfig(model_path=str(tiny_model_dir), cache="kv").options()
+
+
+def test_a_file_of_the_former_parallel_rule_is_not_resumed(
+    tiny_model_dir: Path, sudoku_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threshold decoding used to stop after steps / num_blocks passes a block: such a file (no settings version)
+    would mix two samplers' generations, so the resume check refuses it and says why."""
+    config = _config(tiny_model_dir, sudoku_csv, tmp_path, unmask="threshold", threshold=0.5)
+    path = run_eval(config)
+    data = json.loads(path.read_text())
+    assert data["settings"]["settings_version"] == 2
+    del data["settings"]["settings_version"]
+    data["generations"] = data["generations"][:2]
+    path.write_text(json.dumps(data))
+    _refuse_model_loading(monkeypatch)
+    with pytest.raises(ValueError, match=r"older d1, whose parallel decoding stopped after steps / num_blocks"):
+        run_eval(config)

@@ -264,20 +264,30 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
         default=False,
         metadata={"help": "Delete the checkpoints already in the output folder and start over."},
     )
-    learning_rate: float = 3e-6
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.99
-    weight_decay: float = 0.1
-    max_grad_norm: float = 0.2
-    per_device_train_batch_size: int = 6
-    gradient_accumulation_steps: int = 2
-    num_train_epochs: float = 1.0
-    save_steps: float = 100
-    logging_steps: float = 1
-    eval_strategy: str = "no"
-    report_to: None | str | list[str] = "tensorboard"
-    remove_unused_columns: bool = False
-    bf16: bool = field(default_factory=bf16_available)
+    learning_rate: float = field(default=3e-6, metadata={"help": "Peak learning rate of AdamW (d1: 3e-6)."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1 (d1: 0.9)."})
+    adam_beta2: float = field(default=0.99, metadata={"help": "AdamW beta2 (d1: 0.99)."})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (d1: 0.1)."})
+    max_grad_norm: float = field(default=0.2, metadata={"help": "Gradient clipping norm (d1: 0.2)."})
+    per_device_train_batch_size: int = field(
+        default=6, metadata={"help": "Completions per process per step; a multiple of num_generations overall (d1: 6)."}
+    )
+    gradient_accumulation_steps: int = field(default=2, metadata={"help": "Micro-batches per optimizer step (d1: 2)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training prompts (d1: 1)."})
+    save_steps: float = field(default=100, metadata={"help": "Checkpoint every this many steps (d1: 100)."})
+    logging_steps: float = field(default=1, metadata={"help": "Log rewards and loss every this many steps."})
+    eval_strategy: str = field(
+        default="no", metadata={"help": "Validation schedule; 'steps' is set when validation rows are given."}
+    )
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "Loggers: tensorboard (default), wandb, none, ..."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the rewards read the dataset's extra columns."}
+    )
+    bf16: bool = field(
+        default_factory=bf16_available, metadata={"help": "bfloat16 mixed precision; default: on where supported."}
+    )
 
     def __post_init__(self) -> None:
         if self.num_iterations is None:

@@ -37,7 +37,7 @@ from d1.rl.rollout import RewardError, completion_mask, encode_prompts, score_co
 from d1.rl.sampler import RepeatSampler
 from d1.rl.sharding import all_ranks_done, gathered_for_generation, sharding_kind
 from d1.tasks import Task
-from d1.utils import BEST_CHECKPOINT_NAME, derive_seed, say, write_atomic
+from d1.utils import BEST_CHECKPOINT_NAME, derive_seed, say, write_atomic, write_json_atomic
 
 BUFFER_FILE = "rollout_buffer.pt"
 
@@ -528,7 +528,7 @@ class DiffuGRPOTrainer(Trainer):
             self.control.should_save = not start
             if self.is_world_process_zero():
                 Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-                (Path(args.output_dir) / BEST_CHECKPOINT_NAME).write_text(json.dumps(self._best, indent=2))
+                write_json_atomic(Path(args.output_dir) / BEST_CHECKPOINT_NAME, self._best)
         self.log(metrics)
         # as Trainer.evaluate does: callbacks see the metrics and the pending evaluation is cleared (else the
         # Trainer's end-of-training check evaluates the last step a second time)
