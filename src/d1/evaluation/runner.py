@@ -53,6 +53,8 @@ _LOCAL_TEST_FORMATS = {
         "with columns 'question' and 'answer' (the solution text, ending in '#### <number>')",
     ),
     "math500": (MATH500_HUB, "with columns 'problem' and 'answer'"),
+    "humaneval": ("openai/openai_humaneval", "with columns 'task_id', 'prompt', 'test', 'entry_point'"),
+    "mbpp": ("google-research-datasets/mbpp", "sanitized config, with columns 'prompt', 'test_list', 'test_imports'"),
 }
 
 Progress = Callable[[list[dict[str, Any]], dict[str, float]], None]
@@ -73,7 +75,8 @@ class EvalConfig:
         },
     )
     dataset: str = field(
-        default="gsm8k", metadata={"help": "Task: gsm8k, math500 (math), countdown or sudoku."}
+        default="gsm8k",
+        metadata={"help": "Task: gsm8k, math500 (math), countdown, sudoku, humaneval, mbpp, acecode or tiny_code."},
     )
     data_path: str | None = field(
         default=None, metadata={"help": "Local test file; default: the Hub set d1 uses (gsm8k, math500)."}
@@ -89,8 +92,8 @@ class EvalConfig:
         default="d1",
         metadata={
             "help": f"Prompts, shots and answer extraction: one of {PROTOCOLS}. d1 = d1's (default); official = "
-            "LLaDA's published OpenCompass protocol (gsm8k: 4-shot chat; math500: 0-shot boxed), see "
-            "docs/evaluation.md."
+            "LLaDA's published OpenCompass protocol (gsm8k: 4-shot chat; math500: 0-shot boxed; humaneval, mbpp); "
+            "dream, diffucoder, completion: the code tasks' other published prompts. See docs/evaluation.md."
         },
     )
     subsample: int | None = field(
@@ -393,9 +396,9 @@ def check_generation_settings(config: EvalConfig) -> None:
 def check_config(config: EvalConfig) -> str:
     """Check every option cheaply, before any data or weights load; returns `checkpoint_kind`."""
     check_protocol(config.protocol, get_task(config.dataset))
-    if config.protocol == "official" and (config.few_shot or config.system_prompt is not None):
+    if config.protocol != "d1" and (config.few_shot or config.system_prompt is not None):
         raise ValueError(
-            f"few_shot={config.few_shot}, system_prompt={config.system_prompt!r}: protocol='official' fixes "
+            f"few_shot={config.few_shot}, system_prompt={config.system_prompt!r}: protocol={config.protocol!r} fixes "
             "its own shots and prompt; drop these options or use --protocol d1."
         )
     check_generation_settings(config)
