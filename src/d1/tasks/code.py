@@ -253,7 +253,7 @@ def code_reward_func(
     """
     texts = completion_texts(completions)
     codes = [extract_fenced_code(text) if code_format_score(text) == 1.0 else None for text in texts]
-    return test_pass_rates(codes, [list(tests) for tests in kwargs["test_cases"]])
+    return test_pass_rates(codes, [list(tests) for tests in kwargs["test_cases"]], TIMEOUT_S)
 
 
 def code_format_reward_func(
