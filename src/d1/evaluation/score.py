@@ -25,7 +25,7 @@ import regex
 
 from d1.evaluation.math_verify_bound import MathVerifyJudge
 from d1.evaluation.protocol import read_card
-from d1.tasks import get_task
+from d1.tasks import TASKS, get_task
 from d1.tasks.code import CodeTask, pass_at_k
 from d1.tasks.official import protocol_task
 
@@ -137,7 +137,11 @@ def setup_name(path: str | Path) -> str:
 
 
 def infer_task(setup: str) -> str:
-    """Task of a setup: its first ``_``-field if that names a task, else d1's substring order."""
+    """Task of a setup: the registered task name it starts with (``tiny_code_...``), its first ``_``-field if
+    that names a task (an alias such as ``math``), else d1's substring order."""
+    prefixed = [name for name in TASKS if setup.startswith(name + "_")]
+    if prefixed:
+        return max(prefixed, key=len)
     try:
         return get_task(setup.split("_", 1)[0]).name
     except ValueError:
