@@ -251,7 +251,7 @@ def test_acecode_training_rows_use_diffucoders_prompt(tmp_path: Path) -> None:
 def test_tiny_code_generator_is_seeded_and_keeps_test_functions_out_of_training() -> None:
     assert make_tiny_code_problems(20, 3) == make_tiny_code_problems(20, 3) != make_tiny_code_problems(20, 4)
     test_pairs = [(a, b) for a in SLOPES for b in OFFSETS if is_test_function(a, b)]
-    test_solutions = {f"return {a} * x + {b}" if a > 1 else f"return x + {b}" for a, b in test_pairs}
+    test_solutions = {f"return {a} * x + {b}" for a, b in test_pairs}
     train = make_tiny_code_problems(200, 0, "train")
     assert not any(any(s in p["solution"] for s in test_solutions) for p in train)
     assert len(test_pairs) == 6 and len(make_tiny_code_problems(5, 0, "test")) == 5

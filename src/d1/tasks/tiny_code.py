@@ -24,9 +24,9 @@ def is_test_function(a: int, b: int) -> bool:
 
 
 def formula(a: int, b: int) -> str:
-    """``a * x + b`` written as a person would (``x + 3``, ``2 * x``)."""
-    term = "x" if a == 1 else f"{a} * x"
-    return f"{term} + {b}" if b else term
+    """``a * x + b`` in full (``1 * x + 0``): every solution has the same length, so a completion of exactly
+    the reference's length can hold any of them."""
+    return f"{a} * x + {b}"
 
 
 def tiny_code_problem(a: int, b: int, shown: tuple[int, int]) -> dict[str, Any]:
@@ -34,6 +34,10 @@ def tiny_code_problem(a: int, b: int, shown: tuple[int, int]) -> dict[str, Any]:
     question = f"Write f(x) with f({shown[0]}) == {a * shown[0] + b} and f({shown[1]}) == {a * shown[1] + b}."
     tests = [f"assert f({x}) == {a * x + b}" for x in (*shown, *HIDDEN_INPUTS)]
     return {"question": question, "test_cases": tests, "solution": f"def f(x):\n    return {formula(a, b)}"}
+
+
+REFERENCE_LENGTH = len("```python\ndef f(x):\n    return 1 * x + 0\n```")
+"""Characters (= tokens of the tiny models' character tokenizer) of every tiny_code reference completion."""
 
 
 def make_tiny_code_problems(n: int, seed: int, split: str = "train") -> list[dict[str, Any]]:
