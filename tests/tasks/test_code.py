@@ -23,7 +23,7 @@ from d1.tasks.code import (
 from d1.tasks.code_protocols import begin_done_code, first_fenced_or_text
 from d1.tasks.official import check_protocol, protocol_task
 from d1.tasks.synthetic import make_dataset
-from d1.tasks.tiny_code import SLOPES, OFFSETS, is_test_function, make_tiny_code_problems
+from d1.tasks.tiny_code import OFFSETS, SLOPES, is_test_function, make_tiny_code_problems
 
 SIGNATURE = 'def add(a, b):\n    """Sum."""\n'
 
