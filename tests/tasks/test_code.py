@@ -248,6 +248,14 @@ def test_acecode_training_rows_use_diffucoders_prompt(tmp_path: Path) -> None:
     assert row["test_cases"] == ["assert f() == 1"]  # a JSON list in a text cell is read as a list
 
 
+def test_code_tasks_default_to_diffucoders_reward_weights() -> None:
+    from d1.rl.run import resolve_rewards
+
+    for name in ("acecode", "tiny_code", "humaneval", "mbpp"):
+        funcs, weights = resolve_rewards(get_task(name), None, None)
+        assert [f.__name__ for f in funcs] == ["code_reward_func", "code_format_reward_func"] and weights == [2.0, 0.5]
+
+
 def test_tiny_code_generator_is_seeded_and_keeps_test_functions_out_of_training() -> None:
     assert make_tiny_code_problems(20, 3) == make_tiny_code_problems(20, 3) != make_tiny_code_problems(20, 4)
     test_pairs = [(a, b) for a in SLOPES for b in OFFSETS if is_test_function(a, b)]
