@@ -1,5 +1,5 @@
-"""diffu-GRPO on the CPU code task (tiny_code) with DiffuCoder's rewards run in the sandbox, on the tiny model:
-one process and two. IGPO's inpainting with the whole reference revealed makes rewarded rows out of the
+"""diffu-GRPO on the CPU code task (tiny_code) with DiffuCoder's rewards run in the sandbox, on the tiny
+model: one process and two. IGPO's inpainting with the whole reference revealed makes rewarded rows out of the
 random model's zero-reward groups, so the sandboxed rewards are non-zero and reach the update."""
 
 from __future__ import annotations
@@ -46,12 +46,16 @@ def test_grpo_on_tiny_code_earns_sandboxed_rewards(tiny_model_dir, tmp_path) -> 
     assert len(rollouts) == 2
     # a rescued group: one hinted row (the reference: code 1.0 x 2.0 + format 1.0 x 0.5) beside a zero row
     assert max(h["rewards/code_reward_func"] for h in rollouts) > 0
-    assert max(h["reward"] for h in rollouts) > 0 and any(h["grad_norm"] > 0 for h in logs if "grad_norm" in h)
+    assert max(h["reward"] for h in rollouts) > 0 and any(
+        h["grad_norm"] > 0 for h in logs if "grad_norm" in h
+    )
 
 
 @pytest.mark.slow
 def test_grpo_on_tiny_code_with_two_processes(tiny_model_dir, tmp_path) -> None:
-    argv = code_argv(tiny_model_dir, tmp_path, "--per_device_train_batch_size", "2", "--generation_batch_size", "2")
+    argv = code_argv(
+        tiny_model_dir, tmp_path, "--per_device_train_batch_size", "2", "--generation_batch_size", "2"
+    )
     run_on_two_cpu_processes("grpo", *argv)
     state = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
     rollouts = [h for h in state["log_history"] if "reward" in h]

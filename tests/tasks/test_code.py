@@ -64,8 +64,12 @@ def test_extract_fenced_code(text: str, code: str | None) -> None:
 def test_completion_style_code_continues_the_prompt_and_stops() -> None:
     body = "    return a + b\n\n\ndef unrelated():\n    pass"
     assert continuation_code(SIGNATURE, body) == SIGNATURE + "    return a + b\n\n"
-    assert continuation_code(SIGNATURE, "    return a + b\n<|eot_id|>junk") == SIGNATURE + "    return a + b\n"
-    assert continuation_code(SIGNATURE, "    return a + b\nprint(add(1, 2))") == SIGNATURE + "    return a + b"
+    assert (
+        continuation_code(SIGNATURE, "    return a + b\n<|eot_id|>junk") == SIGNATURE + "    return a + b\n"
+    )
+    assert (
+        continuation_code(SIGNATURE, "    return a + b\nprint(add(1, 2))") == SIGNATURE + "    return a + b"
+    )
 
 
 def test_chat_code_puts_a_bare_body_under_the_signature() -> None:
@@ -181,6 +185,8 @@ def test_mbpp_from_a_local_file_graded_in_the_sandbox(tmp_path: Path, monkeypatc
     parsed = task.parse_many(answers, truths, [item["question"] for item in items])
     assert [p.correct for p in parsed] == [True, False]
     assert parsed[1].details["status"] == "error" and "AssertionError" in parsed[1].details["stderr"]
+    exits_early = "```python\nimport sys\ndef double(x):\n    return 0\nsys.exit(0)\n```"
+    assert not task.parse(exits_early, truths[1], "").correct  # status 0, but the tests never ran
     hang = task.parse("```python\ndef double(x):\n    while True:\n        pass\n```", truths[1], "")
     assert not hang.correct and hang.details["status"] == "timeout"
     assert task.parse("I cannot write that.", truths[1], "").correct is False
@@ -195,7 +201,9 @@ def test_code_reward_is_the_fraction_of_tests_passed(monkeypatch) -> None:
         [{"content": "```python\ndef f(x):\n    return 0\n```\n"}],
         [{"content": "```python\ndef f(x):\n    return x + 1\n```\nextra prose"}],  # format 0: not run
         [{"content": "```python\nimport sys\nprint('D1PASS', 0)\nsys.exit(0)\n```\n"}],  # cannot fake passes
-        [{"content": "```python\ndef f(x):\n    while x:\n        pass\n    return 1\n```\n"}],  # hangs on f(1)
+        [
+            {"content": "```python\ndef f(x):\n    while x:\n        pass\n    return 1\n```\n"}
+        ],  # hangs on f(1)
     ]
     rewards = code_reward_func([None] * 5, completions, test_cases=[tests] * 5)
     assert rewards == [0.75, 0.0, 0.0, 0.0, 0.0]
@@ -228,7 +236,10 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     [
         ({"question": "q", "test_cases": []}, "row 1 has no tests in column 'test_cases'"),
         ({"question": "q"}, "row 1 has no tests"),
-        ({"question": "q", "test_cases": ["assert f(1) ==", "assert f(2) == 2"]}, "row 1 test 0 does not parse"),
+        (
+            {"question": "q", "test_cases": ["assert f(1) ==", "assert f(2) == 2"]},
+            "row 1 test 0 does not parse",
+        ),
         ({"question": "", "test_cases": ["assert True"]}, "row 1 needs a non-empty 'question'"),
     ],
 )
@@ -253,7 +264,10 @@ def test_code_tasks_default_to_diffucoders_reward_weights() -> None:
 
     for name in ("acecode", "tiny_code", "humaneval", "mbpp"):
         funcs, weights = resolve_rewards(get_task(name), None, None)
-        assert [f.__name__ for f in funcs] == ["code_reward_func", "code_format_reward_func"] and weights == [2.0, 0.5]
+        assert [f.__name__ for f in funcs] == ["code_reward_func", "code_format_reward_func"] and weights == [
+            2.0,
+            0.5,
+        ]
 
 
 def test_tiny_code_generator_is_seeded_and_keeps_test_functions_out_of_training() -> None:
@@ -277,7 +291,9 @@ def test_tiny_code_reference_completions_earn_full_rewards(tmp_path: Path) -> No
     wrong = [[{"content": "```python\ndef f(x):\n    return x\n```\n"}]] * 8
     assert max(code_reward_func([None] * 8, wrong, test_cases=tests)) < 1.0
     items = [task.eval_item(row) for row in rows]
-    parsed = task.parse_many([c[0]["content"] for c in completions], [i["ground_truth"] for i in items], [""] * 8)
+    parsed = task.parse_many(
+        [c[0]["content"] for c in completions], [i["ground_truth"] for i in items], [""] * 8
+    )
     assert all(p.correct for p in parsed)
 
 
@@ -304,7 +320,9 @@ class _Template:
 
 def test_code_protocol_prompts() -> None:
     he, prompt = get_task("humaneval"), "def f():\n"
-    build = {p: protocol_task(he, p).build_prompt(_Template(), prompt) for p in ("official", "dream", "diffucoder")}
+    build = {
+        p: protocol_task(he, p).build_prompt(_Template(), prompt) for p in ("official", "dream", "diffucoder")
+    }
     assert build["official"] == "<user>Complete the following python code:\ndef f():\n</user><assistant>"
     assert build["dream"] == (
         "<user>Write a solution to the following problem and make sure that it passes the tests:\n```def f():\n"
@@ -317,7 +335,9 @@ def test_code_protocol_prompts() -> None:
     )
     assert protocol_task(he, "completion").build_prompt(_Template(), prompt) == prompt
     assert he.build_prompt(_Template(), prompt).endswith("def f():\n</user><assistant>")  # no <reasoning>
-    mbpp = protocol_task(get_task("mbpp"), "official").build_prompt(_Template(), "Task. Your code should pass these tests:\n\nassert t()")
+    mbpp = protocol_task(get_task("mbpp"), "official").build_prompt(
+        _Template(), "Task. Your code should pass these tests:\n\nassert t()"
+    )
     assert mbpp.count("<user>You are an expert Python programmer") == 4 and mbpp.endswith(
         "task: Task. Your code should pass these tests:\n\n assert t()  \n</user><assistant>"
     )

@@ -30,7 +30,8 @@ TIMEOUT_S = 10.0
 """Seconds one test program may run before the sandbox stops it (counted wrong)."""
 
 DIFFUCODER_SYSTEM_PROMPT = "You are a helpful assistant."
-"""The system prompt of DiffuCoder's coupled-GRPO recipe (apple/ml-diffucoder recipes/config_coupled_code.yaml)."""
+"""The system prompt of DiffuCoder's coupled-GRPO recipe (apple/ml-diffucoder
+recipes/config_coupled_code.yaml)."""
 
 ACECODE_HUB = "TIGER-Lab/AceCode-87K"
 
@@ -118,9 +119,16 @@ def run_tests(programs: Sequence[str], timeout_s: float = TIMEOUT_S) -> list[Any
     return list(run_programs(list(programs), timeout_s=timeout_s))
 
 
-def graded(code: str | None, result: Any) -> ParsedAnswer:
-    """The verdict of one solution: correct when its test program ran to the end without an error."""
-    correct = code is not None and result is not None and bool(result.passed)
+def with_end_marker(program: str, marker: str) -> str:
+    """`program`, then a line printing `marker`: the proof that it ran to its end (a solution that calls
+    ``sys.exit(0)`` before the tests also exits with status 0)."""
+    return f"{program}\nprint({marker!r}, flush=True)\n"
+
+
+def graded(code: str | None, result: Any, marker: str) -> ParsedAnswer:
+    """The verdict of one solution: correct when its test program exited cleanly after printing `marker`."""
+    ran_to_end = result is not None and str(result.stdout).rstrip().endswith(marker)
+    correct = code is not None and ran_to_end and bool(result.passed)
     details = {} if result is None else {"status": result.status, "stderr": str(result.stderr)[-500:]}
     return ParsedAnswer(extracted=code, correct=correct, n_correct=int(correct), details=details)
 
@@ -167,12 +175,15 @@ class CodeTask(Task):
             self.solution_code(text, self._truth(truth))
             for text, truth in zip(texts, ground_truths, strict=True)
         ]
+        marker = "D1END" + secrets.token_hex(8)
         runnable = [i for i, code in enumerate(codes) if code is not None]
-        programs = [self.test_program(codes[i], self._truth(ground_truths[i])) for i in runnable]
+        programs = [
+            with_end_marker(self.test_program(codes[i], self._truth(ground_truths[i])), marker) for i in runnable
+        ]
         results: list[Any] = [None] * len(codes)
         for i, result in zip(runnable, run_tests(programs, self.timeout_s), strict=True):
             results[i] = result
-        return [graded(code, result) for code, result in zip(codes, results, strict=True)]
+        return [graded(code, result, marker) for code, result in zip(codes, results, strict=True)]
 
     def _truth(self, ground_truth: Any) -> dict[str, Any]:
         if not isinstance(ground_truth, dict):
@@ -186,8 +197,8 @@ class CodeTask(Task):
 
 
 def code_format_score(text: str) -> float:
-    """DiffuCoder's code format reward of one completion: 1.0 for exactly one ```python block holding code that
-    parses, 0.5 when it does not parse, 0.0 otherwise (prose before the block allowed, nothing but
+    """DiffuCoder's code format reward of one completion: 1.0 for exactly one ```python block holding code
+    that parses, 0.5 when it does not parse, 0.0 otherwise (prose before the block allowed, nothing but
     whitespace after it: DiffuCoder's pattern wants the text to end with the fence and a newline)."""
     body = cut_at_end_marker(text)
     blocks = fenced_blocks(body)
@@ -231,7 +242,7 @@ def _passed_count(stdout: str, nonce: str, n_tests: int) -> int:
 def test_pass_rates(
     codes: Sequence[str | None], tests: Sequence[Sequence[str]], timeout_s: float = TIMEOUT_S
 ) -> list[float]:
-    """Fraction of each solution's tests that pass (None: 0.0, nothing run), all solutions in one sandbox pool."""
+    """Fraction of each solution's tests that pass (None: 0.0, nothing run), all in one sandbox pool."""
     nonce = "D1PASS" + secrets.token_hex(8)
     runnable = [i for i, code in enumerate(codes) if code is not None and tests[i]]
     programs = [_counting_program(codes[i], tests[i], nonce) for i in runnable]  # type: ignore[arg-type]
@@ -247,7 +258,10 @@ def code_reward_func(
     """DiffuCoder's ``code`` reward: the FRACTION of the row's assert tests (``test_cases`` column) that pass,
     for completions whose format reward is 1 (one well-formed ```python block that parses); 0.0 otherwise.
 
-    The code is the block's content. Unlike DiffuCoder (a process per test, 5 s each, in E2B) one sandbox run
+    The code is the block's content. Passes are reported with a nonce drawn per call, so an early
+    ``sys.exit(0)`` earns nothing (DiffuCoder's per-test exit status counts it as passing every test); code
+    that reads its own program file could still find the nonce: the sandbox bounds what code can do, not
+    what it claims. Unlike DiffuCoder (a process per test, 5 s each, in E2B) one sandbox run
     per completion runs every test in its own try block within `TIMEOUT_S`; a hang ends the run, and the
     tests not reported by then count as failed. A sandbox that cannot run raises `SandboxUnavailable`.
     """
@@ -296,7 +310,7 @@ def checked_tests(value: Any, source: str, index: int, column: str = "test_cases
             ast.parse(test)
         except (SyntaxError, ValueError, RecursionError, MemoryError) as err:
             raise ValueError(
-                f"{source}: row {index} test {number} does not parse as Python ({err}): {test[:120]!r}; fix or "
+                f"{source}: row {index} test {number} does not parse as Python ({err}): {test[:80]!r}; fix or "
                 "drop the row."
             ) from None
     return tests
@@ -323,7 +337,7 @@ def acecode_rows(path: str | Path | None, hub_name: str = ACECODE_HUB) -> list[d
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Chen et al. (2021)'s unbiased estimator of pass@k from n samples of which c pass: 1 - C(n-c, k) / C(n, k)."""
+    """Chen et al. (2021)'s unbiased pass@k from n samples of which c pass: 1 - C(n-c, k) / C(n, k)."""
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, not n={n}, c={c}, k={k}.")
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)

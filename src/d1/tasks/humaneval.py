@@ -19,7 +19,7 @@ COLUMNS = ("task_id", "prompt", "test", "entry_point")
 SYSTEM_PROMPT = (
     "Complete the following Python function. Write the whole function in one ```python code block."
 )
-"""This project's default (protocol d1) instruction; the published protocols are in `d1.tasks.code_protocols`."""
+"""This project's default (protocol d1) instruction; the published ones: `d1.tasks.code_protocols`."""
 
 
 def package_rows() -> list[dict[str, Any]] | None:

@@ -23,7 +23,7 @@ HUB_CONFIG = "sanitized"
 TESTS_INTRO = " Your code should pass these tests:\n\n"
 
 SYSTEM_PROMPT = "Write a Python function for the task below. Put the code in one ```python code block."
-"""This project's default (protocol d1) instruction; the published protocols are in `d1.tasks.code_protocols`."""
+"""This project's default (protocol d1) instruction; the published ones: `d1.tasks.code_protocols`."""
 
 
 def mbpp_question(text: str, tests: list[str]) -> str:

@@ -41,7 +41,7 @@ REFERENCE_LENGTH = len("```python\ndef f(x):\n    return 1 * x + 0\n```")
 
 
 def make_tiny_code_problems(n: int, seed: int, split: str = "train") -> list[dict[str, Any]]:
-    """`n` problems of `split` (functions disjoint between train and test), drawn with `random.Random(seed)`."""
+    """`n` problems of `split` (functions disjoint between train and test), seeded by `seed`."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     pool = [(a, b) for a in SLOPES for b in OFFSETS if is_test_function(a, b) == (split == "test")]
