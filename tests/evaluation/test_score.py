@@ -130,6 +130,7 @@ def test_malformed_files(tmp_path: Path, payload: object, message: str) -> None:
         ),
         ("sudoku_x_1_1_0_generations.json", {"question": "no puzzle here", "ground_truth": "1" * 16}, "puzzle"),
         ("countdown_x_1_1_0_generations.json", {"question": "q", "ground_truth": [5, 6]}, r"\[\[numbers\], target\]"),
+        ("humaneval_x_1_1_0_generations.json", {"question": "q", "ground_truth": "42"}, "object of the problem's tests"),
     ],
 )
 def test_ungradable_items_name_file_and_row(tmp_path: Path, name: str, item: dict, message: str) -> None:

@@ -171,24 +171,21 @@ class CodeTask(Task):
         self, texts: Sequence[str], ground_truths: Sequence[Any], questions: Sequence[str]
     ) -> list[ParsedAnswer]:
         """Grade many generations with one call of the sandbox pool (only those with code run)."""
-        codes = [
-            self.solution_code(text, self._truth(truth))
-            for text, truth in zip(texts, ground_truths, strict=True)
-        ]
+        truths = [self._truth(truth, index) for index, truth in enumerate(ground_truths)]
+        codes = [self.solution_code(text, truth) for text, truth in zip(texts, truths, strict=True)]
         marker = "D1END" + secrets.token_hex(8)
         runnable = [i for i, code in enumerate(codes) if code is not None]
-        programs = [
-            with_end_marker(self.test_program(codes[i], self._truth(ground_truths[i])), marker) for i in runnable
-        ]
+        programs = [with_end_marker(self.test_program(codes[i], truths[i]), marker) for i in runnable]
         results: list[Any] = [None] * len(codes)
         for i, result in zip(runnable, run_tests(programs, self.timeout_s), strict=True):
             results[i] = result
         return [graded(code, result, marker) for code, result in zip(codes, results, strict=True)]
 
-    def _truth(self, ground_truth: Any) -> dict[str, Any]:
+    def _truth(self, ground_truth: Any, index: int) -> dict[str, Any]:
         if not isinstance(ground_truth, dict):
             raise ValueError(
-                f"{self.name} ground_truth must be an object of the problem's tests, not {ground_truth!r:.80}"
+                f"generations[{index}] cannot be graded as {self.name}: its ground_truth must be an object of "
+                f"the problem's tests, not {ground_truth!r:.80}"
             )
         return ground_truth
 
