@@ -53,13 +53,17 @@ def task_names(tasks: str) -> list[str]:
     return names
 
 
+LM_EVAL_TASKS = str(Path(__file__).resolve().parents[1] / "evaluation" / "lm_eval_tasks")
+"""d1's own lm-eval tasks (d1_humaneval, d1_humaneval_instruct, d1_mbpp: tests run in d1.sandbox)."""
+
+
 @functools.cache
 def task_manager(include_path: str | None) -> Any:
     """lm-eval's index of task YAMLs (its own and `include_path`'s), built once per process (it reads
     thousands of files)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path)
+    return TaskManager(include_path=[LM_EVAL_TASKS, *([include_path] if include_path else [])])
 
 
 def check_tasks(manager: Any, names: list[str]) -> None:

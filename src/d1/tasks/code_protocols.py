@@ -32,7 +32,7 @@ _DREAM_PREFIX = "Here is the completed function:\n```python\n"
 _QWEN_SYSTEM = "You are an intelligent programming assistant to produce Python algorithmic solutions"
 _MBPP_EXPERT = "You are an expert Python programmer, and here is your task: "
 _MBPP_COMPLETION_STOPS = ("\n```", "\nassert ", "\nif __name__", "\nprint(")
-_LLADA_MBPP_SHOTS = (
+MBPP_SHOTS = (
     (
         "Write a function to find the similar elements from the given two tuple lists.",
         (
@@ -174,7 +174,7 @@ class OfficialMBPP(MBPPTask):
 
     def build_prompt(self, tokenizer: Any, question: str, *args: Any, **kwargs: Any) -> str:
         messages = []
-        for text, tests, code in _LLADA_MBPP_SHOTS:
+        for text, tests, code in MBPP_SHOTS:
             messages.append({"role": "user", "content": _llada_mbpp_turn(text, "\n".join(tests))})
             messages.append({"role": "assistant", "content": f"[BEGIN]\n '{code}' \n[DONE] \n\n "})
         text, tests = _mbpp_text_and_tests(question)
