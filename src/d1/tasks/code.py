@@ -236,7 +236,7 @@ def _passed_count(stdout: str, nonce: str, n_tests: int) -> int:
     return len(passed)
 
 
-def test_pass_rates(
+def pass_rates(
     codes: Sequence[str | None], tests: Sequence[Sequence[str]], timeout_s: float = TIMEOUT_S
 ) -> list[float]:
     """Fraction of each solution's tests that pass (None: 0.0, nothing run), all in one sandbox pool."""
@@ -264,7 +264,7 @@ def code_reward_func(
     """
     texts = completion_texts(completions)
     codes = [extract_fenced_code(text) if code_format_score(text) == 1.0 else None for text in texts]
-    return test_pass_rates(codes, [list(tests) for tests in kwargs["test_cases"]], TIMEOUT_S)
+    return pass_rates(codes, [list(tests) for tests in kwargs["test_cases"]], TIMEOUT_S)
 
 
 def code_format_reward_func(
