@@ -209,7 +209,7 @@ def test_code_reward_is_the_fraction_of_tests_passed(monkeypatch) -> None:
     assert rewards == [0.75, 0.0, 0.0, 0.0, 0.0]
 
 
-def test_a_sandbox_that_cannot_run_raises_instead_of_scoring_zero(monkeypatch) -> None:
+def test_a_sandbox_that_cannot_run_raises_instead_of_scoring_zero(monkeypatch, tmp_path: Path) -> None:
     import d1.sandbox
 
     def unavailable(*args, **kwargs):
@@ -221,6 +221,9 @@ def test_a_sandbox_that_cannot_run_raises_instead_of_scoring_zero(monkeypatch) -
         code_reward_func([None], [good], test_cases=[["assert f(1) == 1"]])
     with pytest.raises(d1.sandbox.SandboxUnavailable):
         get_task("tiny_code").parse("```python\nx = 1\n```", {"tests": ["assert x == 1"]}, "")
+    path = make_dataset("tiny_code", 2, 0, tmp_path / "rows.jsonl", split="train")
+    with pytest.raises(d1.sandbox.SandboxUnavailable):  # at loading, before any model would load
+        get_task("tiny_code").load_train(path)
 
 
 # ---------------------------------------------------------------- AceCode rows and tiny_code
@@ -250,6 +253,7 @@ def test_acecode_rows_without_usable_tests_are_refused(tmp_path: Path, row: dict
 
 
 def test_acecode_training_rows_use_diffucoders_prompt(tmp_path: Path) -> None:
+    _sandbox_or_skip()  # loading checks that the sandbox runs
     path = _jsonl(tmp_path / "ace.jsonl", [{"question": "Write f.", "test_cases": '["assert f() == 1"]'}])
     (row,) = get_task("acecode").load_train(path)
     assert row["prompt"] == [

@@ -119,6 +119,12 @@ def run_tests(programs: Sequence[str], timeout_s: float = TIMEOUT_S) -> list[Any
     return list(run_programs(list(programs), timeout_s=timeout_s))
 
 
+def require_sandbox() -> None:
+    """Run an empty program: `SandboxUnavailable` (saying what to install) now, before a model loads and
+    generates, rather than at the first grading."""
+    run_tests(["pass"])
+
+
 def with_end_marker(program: str, marker: str) -> str:
     """`program`, then a line printing `marker`: the proof that it ran to its end (a solution that calls
     ``sys.exit(0)`` before the tests also exits with status 0)."""
@@ -142,6 +148,18 @@ class CodeTask(Task):
     few_shot_supported = False
     timeout_s = TIMEOUT_S
     source = ""
+
+    def load_test(self, path: str | Path | None = None, subsample: int = -1, seed: int = 42) -> list[dict]:
+        """The test items (checked), then a check that the sandbox that grades them runs here."""
+        items = super().load_test(path, subsample, seed)
+        require_sandbox()
+        return items
+
+    def load_train(self, path: str | Path | None = None, seed: int | None = None) -> list[dict]:
+        """The training rows (checked), then a check that the sandbox that rewards them runs here."""
+        rows = super().load_train(path, seed)
+        require_sandbox()
+        return rows
 
     def solution_code(self, text: str, ground_truth: dict[str, Any]) -> str | None:
         """The code a generation proposes (None: no code, graded wrong without running anything)."""
