@@ -9,7 +9,8 @@ environment and an empty ``HOME`` this is ``-I``'s isolation, and the script's f
   included), private IPC and hostname, a new session (no terminal), ``--die-with-parent``;
 - files: ``/usr``, ``/lib*``, ``/bin``, ``/sbin``, ``/etc/ld.so.cache`` and the interpreter's prefixes
   (its stdlib and site-packages) read-only; a fresh size-bounded tmpfs as ``/tmp``, which is also the
-  working directory and holds ``main.py`` and ``files``; a private ``/proc`` and a minimal ``/dev``;
+  working directory and holds ``main.py`` and ``files``; a private ``/proc``, a minimal ``/dev`` and its own
+  ``/dev/shm``;
   nothing of the host is writable and no other host path is visible;
 - a non-root user: as root, privileged ``bwrap`` (no user namespace) hands over to ``setpriv``, which
   switches to an unprivileged host uid of its own (``HOST_UID_BASE`` + a slot per concurrent run) with no
@@ -17,7 +18,7 @@ environment and an empty ``HOME`` this is ``-I``'s isolation, and the script's f
 - limits (``prlimit``, set inside the sandbox): address space ``memory_mb``, CPU time ``timeout_s`` + 1 s,
   ``MAX_PROCESSES`` processes, ``SCRATCH_MB`` per file, ``MAX_OPEN_FILES`` descriptors, no core files; at
   most ``OUTPUT_LIMIT_BYTES`` read per stream; a wall-clock ``timeout_s``;
-- the environment cleared (``PATH``, ``HOME=/tmp``, ``LANG=C.UTF-8``, ``TMPDIR`` only).
+- the environment cleared (``PATH``, ``HOME=/tmp``, ``LANG=C.UTF-8``, ``TMPDIR``, one BLAS/OpenMP thread).
 
 Without a working ``bwrap`` every run raises ``SandboxUnavailable`` (``check_sandbox()`` says why and what to
 do) unless the caller opts in to the weak ``rlimit`` mode (``D1_SANDBOX=rlimit``): limits, a fresh
@@ -48,7 +49,7 @@ BWRAP = "bwrap"
 MODE_ENV = "D1_SANDBOX"
 """Environment variable choosing the mode: unset or ``bwrap`` (the sandbox), ``rlimit`` (weak, opt-in)."""
 OUTPUT_LIMIT_BYTES = 1 << 20  # per stream; more and the program is killed (status "output_limit")
-MAX_PROCESSES = 64  # processes and threads of one program (RLIMIT_NPROC)
+MAX_PROCESSES = 16  # processes and threads of one program (RLIMIT_NPROC; each may use memory_mb)
 MAX_OPEN_FILES = 256  # RLIMIT_NOFILE
 SCRATCH_MB = 64  # size of the /tmp tmpfs (main.py and files included) and of any one file written
 HOST_UID_BASE = 2_000_000_000  # as root: the sandboxes' host uids, above systemd's container ranges
@@ -56,8 +57,16 @@ _SLOTS_PER_PROCESS = 256  # distinct host uids per calling process (pid-dependen
 _SANDBOX_UID = 65534  # the uid seen inside a user namespace (non-root callers): "nobody"
 _WORKDIR = "/tmp"
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": _WORKDIR, "LANG": "C.UTF-8", "TMPDIR": _WORKDIR}
+_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": _WORKDIR, "LANG": "C.UTF-8", "TMPDIR": _WORKDIR,
+    # one thread per BLAS/OpenMP pool: threads count as processes, and one program gets about one CPU
+    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+}  # fmt: skip
 _PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* variables, no user site, no .pyc files
+_NAMESPACES = (
+    "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+    "--hostname", "sandbox", "--die-with-parent", "--new-session",
+)  # fmt: skip
 _KILL_GRACE_S = 5.0  # after a kill: how long to wait for the sandbox to be gone
 _EXIT_GRACE_S = 0.2  # after the launched process ended: how long its pipes are still read
 _WHAT_TO_DO = (
@@ -329,56 +338,60 @@ _SLOTS_USED: set[int] = set()
 def _run_bwrap(contents: Mapping[str, str], stdin_fd: int, timeout_s: float, memory_mb: int) -> RunResult:
     """One program in bubblewrap; the files go in through memfds (``--file``), the init's pid comes back
     through ``--info-fd`` so that a kill takes the whole PID namespace."""
-    root = os.geteuid() == 0
     with contextlib.ExitStack() as stack:
-        args = [BWRAP, *_mounts(), "--proc", "/proc", "--dev", "/dev"]
-        args += ["--perms", "0777", "--size", str(SCRATCH_MB << 20), "--tmpfs", _WORKDIR]
+        args = [BWRAP, *_mounts(), *_scratch()]
         fds = []
+        made = set()
         for name, text in contents.items():
             path = PurePosixPath(_WORKDIR, name)
             for parent in reversed(path.parents[: len(PurePosixPath(name).parts) - 1]):
-                args += ["--perms", "0777", "--dir", str(parent)]
+                if parent not in made:
+                    made.add(parent)
+                    args += ["--perms", "0777", "--dir", str(parent)]
             fds.append(stack.enter_context(_memfd(name, text.encode())))
             args += ["--perms", "0666", "--file", str(fds[-1]), str(path)]
-        args += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-        args += [
-            "--hostname",
-            "sandbox",
-            "--die-with-parent",
-            "--new-session",
-            "--chdir",
-            _WORKDIR,
-            "--clearenv",
-        ]
-        for key, value in _ENV.items():
-            args += ["--setenv", key, value]
-        if root:
-            uid = stack.enter_context(_host_uid())
-            args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
-            drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                    "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
-        else:
-            args += [
-                "--unshare-user",
-                "--uid",
-                str(_SANDBOX_UID),
-                "--gid",
-                str(_SANDBOX_UID),
-                "--disable-userns",
-            ]
-            drop = []
+        uid = stack.enter_context(_host_uid()) if os.geteuid() == 0 else None
+        user, drop = _unprivileged(uid)
         info = os.pipe()
         stack.callback(os.close, info[0])
-        args += ["--info-fd", str(info[1])]
+        args += [*_NAMESPACES, *user, "--info-fd", str(info[1]), "--chdir", _WORKDIR, "--clearenv"]
+        for key, value in _ENV.items():
+            args += ["--setenv", key, value]
         command = [
             *args,
             *_limits(timeout_s, memory_mb, processes=True),
             *drop,
             sys.executable,
             *_PYTHON_FLAGS,
-            "main.py",
         ]
-        return _execute(command, stdin_fd, timeout_s, pass_fds=fds, info=info)
+        return _execute([*command, "main.py"], stdin_fd, timeout_s, pass_fds=fds, info=info)
+
+
+def _scratch() -> list[str]:
+    """bwrap's private /proc and /dev, and the program's size-bounded tmpfs /tmp and /dev/shm (writable by
+    it; /dev/shm holds multiprocessing's semaphores)."""
+    size = str(SCRATCH_MB << 20)
+    return ["--proc", "/proc", "--dev", "/dev", "--perms", "01777", "--size", size, "--tmpfs", "/dev/shm",
+            "--perms", "0777", "--size", size, "--tmpfs", _WORKDIR]  # fmt: skip
+
+
+def _unprivileged(uid: int | None) -> tuple[list[str], list[str]]:
+    """bwrap's options and the command prefix that run the program as an unprivileged user: as root
+    (``uid`` given), privileged bwrap lets ``setpriv`` switch to host ``uid`` without capabilities; otherwise
+    a user namespace maps uid 65534 to the caller and forbids nested user namespaces."""
+    if uid is None:
+        return [
+            "--unshare-user",
+            "--uid",
+            str(_SANDBOX_UID),
+            "--gid",
+            str(_SANDBOX_UID),
+            "--disable-userns",
+        ], []
+    caps = ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
+    return caps, drop
 
 
 def _run_weak(contents: Mapping[str, str], stdin_fd: int, timeout_s: float, memory_mb: int) -> RunResult:

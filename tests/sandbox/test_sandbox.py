@@ -107,8 +107,27 @@ def test_runs_as_a_non_root_user_with_a_cleared_environment() -> None:
     result = run_program(source)
     ids, env, refusal = result.stdout.splitlines()
     assert "0" not in ids.split()[:3] and ids.endswith("[]")
-    assert env == "['HOME', 'LANG', 'PATH', 'PWD', 'TMPDIR']"
+    assert env == str(sorted([*sandbox._ENV, "PWD"]))
     assert refusal == "setuid refused"
+
+
+def test_subprocesses_threads_and_multiprocessing_work() -> None:
+    source = _code("""
+        import multiprocessing, subprocess, sys, threading
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            with multiprocessing.Pool(2) as pool:
+                print(pool.map(square, range(5)))
+            print(subprocess.run([sys.executable, "-c", "print('child')"], capture_output=True, text=True).stdout)
+            thread = threading.Thread(target=print, args=("thread",))
+            thread.start()
+            thread.join()
+    """)
+    result = run_program(source)
+    assert result.stdout.split() == ["[0,", "1,", "4,", "9,", "16]", "child", "thread"], result.stderr
 
 
 def test_timeout_kills_an_infinite_loop_within_bounds() -> None:
@@ -379,5 +398,5 @@ def test_unprivileged_callers_get_the_user_namespace_sandbox(tmp_path: Path) -> 
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["65534 ['HOME', 'LANG', 'PATH', 'PWD', 'TMPDIR']", "timeout", "error"]
+    assert done.stdout.splitlines() == [f"65534 {sorted([*sandbox._ENV, 'PWD'])}", "timeout", "error"]
     assert _leftovers("d1-never") == []
