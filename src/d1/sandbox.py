@@ -10,8 +10,7 @@ environment and an empty ``HOME`` this is ``-I``'s isolation, and the script's f
 - files: ``/usr``, ``/lib*``, ``/bin``, ``/sbin``, ``/etc/ld.so.cache`` and the interpreter's prefixes
   (its stdlib and site-packages) read-only; a fresh size-bounded tmpfs as ``/tmp``, which is also the
   working directory and holds ``main.py`` and ``files``; a private ``/proc``, a minimal ``/dev`` and its own
-  ``/dev/shm``;
-  nothing of the host is writable and no other host path is visible;
+  ``/dev/shm``; nothing of the host is writable and no other host path is visible;
 - a non-root user: as root, privileged ``bwrap`` (no user namespace) hands over to ``setpriv``, which
   switches to an unprivileged host uid of its own (``HOST_UID_BASE`` + a slot per concurrent run) with no
   capabilities; as any other user, a user namespace maps uid 65534 to the caller and forbids nested ones;
@@ -67,6 +66,7 @@ _NAMESPACES = (
     "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
     "--hostname", "sandbox", "--die-with-parent", "--new-session",
 )  # fmt: skip
+_BWRAP_VERSION = (0, 8)  # --disable-userns; --size for tmpfs
 _KILL_GRACE_S = 5.0  # after a kill: how long to wait for the sandbox to be gone
 _EXIT_GRACE_S = 0.2  # after the launched process ended: how long its pipes are still read
 _WHAT_TO_DO = (
@@ -78,8 +78,6 @@ _WHAT_TO_DO = (
     "there to accept the weak mode: limits only, the model's code then shares the job's user, files and network "
     "(docs/sandbox.md)."
 )
-
-STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "killed")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -182,7 +180,13 @@ def _probe() -> str | None:
     """Run a tiny program in the sandbox and say what failed, if anything."""
     missing = [tool for tool in _tools() if shutil.which(tool) is None]
     if missing:
-        return f"the sandbox needs {', '.join(missing)}, not found on PATH. {_WHAT_TO_DO}"
+        return f"the code sandbox needs {', '.join(missing)}: not found (PATH is searched). {_WHAT_TO_DO}"
+    version = subprocess.run([BWRAP, "--version"], capture_output=True, text=True).stdout.split()[-1:]
+    if tuple(int(n) for n in re.findall(r"\d+", "".join(version))[:2]) < _BWRAP_VERSION:
+        return (
+            f"{BWRAP} is bubblewrap {''.join(version) or '(version unknown)'}; the sandbox needs "
+            f"{'.'.join(map(str, _BWRAP_VERSION))} or newer (--size, --disable-userns). {_WHAT_TO_DO}"
+        )
     code = "import os, sys\nprint(os.getuid(), os.getgid())\nprint(repr((sys.prefix, sys.version)))\n"
     with _memfd("stdin", b"") as stdin_fd:
         result = _run_bwrap({"main.py": code}, stdin_fd, timeout_s=60.0, memory_mb=512)
@@ -318,20 +322,21 @@ def _mounts() -> list[str]:
 
 @contextlib.contextmanager
 def _host_uid() -> Iterator[int]:
-    """A host uid no other run of this process holds now, so that each program's process limit is its own."""
-    with _SLOT_LOCK:
-        slot = next(i for i in range(_SLOTS_PER_PROCESS + 1) if i not in _SLOTS_USED)
-        if slot == _SLOTS_PER_PROCESS:
-            raise RuntimeError(f"more than {_SLOTS_PER_PROCESS} sandboxed programs at once in one process")
+    """A host uid no other run of this process holds now, so that each program's process limit is its own
+    (beyond ``_SLOTS_PER_PROCESS`` runs at once, a run waits for a free one)."""
+    with _SLOTS_FREED:
+        _SLOTS_FREED.wait_for(lambda: len(_SLOTS_USED) < _SLOTS_PER_PROCESS)
+        slot = min(set(range(_SLOTS_PER_PROCESS)) - _SLOTS_USED)
         _SLOTS_USED.add(slot)
     try:
         yield HOST_UID_BASE + (os.getpid() % 10_000) * _SLOTS_PER_PROCESS + slot
     finally:
-        with _SLOT_LOCK:
+        with _SLOTS_FREED:
             _SLOTS_USED.discard(slot)
+            _SLOTS_FREED.notify()
 
 
-_SLOT_LOCK = threading.Lock()
+_SLOTS_FREED = threading.Condition()
 _SLOTS_USED: set[int] = set()
 
 
@@ -512,7 +517,7 @@ def _returncode(code: int) -> int:
 
 
 def _status(cut: str | None, code: int, stderr: str) -> str:
-    """One of ``STATUSES`` (see ``RunResult``)."""
+    """The ``RunResult.status`` of a run that stopped early for ``cut`` or ended with exit status ``code``."""
     if cut:
         return cut
     code = _returncode(code)

@@ -354,12 +354,24 @@ def test_missing_bubblewrap_refuses_to_run(monkeypatch: pytest.MonkeyPatch, tmp_
     assert not marker.exists()
 
 
-def test_broken_bubblewrap_refuses_with_its_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("version", "message"),
+    [
+        ("0.8.0", "No permissions to creating new namespace"),
+        ("0.6.1", "bubblewrap 0.6.1; the sandbox needs 0.8"),
+    ],
+)
+def test_broken_or_old_bubblewrap_refuses_saying_why(
+    version: str, message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     fake = tmp_path / "bwrap"
-    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+    fake.write_text(
+        f'#!/bin/sh\n[ "$1" = --version ] && echo "bubblewrap {version}" && exit 0\n'
+        "echo 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setattr(sandbox, "BWRAP", str(fake))
-    with pytest.raises(SandboxUnavailable, match="No permissions to creating new namespace"):
+    with pytest.raises(SandboxUnavailable, match=message):
         run_program("print(1)")
 
 
