@@ -241,13 +241,13 @@ def _check_run(
         raise TypeError(f"source: a {type(source).__name__}; pass the program's text (str)")
     if not isinstance(stdin, str):
         raise TypeError(f"stdin: a {type(stdin).__name__}; pass text (str)")
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s={timeout_s}: must be > 0 seconds")
+    if not 0 < timeout_s < float("inf"):
+        raise ValueError(f"timeout_s={timeout_s}: must be a finite number of seconds > 0")
     if memory_mb < 64:
         raise ValueError(f"memory_mb={memory_mb}: the interpreter alone needs more; pass at least 64 (MiB)")
     for name, text in files.items():
         parts = PurePosixPath(name).parts
-        if not name or name.startswith("/") or ".." in parts or "\0" in name or name == "main.py":
+        if not parts or name.startswith("/") or ".." in parts or "\0" in name or parts == ("main.py",):
             raise ValueError(
                 f"files: {name!r}: names must be relative paths inside the working directory, without '..', "
                 "and not 'main.py' (the program itself)"

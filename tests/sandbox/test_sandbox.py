@@ -166,8 +166,10 @@ def test_run_programs_keeps_the_order_with_two_workers() -> None:
     [
         ({"files": {"../x.py": ""}}, "files: '../x.py'"),
         ({"files": {"/etc/x": ""}}, "files: '/etc/x'"),
-        ({"files": {"main.py": ""}}, "not 'main.py'"),
+        ({"files": {"./main.py": ""}}, "not 'main.py'"),
+        ({"files": {".": ""}}, "files: '.'"),
         ({"timeout_s": 0}, "timeout_s=0"),
+        ({"timeout_s": float("inf")}, "timeout_s=inf"),
         ({"memory_mb": 8}, "memory_mb=8"),
     ],
 )
