@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import selectors
 import shutil
 import signal
@@ -426,12 +427,12 @@ def _execute(
     finally:
         if info:
             os.close(info[1])
-    info_fd = info[0] if info else None
     streams: dict[int, bytearray] = {}
+    init: list[int] = []  # a pidfd of the sandbox's init, once bwrap has told its pid
     try:
-        cut = _read(process, start + timeout_s, info_fd, streams)
+        cut = _read(process, start + timeout_s, info[0] if info else None, streams, init)
     finally:
-        _end(process, _init_pid(streams.get(info_fd, b"")) if info_fd is not None else None)
+        _end(process, init)
     elapsed = time.monotonic() - start
     out, err = (streams[p.fileno()].decode(errors="replace") for p in (process.stdout, process.stderr))
     process.stdout.close()
@@ -442,10 +443,12 @@ def _execute(
 
 
 def _read(
-    process: subprocess.Popen, deadline: float, info_fd: int | None, streams: dict[int, bytearray]
-) -> str | None:
+    process: subprocess.Popen, deadline: float, info_fd: int | None, streams: dict[int, bytearray],
+    init: list[int],
+) -> str | None:  # fmt: skip
     """Read stdout, stderr (and bwrap's info) into ``streams`` (bytes per descriptor) until they close, the
     deadline passes ("timeout") or a stream passes the limit ("output_limit"); returns that reason or None.
+    As soon as the info names the sandbox's init, a pidfd of it goes into ``init``.
 
     When the launched process ends first, its process group is killed (in the weak mode, children left in
     it) and what is still open is read for ``_EXIT_GRACE_S`` at most (a daemon holding a pipe cannot
@@ -468,7 +471,9 @@ def _read(
                     selector.unregister(key.fd)
                     continue
                 streams[key.fd] += chunk
-                if len(streams[key.fd]) > OUTPUT_LIMIT_BYTES and key.fd != info_fd:
+                if key.fd == info_fd and not init:
+                    init += _pidfd(streams[key.fd])
+                elif len(streams[key.fd]) > OUTPUT_LIMIT_BYTES:
                     del streams[key.fd][OUTPUT_LIMIT_BYTES:]
                     return "output_limit"
     try:
@@ -483,22 +488,29 @@ def _exited(pid: int) -> bool:
     return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
-def _init_pid(info: bytes) -> int | None:
-    """The host pid of the sandbox's init (PID 1 of its namespace), from bwrap's ``--info-fd`` JSON."""
-    match = re.search(rb'"child-pid":\s*(\d+)', info)
-    return int(match.group(1)) if match else None
+def _pidfd(info: bytes) -> list[int]:
+    """A pidfd of the sandbox's init (PID 1 of its namespace, named in bwrap's ``--info-fd`` JSON), opened
+    while bwrap, its parent, still runs, so that it cannot name another process; [] until the pid is known."""
+    match = re.search(rb'"child-pid":\s*(\d+)[,\s]', info)
+    if not match:
+        return []
+    try:
+        return [os.pidfd_open(int(match.group(1)))]
+    except ProcessLookupError:  # already gone, and its namespace with it
+        return []
 
 
-def _end(process: subprocess.Popen, init_pid: int | None) -> None:
-    """Make sure nothing of the run is left. Under bwrap: kill the namespace's init; the kernel kills every
-    process left in the namespace before bwrap can reap the init, so bwrap's exit means they are all gone.
-    Otherwise (weak mode, or bwrap that never told its init's pid): kill the process group."""
-    if process.poll() is None:
-        if init_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(init_pid, signal.SIGKILL)
-        else:
-            _kill_group(process.pid)
+def _end(process: subprocess.Popen, init: list[int]) -> None:
+    """Make sure nothing of the run is left. Under bwrap: kill the namespace's init and wait until its pidfd
+    says it has exited, which the kernel lets happen only once every process of the namespace is gone
+    (bwrap itself may exit earlier). Otherwise (weak mode): kill the process group. Then reap bwrap."""
+    if init:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(init[0], signal.SIGKILL)
+        select.select(init, [], [], _KILL_GRACE_S)
+        os.close(init[0])
+    elif process.poll() is None:
+        _kill_group(process.pid)
     try:
         process.wait(_KILL_GRACE_S)
     except subprocess.TimeoutExpired:

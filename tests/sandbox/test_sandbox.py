@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,35 +28,44 @@ from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
-def _strong_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test starts in the default mode, with bubblewrap working (or skips/fails saying why)."""
+def _default_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(sandbox.MODE_ENV, raising=False)
+
+
+@pytest.fixture
+def strong() -> None:
+    """Bubblewrap works here, or the test fails (as root, where `make test` installs it) or skips, saying why."""
     problem = check_sandbox()
-    if problem is None:
-        return
-    if os.geteuid() != 0 and shutil.which(sandbox.BWRAP) is None:
-        pytest.skip(f"bubblewrap is not installed and installing it needs root: {problem}")
-    pytest.fail(f"the sandbox does not work although `make test` installs bubblewrap: {problem}")
+    if problem is not None and os.geteuid() != 0:
+        pytest.skip(f"the sandbox does not work for this user (root would install bubblewrap): {problem}")
+    assert problem is None, f"the sandbox does not work although `make test` installs bubblewrap: {problem}"
+
+
+needs_bwrap = pytest.mark.usefixtures("strong")
 
 
 def _code(text: str) -> str:
     return textwrap.dedent(text).strip() + "\n"
 
 
-def _leftovers(marker: str) -> list[int]:
-    """Host pids of processes whose command line holds ``marker`` or that run as one of the host uids this
-    test process gives its sandboxes (other processes' sandboxes may be running meanwhile)."""
-    first_uid = sandbox.HOST_UID_BASE + (os.getpid() % 10_000) * sandbox._SLOTS_PER_PROCESS
+def _leftovers(marker: str, uids: range | None = None) -> list[int]:
+    """Host pids of live processes whose command line holds ``marker`` or whose uid is in ``uids`` (default:
+    the host uids this test process gives its sandboxes; other processes' sandboxes may be running meanwhile).
+    Zombies are not counted: they run nothing and wait for the host's init to reap them."""
+    if uids is None:
+        first = sandbox.HOST_UID_BASE + (os.getpid() % 10_000) * sandbox._SLOTS_PER_PROCESS
+        uids = range(first, first + sandbox._SLOTS_PER_PROCESS)
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
-            uid = int((entry / "status").read_text().split("\nUid:")[1].split()[0])
-        except (OSError, IndexError):
+            status = (entry / "status").read_text()
+        except OSError:
             continue  # ended meanwhile
-        if marker.encode() in cmdline or first_uid <= uid < first_uid + sandbox._SLOTS_PER_PROCESS:
+        uid = int(status.split("\nUid:")[1].split()[0])
+        if "\nState:\tZ" not in status and (marker.encode() in cmdline or uid in uids):
             found.append(int(entry.name))
     return found
 
@@ -65,12 +73,14 @@ def _leftovers(marker: str) -> list[int]:
 # Behaviour
 
 
+@needs_bwrap
 def test_ok_program_prints_and_passes() -> None:
     result = run_program("print(6 * 7)")
     assert (result.status, result.returncode, result.stdout, result.stderr) == ("ok", 0, "42\n", "")
     assert result.passed and 0 < result.elapsed_s < 5
 
 
+@needs_bwrap
 def test_errors_exit_status_and_traceback() -> None:
     exited = run_program("import sys\nsys.exit(3)")
     assert (exited.status, exited.returncode, exited.passed) == ("error", 3, False)
@@ -80,6 +90,7 @@ def test_errors_exit_status_and_traceback() -> None:
     assert 'File "/tmp/main.py", line 1' in raised.stderr
 
 
+@needs_bwrap
 def test_stdin_and_files_in_a_fresh_working_directory() -> None:
     source = _code("""
         import os, helper
@@ -94,6 +105,7 @@ def test_stdin_and_files_in_a_fresh_working_directory() -> None:
     assert result.stdout.splitlines() == ["cba 5 deep", "['data', 'helper.py', 'main.py'] /tmp", "deep! made"]
 
 
+@needs_bwrap
 def test_runs_as_a_non_root_user_with_a_cleared_environment() -> None:
     source = _code("""
         import os
@@ -111,6 +123,7 @@ def test_runs_as_a_non_root_user_with_a_cleared_environment() -> None:
     assert refusal == "setuid refused"
 
 
+@needs_bwrap
 def test_subprocesses_threads_and_multiprocessing_work() -> None:
     source = _code("""
         import multiprocessing, subprocess, sys, threading
@@ -130,6 +143,7 @@ def test_subprocesses_threads_and_multiprocessing_work() -> None:
     assert result.stdout.split() == ["[0,", "1,", "4,", "9,", "16]", "child", "thread"], result.stderr
 
 
+@needs_bwrap
 def test_timeout_kills_an_infinite_loop_within_bounds() -> None:
     start = time.monotonic()
     result = run_program("while True:\n    pass", timeout_s=1.0)
@@ -137,6 +151,7 @@ def test_timeout_kills_an_infinite_loop_within_bounds() -> None:
     assert 1.0 <= result.elapsed_s < 2.5 and time.monotonic() - start < 3.0
 
 
+@needs_bwrap
 def test_memory_limit() -> None:
     grow = run_program("chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 24))", memory_mb=256)
     assert grow.status == "memory" and grow.stderr.rstrip().endswith("MemoryError"), grow
@@ -145,11 +160,13 @@ def test_memory_limit() -> None:
     assert run_program("x = bytearray(100 << 20)\nprint(len(x))", memory_mb=512).stdout == "104857600\n"
 
 
+@needs_bwrap
 def test_signals_are_reported_as_killed() -> None:
     result = run_program("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
     assert (result.status, result.returncode) == ("killed", -signal.SIGSEGV)
 
 
+@needs_bwrap
 def test_run_programs_keeps_the_order_with_two_workers() -> None:
     programs = [
         Program("print(input())", stdin="first"), "import sys\nsys.exit(2)", "while True:\n    pass",
@@ -189,6 +206,7 @@ def test_bad_worker_count_and_mode_are_refused(monkeypatch: pytest.MonkeyPatch) 
 # Attacks: each contained, the host checked from outside
 
 
+@needs_bwrap
 def test_fork_bomb_is_bounded_and_leaves_nothing(tmp_path: Path) -> None:
     marker = f"d1-bomb-{secrets.token_hex(4)}"
     counted = _code(f"""
@@ -214,6 +232,7 @@ def test_fork_bomb_is_bounded_and_leaves_nothing(tmp_path: Path) -> None:
     assert subprocess.run(["true"]).returncode == 0  # the host can still fork
 
 
+@needs_bwrap
 def test_detached_daemon_dies_with_the_program(tmp_path: Path) -> None:
     marker = f"d1-daemon-{secrets.token_hex(4)}"
     target = tmp_path / "daemon-was-here"
@@ -236,6 +255,7 @@ def test_detached_daemon_dies_with_the_program(tmp_path: Path) -> None:
     assert not target.exists() and _leftovers(marker) == []
 
 
+@needs_bwrap
 def test_no_network_even_to_the_hosts_loopback() -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -261,6 +281,7 @@ def test_no_network_even_to_the_hosts_loopback() -> None:
             listener.accept()
 
 
+@needs_bwrap
 def test_host_files_can_be_neither_written_nor_read(tmp_path: Path) -> None:
     secret = secrets.token_hex(16)
     (tmp_path / "secret.txt").write_text(secret)
@@ -286,6 +307,7 @@ def test_host_files_can_be_neither_written_nor_read(tmp_path: Path) -> None:
     assert not any(t.exists() for t in targets)
 
 
+@needs_bwrap
 def test_host_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
     secret = secrets.token_hex(16)
     monkeypatch.setenv("D1_TEST_SECRET", secret)
@@ -302,6 +324,7 @@ def test_host_environment_is_not_visible(monkeypatch: pytest.MonkeyPatch) -> Non
     assert result.status == "ok" and "D1_TEST_SECRET" not in result.stdout and secret not in result.stdout
 
 
+@needs_bwrap
 @pytest.mark.parametrize("attack", ["os.kill(os.getppid(), signal.SIGKILL)", "os.kill(-1, signal.SIGKILL)"])
 def test_killing_other_processes_harms_nothing_outside(attack: str) -> None:
     bystander = subprocess.Popen(["sleep", "30"])  # a host process of the same user as the caller
@@ -316,6 +339,7 @@ def test_killing_other_processes_harms_nothing_outside(attack: str) -> None:
         bystander.wait()
 
 
+@needs_bwrap
 def test_unbounded_output_is_cut(capfd: pytest.CaptureFixture) -> None:
     for stream in ("stdout", "stderr"):
         result = run_program(f"import sys\nwhile True:\n    sys.{stream}.write('x' * 4096)", timeout_s=10)
@@ -324,6 +348,7 @@ def test_unbounded_output_is_cut(capfd: pytest.CaptureFixture) -> None:
     assert capfd.readouterr() == ("", "")  # nothing reached the caller's own streams
 
 
+@needs_bwrap
 def test_scratch_space_is_bounded() -> None:
     source = _code("""
         import os
@@ -413,4 +438,4 @@ def test_unprivileged_callers_get_the_user_namespace_sandbox(tmp_path: Path) -> 
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"65534 {sorted([*sandbox._ENV, 'PWD'])}", "timeout", "error"]
-    assert _leftovers("d1-never") == []
+    assert _leftovers("d1-unprivileged", range(60_001, 60_002)) == []
