@@ -450,29 +450,32 @@ def _read(
     deadline passes ("timeout") or a stream passes the limit ("output_limit"); returns that reason or None.
     As soon as the info names the sandbox's init, a pidfd of it goes into ``init``.
 
-    When the launched process ends first, its process group is killed (in the weak mode, children left in
-    it) and what is still open is read for ``_EXIT_GRACE_S`` at most (a daemon holding a pipe cannot
-    stretch the run; under bwrap the pipes have closed with the PID namespace by then)."""
+    When the launched process ends (its pidfd becomes readable), whatever it left behind is killed
+    (``_stop``) and the streams are read for ``_EXIT_GRACE_S`` more at most, so that a leftover holding a
+    pipe cannot stretch the run."""
     fds = [process.stdout.fileno(), process.stderr.fileno(), *([info_fd] if info_fd is not None else [])]
     streams.update({fd: bytearray() for fd in fds})
-    with selectors.DefaultSelector() as selector:
-        for fd in fds:
+    grace_end = float("inf")
+    with selectors.DefaultSelector() as selector, _closing(os.pidfd_open(process.pid)) as exit_fd:
+        for fd in [*fds, exit_fd]:
             selector.register(fd, selectors.EVENT_READ)
-        while selector.get_map():
+        while len(selector.get_map()) > (exit_fd in selector.get_map()):
             now = time.monotonic()
-            if now >= deadline:
-                return "timeout"
-            if _exited(process.pid):
-                _kill_group(process.pid)  # safe: the leader is not reaped yet, its pid cannot be reused
-                deadline = min(deadline, now + _EXIT_GRACE_S)
-            for key, _ in selector.select(min(deadline - now, 0.05)):
+            if now >= min(deadline, grace_end):
+                return "timeout" if now >= deadline else None
+            for key, _ in selector.select(min(deadline, grace_end) - now):
+                if key.fd == exit_fd:
+                    selector.unregister(exit_fd)
+                    _stop(process, init)  # the launched process has ended: its leftovers go now
+                    grace_end = now + _EXIT_GRACE_S
+                    continue
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
                     selector.unregister(key.fd)
                     continue
                 streams[key.fd] += chunk
-                if key.fd == info_fd and not init:
-                    init += _pidfd(streams[key.fd])
+                if key.fd == info_fd:
+                    init += [] if init else _pidfd(streams[key.fd])
                 elif len(streams[key.fd]) > OUTPUT_LIMIT_BYTES:
                     del streams[key.fd][OUTPUT_LIMIT_BYTES:]
                     return "output_limit"
@@ -483,9 +486,13 @@ def _read(
     return None
 
 
-def _exited(pid: int) -> bool:
-    """Whether child ``pid`` has ended, without reaping it."""
-    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+@contextlib.contextmanager
+def _closing(fd: int) -> Iterator[int]:
+    """``fd``, closed at the end of the block."""
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _pidfd(info: bytes) -> list[int]:
@@ -500,17 +507,24 @@ def _pidfd(info: bytes) -> list[int]:
         return []
 
 
-def _end(process: subprocess.Popen, init: list[int]) -> None:
-    """Make sure nothing of the run is left. Under bwrap: kill the namespace's init and wait until its pidfd
-    says it has exited, which the kernel lets happen only once every process of the namespace is gone
-    (bwrap itself may exit earlier). Otherwise (weak mode): kill the process group. Then reap bwrap."""
+def _stop(process: subprocess.Popen, init: list[int]) -> None:
+    """Kill everything of the run: under bwrap the namespace's init (the kernel then kills every process in
+    the namespace), in the weak mode the process group (while its leader is unreaped: the id is still ours)."""
     if init:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(init[0], signal.SIGKILL)
+    elif process.returncode is None:
+        _kill_group(process.pid)
+
+
+def _end(process: subprocess.Popen, init: list[int]) -> None:
+    """Make sure nothing of the run is left (``_stop``), then wait: under bwrap until the init's pidfd says it
+    has exited, which the kernel allows only once every process of its namespace is gone (bwrap itself may
+    exit earlier); then reap bwrap or the program."""
+    _stop(process, init)
+    if init:
         select.select(init, [], [], _KILL_GRACE_S)
         os.close(init[0])
-    elif process.poll() is None:
-        _kill_group(process.pid)
     try:
         process.wait(_KILL_GRACE_S)
     except subprocess.TimeoutExpired:
