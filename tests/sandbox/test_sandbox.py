@@ -172,10 +172,14 @@ def test_run_programs_keeps_the_order_with_two_workers() -> None:
         Program("print(input())", stdin="first"), "import sys\nsys.exit(2)", "while True:\n    pass",
         Program("import f\nprint(f.X)", files={"f.py": "X = 'file'"}), "print('last')",
     ]  # fmt: skip
+    open_fds = len(os.listdir("/proc/self/fd"))
     results = run_programs(programs, workers=2, timeout_s=1.0)
     assert [r.status for r in results] == ["ok", "error", "timeout", "ok", "ok"]
     assert [results[i].stdout for i in (0, 3, 4)] == ["first\n", "file\n", "last\n"]
     assert run_programs([]) == []
+    many = run_programs([f"print({i})" for i in range(24)], workers=8)
+    assert [r.stdout for r in many] == [f"{i}\n" for i in range(24)]
+    assert len(os.listdir("/proc/self/fd")) == open_fds  # no pipe, memfd or pidfd left open
 
 
 @pytest.mark.parametrize(
