@@ -363,14 +363,9 @@ def _run_bwrap(contents: Mapping[str, str], stdin_fd: int, timeout_s: float, mem
         args += [*_NAMESPACES, *user, "--info-fd", str(info[1]), "--chdir", _WORKDIR, "--clearenv"]
         for key, value in _ENV.items():
             args += ["--setenv", key, value]
-        command = [
-            *args,
-            *_limits(timeout_s, memory_mb, processes=True),
-            *drop,
-            sys.executable,
-            *_PYTHON_FLAGS,
-        ]
-        return _execute([*command, "main.py"], stdin_fd, timeout_s, pass_fds=fds, info=info)
+        limits = _limits(timeout_s, memory_mb, processes=True)
+        command = [*args, *limits, *drop, sys.executable, *_PYTHON_FLAGS, "main.py"]
+        return _execute(command, stdin_fd, timeout_s, pass_fds=fds, info=info)
 
 
 def _scratch() -> list[str]:
@@ -386,14 +381,8 @@ def _unprivileged(uid: int | None) -> tuple[list[str], list[str]]:
     (``uid`` given), privileged bwrap lets ``setpriv`` switch to host ``uid`` without capabilities; otherwise
     a user namespace maps uid 65534 to the caller and forbids nested user namespaces."""
     if uid is None:
-        return [
-            "--unshare-user",
-            "--uid",
-            str(_SANDBOX_UID),
-            "--gid",
-            str(_SANDBOX_UID),
-            "--disable-userns",
-        ], []
+        nobody = str(_SANDBOX_UID)
+        return ["--unshare-user", "--uid", nobody, "--gid", nobody, "--disable-userns"], []
     caps = ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
     drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
             "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
@@ -406,7 +395,7 @@ def _run_weak(contents: Mapping[str, str], stdin_fd: int, timeout_s: float, memo
         for name, text in contents.items():
             path = Path(folder, name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            path.write_text(text, encoding="utf-8")
         env = {**_ENV, "HOME": folder, "TMPDIR": folder}
         command = [*_limits(timeout_s, memory_mb, processes=False), sys.executable, *_PYTHON_FLAGS, "main.py"]
         return _execute(command, stdin_fd, timeout_s, cwd=folder, env=env)

@@ -100,9 +100,10 @@ def test_stdin_and_files_in_a_fresh_working_directory() -> None:
         open("new.txt", "w").write("made")
         print(open("data/deep/x.txt").read(), open("new.txt").read())
     """)
-    result = run_program(source, stdin="abc\n", files={"helper.py": "VALUE = 5\n", "data/deep/x.txt": "deep"})
+    files = {"helper.py": "VALUE = 5\n", "data/deep/x.txt": "dëep"}
+    result = run_program(source, stdin="abç😀\n", files=files)
     assert result.status == "ok", result.stderr
-    assert result.stdout.splitlines() == ["cba 5 deep", "['data', 'helper.py', 'main.py'] /tmp", "deep! made"]
+    assert result.stdout.splitlines() == ["😀çba 5 dëep", "['data', 'helper.py', 'main.py'] /tmp", "dëep! made"]
 
 
 @needs_bwrap
@@ -413,8 +414,8 @@ def test_rlimit_mode_is_opt_in_warns_once_and_keeps_limits(
     monkeypatch.setattr(sandbox, "_WARNED", [])
     monkeypatch.setenv(sandbox.MODE_ENV, "rlimit")
     with pytest.warns(RuntimeWarning, match="WITHOUT the OS sandbox"):
-        first = run_program("print(input())", stdin="hi", files={"a.txt": "x"})
-    assert (first.status, first.stdout) == ("ok", "hi\n")
+        first = run_program("print(input(), open('a.txt').read())", stdin="hé", files={"a.txt": "😀"})
+    assert (first.status, first.stdout) == ("ok", "hé 😀\n")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert run_program("while True:\n    pass", timeout_s=1).status == "timeout"
