@@ -289,7 +289,8 @@ def test_no_network_even_to_the_hosts_loopback() -> None:
 @needs_bwrap
 def test_host_files_can_be_neither_written_nor_read(tmp_path: Path) -> None:
     secret = secrets.token_hex(16)
-    (tmp_path / "secret.txt").write_text(secret)
+    # world-readable secrets, in the host's /tmp and outside it (only the mounts keep them away)
+    hidden = [tmp_path / "secret.txt", REPO_ROOT / ".pytest_cache" / f"sandbox-secret-{secret[:8]}.txt"]
     targets = [tmp_path / "pwned.txt", REPO_ROOT / "pwned.txt", Path(sys.prefix) / "pwned.txt"]
     source = _code(f"""
         import glob, os
@@ -299,16 +300,24 @@ def test_host_files_can_be_neither_written_nor_read(tmp_path: Path) -> None:
                 print("wrote", path)
             except OSError as error:
                 print(type(error).__name__)
-        for path in [{str(tmp_path / "secret.txt")!r}, "/etc/shadow", "/etc/passwd", os.path.expanduser("~/.ssh/id_rsa")]:
+        for path in {[str(h) for h in hidden]!r} + ["/etc/shadow", "/etc/passwd", os.path.expanduser("~/.ssh/id_rsa")]:
             try:
                 print(open(path).read())
             except OSError as error:
                 print(type(error).__name__)
-        print(glob.glob("/root/*"), glob.glob("/home/*"), glob.glob({str(tmp_path) + "/*"!r}))
+        print(os.path.exists({str(REPO_ROOT)!r}), glob.glob("/root/*"), glob.glob("/home/*"))
     """)
-    result = run_program(source)
+    try:
+        for path in hidden:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(secret)
+            path.chmod(0o644)
+        result = run_program(source)
+    finally:
+        hidden[1].unlink()
     assert result.status == "ok", result.stderr
     assert "wrote" not in result.stdout and secret not in result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "False [] []"
     assert not any(t.exists() for t in targets)
 
 
