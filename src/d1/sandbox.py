@@ -70,6 +70,7 @@ _NAMESPACES = (
 _BWRAP_VERSION = (0, 8)  # --disable-userns; --size for tmpfs
 _KILL_GRACE_S = 5.0  # after a kill: how long to wait for the sandbox to be gone
 _EXIT_GRACE_S = 0.2  # after the launched process ended: how long its pipes are still read
+_POLL_S = 0.05  # how often the launched process is checked while its pipes stay open
 _WHAT_TO_DO = (
     "What to do: install bubblewrap (Debian/Ubuntu `apt-get install bubblewrap`, RHEL/Fedora `dnf install "
     "bubblewrap`) on a kernel that allows user namespaces (`sysctl user.max_user_namespaces` > 0; Debian's "
@@ -187,6 +188,12 @@ def _probe() -> str | None:
         return (
             f"{BWRAP} is bubblewrap {''.join(version) or '(version unknown)'}; the sandbox needs "
             f"{'.'.join(map(str, _BWRAP_VERSION))} or newer (--size, --disable-userns). {_WHAT_TO_DO}"
+        )
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError) as error:
+        return (
+            f"the code sandbox needs pidfds (Linux 5.3 or newer, Python 3.9 or newer): {error}. {_WHAT_TO_DO}"
         )
     code = "import os, sys\nprint(os.getuid(), os.getgid())\nprint(repr((sys.prefix, sys.version)))\n"
     with _memfd("stdin", b"") as stdin_fd:
@@ -439,25 +446,23 @@ def _read(
     deadline passes ("timeout") or a stream passes the limit ("output_limit"); returns that reason or None.
     As soon as the info names the sandbox's init, a pidfd of it goes into ``init``.
 
-    When the launched process ends (its pidfd becomes readable), whatever it left behind is killed
+    When the launched process has ended (checked every ``_POLL_S``), whatever it left behind is killed
     (``_stop``) and the streams are read for ``_EXIT_GRACE_S`` more at most, so that a leftover holding a
     pipe cannot stretch the run."""
     fds = [process.stdout.fileno(), process.stderr.fileno(), *([info_fd] if info_fd is not None else [])]
     streams.update({fd: bytearray() for fd in fds})
     grace_end = float("inf")
-    with selectors.DefaultSelector() as selector, _closing(os.pidfd_open(process.pid)) as exit_fd:
-        for fd in [*fds, exit_fd]:
+    with selectors.DefaultSelector() as selector:
+        for fd in fds:
             selector.register(fd, selectors.EVENT_READ)
-        while len(selector.get_map()) > (exit_fd in selector.get_map()):
+        while selector.get_map():
             now = time.monotonic()
             if now >= min(deadline, grace_end):
                 return "timeout" if now >= deadline else None
-            for key, _ in selector.select(min(deadline, grace_end) - now):
-                if key.fd == exit_fd:
-                    selector.unregister(exit_fd)
-                    _stop(process, init)  # the launched process has ended: its leftovers go now
-                    grace_end = now + _EXIT_GRACE_S
-                    continue
+            if grace_end == float("inf") and _exited(process.pid):
+                _stop(process, init)  # the launched process has ended: its leftovers go now
+                grace_end = now + _EXIT_GRACE_S
+            for key, _ in selector.select(min(deadline, grace_end, now + _POLL_S) - now):
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
                     selector.unregister(key.fd)
@@ -475,13 +480,9 @@ def _read(
     return None
 
 
-@contextlib.contextmanager
-def _closing(fd: int) -> Iterator[int]:
-    """``fd``, closed at the end of the block."""
-    try:
-        yield fd
-    finally:
-        os.close(fd)
+def _exited(pid: int) -> bool:
+    """Whether child ``pid`` has ended, without reaping it (so that its pid, and group id, stay ours)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _pidfd(info: bytes) -> list[int]:

@@ -430,6 +430,21 @@ def test_rlimit_mode_is_opt_in_warns_once_and_keeps_limits(
         assert run_program("while True:\n    pass", timeout_s=1).status == "timeout"
         assert run_program("x = bytearray(4 << 30)", memory_mb=256).status == "memory"
         assert run_program("while True:\n    print('x' * 4096)").status == "output_limit"
+        # what the weak mode does not do: a daemon that leaves the process group survives the run
+        marker = f"d1-weak-daemon-{secrets.token_hex(4)}"
+        daemon = _code(f"""
+            import os, sys
+            if os.fork() == 0:
+                os.setsid()
+                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(30)", "{marker}"])
+            print("parent done")
+        """)
+        result = run_program(daemon)
+    survivors = _leftovers(marker, range(0))
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert (result.status, result.stdout) == ("ok", "parent done\n") and result.elapsed_s < 3
+    assert len(survivors) == 1
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/bin/python3", os.X_OK), reason="needs root")
