@@ -9,15 +9,15 @@ environment and an empty ``HOME`` this is ``-I``'s isolation, and the script's f
   included), private IPC and hostname, a new session (no terminal), ``--die-with-parent``;
 - files: ``/usr``, ``/lib*``, ``/bin``, ``/sbin``, ``/etc/ld.so.cache`` and the interpreter's prefixes
   (its stdlib and site-packages) read-only; a fresh size-bounded tmpfs as ``/tmp``, which is also the
-  working directory and holds ``main.py`` and ``files``; a private ``/proc`` and a minimal ``/dev``;
-  nothing of the host is writable and no other host path is visible;
+  working directory and holds ``main.py`` and ``files``; a private ``/proc``, a minimal ``/dev`` and its own
+  ``/dev/shm``; nothing of the host is writable and no other host path is visible;
 - a non-root user: as root, privileged ``bwrap`` (no user namespace) hands over to ``setpriv``, which
   switches to an unprivileged host uid of its own (``HOST_UID_BASE`` + a slot per concurrent run) with no
   capabilities; as any other user, a user namespace maps uid 65534 to the caller and forbids nested ones;
 - limits (``prlimit``, set inside the sandbox): address space ``memory_mb``, CPU time ``timeout_s`` + 1 s,
   ``MAX_PROCESSES`` processes, ``SCRATCH_MB`` per file, ``MAX_OPEN_FILES`` descriptors, no core files; at
   most ``OUTPUT_LIMIT_BYTES`` read per stream; a wall-clock ``timeout_s``;
-- the environment cleared (``PATH``, ``HOME=/tmp``, ``LANG=C.UTF-8``, ``TMPDIR`` only).
+- the environment cleared (``PATH``, ``HOME=/tmp``, ``LANG=C.UTF-8``, ``TMPDIR``, one BLAS/OpenMP thread).
 
 Without a working ``bwrap`` every run raises ``SandboxUnavailable`` (``check_sandbox()`` says why and what to
 do) unless the caller opts in to the weak ``rlimit`` mode (``D1_SANDBOX=rlimit``): limits, a fresh
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import selectors
 import shutil
 import signal
@@ -48,7 +49,7 @@ BWRAP = "bwrap"
 MODE_ENV = "D1_SANDBOX"
 """Environment variable choosing the mode: unset or ``bwrap`` (the sandbox), ``rlimit`` (weak, opt-in)."""
 OUTPUT_LIMIT_BYTES = 1 << 20  # per stream; more and the program is killed (status "output_limit")
-MAX_PROCESSES = 64  # processes and threads of one program (RLIMIT_NPROC)
+MAX_PROCESSES = 16  # processes and threads of one program (RLIMIT_NPROC; each may use memory_mb)
 MAX_OPEN_FILES = 256  # RLIMIT_NOFILE
 SCRATCH_MB = 64  # size of the /tmp tmpfs (main.py and files included) and of any one file written
 HOST_UID_BASE = 2_000_000_000  # as root: the sandboxes' host uids, above systemd's container ranges
@@ -56,10 +57,20 @@ _SLOTS_PER_PROCESS = 256  # distinct host uids per calling process (pid-dependen
 _SANDBOX_UID = 65534  # the uid seen inside a user namespace (non-root callers): "nobody"
 _WORKDIR = "/tmp"
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": _WORKDIR, "LANG": "C.UTF-8", "TMPDIR": _WORKDIR}
+_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": _WORKDIR, "LANG": "C.UTF-8", "TMPDIR": _WORKDIR,
+    # one thread per BLAS/OpenMP pool: threads count as processes, and one program gets about one CPU
+    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+}  # fmt: skip
 _PYTHON_FLAGS = ("-E", "-s", "-B")  # no PYTHON* variables, no user site, no .pyc files
+_NAMESPACES = (
+    "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+    "--hostname", "sandbox", "--die-with-parent", "--new-session",
+)  # fmt: skip
+_BWRAP_VERSION = (0, 8)  # --disable-userns; --size for tmpfs
 _KILL_GRACE_S = 5.0  # after a kill: how long to wait for the sandbox to be gone
 _EXIT_GRACE_S = 0.2  # after the launched process ended: how long its pipes are still read
+_POLL_S = 0.05  # how often the launched process is checked while its pipes stay open
 _WHAT_TO_DO = (
     "What to do: install bubblewrap (Debian/Ubuntu `apt-get install bubblewrap`, RHEL/Fedora `dnf install "
     "bubblewrap`) on a kernel that allows user namespaces (`sysctl user.max_user_namespaces` > 0; Debian's "
@@ -69,8 +80,6 @@ _WHAT_TO_DO = (
     "there to accept the weak mode: limits only, the model's code then shares the job's user, files and network "
     "(docs/sandbox.md)."
 )
-
-STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "killed")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -173,7 +182,19 @@ def _probe() -> str | None:
     """Run a tiny program in the sandbox and say what failed, if anything."""
     missing = [tool for tool in _tools() if shutil.which(tool) is None]
     if missing:
-        return f"the sandbox needs {', '.join(missing)}, not found on PATH. {_WHAT_TO_DO}"
+        return f"the code sandbox needs {', '.join(missing)}: not found (PATH is searched). {_WHAT_TO_DO}"
+    version = subprocess.run([BWRAP, "--version"], capture_output=True, text=True).stdout.split()[-1:]
+    if tuple(int(n) for n in re.findall(r"\d+", "".join(version))[:2]) < _BWRAP_VERSION:
+        return (
+            f"{BWRAP} is bubblewrap {''.join(version) or '(version unknown)'}; the sandbox needs "
+            f"{'.'.join(map(str, _BWRAP_VERSION))} or newer (--size, --disable-userns). {_WHAT_TO_DO}"
+        )
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError) as error:
+        return (
+            f"the code sandbox needs pidfds (Linux 5.3 or newer, Python 3.9 or newer): {error}. {_WHAT_TO_DO}"
+        )
     code = "import os, sys\nprint(os.getuid(), os.getgid())\nprint(repr((sys.prefix, sys.version)))\n"
     with _memfd("stdin", b"") as stdin_fd:
         result = _run_bwrap({"main.py": code}, stdin_fd, timeout_s=60.0, memory_mb=512)
@@ -228,13 +249,13 @@ def _check_run(
         raise TypeError(f"source: a {type(source).__name__}; pass the program's text (str)")
     if not isinstance(stdin, str):
         raise TypeError(f"stdin: a {type(stdin).__name__}; pass text (str)")
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s={timeout_s}: must be > 0 seconds")
+    if not 0 < timeout_s < float("inf"):
+        raise ValueError(f"timeout_s={timeout_s}: must be a finite number of seconds > 0")
     if memory_mb < 64:
         raise ValueError(f"memory_mb={memory_mb}: the interpreter alone needs more; pass at least 64 (MiB)")
     for name, text in files.items():
         parts = PurePosixPath(name).parts
-        if not name or name.startswith("/") or ".." in parts or "\0" in name or name == "main.py":
+        if not parts or name.startswith("/") or ".." in parts or "\0" in name or parts == ("main.py",):
             raise ValueError(
                 f"files: {name!r}: names must be relative paths inside the working directory, without '..', "
                 "and not 'main.py' (the program itself)"
@@ -309,76 +330,70 @@ def _mounts() -> list[str]:
 
 @contextlib.contextmanager
 def _host_uid() -> Iterator[int]:
-    """A host uid no other run of this process holds now, so that each program's process limit is its own."""
-    with _SLOT_LOCK:
-        slot = next(i for i in range(_SLOTS_PER_PROCESS + 1) if i not in _SLOTS_USED)
-        if slot == _SLOTS_PER_PROCESS:
-            raise RuntimeError(f"more than {_SLOTS_PER_PROCESS} sandboxed programs at once in one process")
+    """A host uid no other run of this process holds now, so that each program's process limit is its own
+    (beyond ``_SLOTS_PER_PROCESS`` runs at once, a run waits for a free one)."""
+    with _SLOTS_FREED:
+        _SLOTS_FREED.wait_for(lambda: len(_SLOTS_USED) < _SLOTS_PER_PROCESS)
+        slot = min(set(range(_SLOTS_PER_PROCESS)) - _SLOTS_USED)
         _SLOTS_USED.add(slot)
     try:
         yield HOST_UID_BASE + (os.getpid() % 10_000) * _SLOTS_PER_PROCESS + slot
     finally:
-        with _SLOT_LOCK:
+        with _SLOTS_FREED:
             _SLOTS_USED.discard(slot)
+            _SLOTS_FREED.notify()
 
 
-_SLOT_LOCK = threading.Lock()
+_SLOTS_FREED = threading.Condition()
 _SLOTS_USED: set[int] = set()
 
 
 def _run_bwrap(contents: Mapping[str, str], stdin_fd: int, timeout_s: float, memory_mb: int) -> RunResult:
     """One program in bubblewrap; the files go in through memfds (``--file``), the init's pid comes back
     through ``--info-fd`` so that a kill takes the whole PID namespace."""
-    root = os.geteuid() == 0
     with contextlib.ExitStack() as stack:
-        args = [BWRAP, *_mounts(), "--proc", "/proc", "--dev", "/dev"]
-        args += ["--perms", "0777", "--size", str(SCRATCH_MB << 20), "--tmpfs", _WORKDIR]
+        args = [BWRAP, *_mounts(), *_scratch()]
         fds = []
+        made = set()
         for name, text in contents.items():
             path = PurePosixPath(_WORKDIR, name)
             for parent in reversed(path.parents[: len(PurePosixPath(name).parts) - 1]):
-                args += ["--perms", "0777", "--dir", str(parent)]
+                if parent not in made:
+                    made.add(parent)
+                    args += ["--perms", "0777", "--dir", str(parent)]
             fds.append(stack.enter_context(_memfd(name, text.encode())))
             args += ["--perms", "0666", "--file", str(fds[-1]), str(path)]
-        args += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-        args += [
-            "--hostname",
-            "sandbox",
-            "--die-with-parent",
-            "--new-session",
-            "--chdir",
-            _WORKDIR,
-            "--clearenv",
-        ]
-        for key, value in _ENV.items():
-            args += ["--setenv", key, value]
-        if root:
-            uid = stack.enter_context(_host_uid())
-            args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
-            drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
-                    "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
-        else:
-            args += [
-                "--unshare-user",
-                "--uid",
-                str(_SANDBOX_UID),
-                "--gid",
-                str(_SANDBOX_UID),
-                "--disable-userns",
-            ]
-            drop = []
+        uid = stack.enter_context(_host_uid()) if os.geteuid() == 0 else None
+        user, drop = _unprivileged(uid)
         info = os.pipe()
         stack.callback(os.close, info[0])
-        args += ["--info-fd", str(info[1])]
-        command = [
-            *args,
-            *_limits(timeout_s, memory_mb, processes=True),
-            *drop,
-            sys.executable,
-            *_PYTHON_FLAGS,
-            "main.py",
-        ]
+        args += [*_NAMESPACES, *user, "--info-fd", str(info[1]), "--chdir", _WORKDIR, "--clearenv"]
+        for key, value in _ENV.items():
+            args += ["--setenv", key, value]
+        limits = _limits(timeout_s, memory_mb, processes=True)
+        command = [*args, *limits, *drop, sys.executable, *_PYTHON_FLAGS, "main.py"]
         return _execute(command, stdin_fd, timeout_s, pass_fds=fds, info=info)
+
+
+def _scratch() -> list[str]:
+    """bwrap's private /proc and /dev, and the program's size-bounded tmpfs /tmp and /dev/shm (writable by
+    it; /dev/shm holds multiprocessing's semaphores)."""
+    size = str(SCRATCH_MB << 20)
+    return ["--proc", "/proc", "--dev", "/dev", "--perms", "01777", "--size", size, "--tmpfs", "/dev/shm",
+            "--perms", "0777", "--size", size, "--tmpfs", _WORKDIR]  # fmt: skip
+
+
+def _unprivileged(uid: int | None) -> tuple[list[str], list[str]]:
+    """bwrap's options and the command prefix that run the program as an unprivileged user: as root
+    (``uid`` given), privileged bwrap lets ``setpriv`` switch to host ``uid`` without capabilities; otherwise
+    a user namespace maps uid 65534 to the caller and forbids nested user namespaces."""
+    if uid is None:
+        nobody = str(_SANDBOX_UID)
+        return ["--unshare-user", "--uid", nobody, "--gid", nobody, "--disable-userns"], []
+    caps = ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+            "--bounding-set=-all", "--no-new-privs", "--"]  # fmt: skip
+    return caps, drop
 
 
 def _run_weak(contents: Mapping[str, str], stdin_fd: int, timeout_s: float, memory_mb: int) -> RunResult:
@@ -387,7 +402,7 @@ def _run_weak(contents: Mapping[str, str], stdin_fd: int, timeout_s: float, memo
         for name, text in contents.items():
             path = Path(folder, name)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            path.write_text(text, encoding="utf-8")
         env = {**_ENV, "HOME": folder, "TMPDIR": folder}
         command = [*_limits(timeout_s, memory_mb, processes=False), sys.executable, *_PYTHON_FLAGS, "main.py"]
         return _execute(command, stdin_fd, timeout_s, cwd=folder, env=env)
@@ -408,12 +423,12 @@ def _execute(
     finally:
         if info:
             os.close(info[1])
-    info_fd = info[0] if info else None
     streams: dict[int, bytearray] = {}
+    init: list[int] = []  # a pidfd of the sandbox's init, once bwrap has told its pid
     try:
-        cut = _read(process, start + timeout_s, info_fd, streams)
+        cut = _read(process, start + timeout_s, info[0] if info else None, streams, init)
     finally:
-        _end(process, _init_pid(streams.get(info_fd, b"")) if info_fd is not None else None)
+        _end(process, init)
     elapsed = time.monotonic() - start
     out, err = (streams[p.fileno()].decode(errors="replace") for p in (process.stdout, process.stderr))
     process.stdout.close()
@@ -424,33 +439,38 @@ def _execute(
 
 
 def _read(
-    process: subprocess.Popen, deadline: float, info_fd: int | None, streams: dict[int, bytearray]
-) -> str | None:
+    process: subprocess.Popen, deadline: float, info_fd: int | None, streams: dict[int, bytearray],
+    init: list[int],
+) -> str | None:  # fmt: skip
     """Read stdout, stderr (and bwrap's info) into ``streams`` (bytes per descriptor) until they close, the
     deadline passes ("timeout") or a stream passes the limit ("output_limit"); returns that reason or None.
+    As soon as the info names the sandbox's init, a pidfd of it goes into ``init``.
 
-    When the launched process ends first, its process group is killed (in the weak mode, children left in
-    it) and what is still open is read for ``_EXIT_GRACE_S`` at most (a daemon holding a pipe cannot
-    stretch the run; under bwrap the pipes have closed with the PID namespace by then)."""
+    When the launched process has ended (checked every ``_POLL_S``), whatever it left behind is killed
+    (``_stop``) and the streams are read for ``_EXIT_GRACE_S`` more at most, so that a leftover holding a
+    pipe cannot stretch the run."""
     fds = [process.stdout.fileno(), process.stderr.fileno(), *([info_fd] if info_fd is not None else [])]
     streams.update({fd: bytearray() for fd in fds})
+    grace_end = float("inf")
     with selectors.DefaultSelector() as selector:
         for fd in fds:
             selector.register(fd, selectors.EVENT_READ)
         while selector.get_map():
             now = time.monotonic()
-            if now >= deadline:
-                return "timeout"
-            if _exited(process.pid):
-                _kill_group(process.pid)  # safe: the leader is not reaped yet, its pid cannot be reused
-                deadline = min(deadline, now + _EXIT_GRACE_S)
-            for key, _ in selector.select(min(deadline - now, 0.05)):
+            if now >= min(deadline, grace_end):
+                return "timeout" if now >= deadline else None
+            if grace_end == float("inf") and _exited(process.pid):
+                _stop(process, init)  # the launched process has ended: its leftovers go now
+                grace_end = now + _EXIT_GRACE_S
+            for key, _ in selector.select(min(deadline, grace_end, now + _POLL_S) - now):
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
                     selector.unregister(key.fd)
                     continue
                 streams[key.fd] += chunk
-                if len(streams[key.fd]) > OUTPUT_LIMIT_BYTES and key.fd != info_fd:
+                if key.fd == info_fd:
+                    init += [] if init else _pidfd(streams[key.fd])
+                elif len(streams[key.fd]) > OUTPUT_LIMIT_BYTES:
                     del streams[key.fd][OUTPUT_LIMIT_BYTES:]
                     return "output_limit"
     try:
@@ -461,26 +481,40 @@ def _read(
 
 
 def _exited(pid: int) -> bool:
-    """Whether child ``pid`` has ended, without reaping it."""
+    """Whether child ``pid`` has ended, without reaping it (so that its pid, and group id, stay ours)."""
     return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
-def _init_pid(info: bytes) -> int | None:
-    """The host pid of the sandbox's init (PID 1 of its namespace), from bwrap's ``--info-fd`` JSON."""
-    match = re.search(rb'"child-pid":\s*(\d+)', info)
-    return int(match.group(1)) if match else None
+def _pidfd(info: bytes) -> list[int]:
+    """A pidfd of the sandbox's init (PID 1 of its namespace, named in bwrap's ``--info-fd`` JSON), opened
+    while bwrap, its parent, still runs, so that it cannot name another process; [] until the pid is known."""
+    match = re.search(rb'"child-pid":\s*(\d+)[,\s]', info)
+    if not match:
+        return []
+    try:
+        return [os.pidfd_open(int(match.group(1)))]
+    except ProcessLookupError:  # already gone, and its namespace with it
+        return []
 
 
-def _end(process: subprocess.Popen, init_pid: int | None) -> None:
-    """Make sure nothing of the run is left. Under bwrap: kill the namespace's init; the kernel kills every
-    process left in the namespace before bwrap can reap the init, so bwrap's exit means they are all gone.
-    Otherwise (weak mode, or bwrap that never told its init's pid): kill the process group."""
-    if process.poll() is None:
-        if init_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(init_pid, signal.SIGKILL)
-        else:
-            _kill_group(process.pid)
+def _stop(process: subprocess.Popen, init: list[int]) -> None:
+    """Kill everything of the run: under bwrap the namespace's init (the kernel then kills every process in
+    the namespace), in the weak mode the process group (while its leader is unreaped: the id is still ours)."""
+    if init:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(init[0], signal.SIGKILL)
+    elif process.returncode is None:
+        _kill_group(process.pid)
+
+
+def _end(process: subprocess.Popen, init: list[int]) -> None:
+    """Make sure nothing of the run is left (``_stop``), then wait: under bwrap until the init's pidfd says it
+    has exited, which the kernel allows only once every process of its namespace is gone (bwrap itself may
+    exit earlier); then reap bwrap or the program."""
+    _stop(process, init)
+    if init:
+        select.select(init, [], [], _KILL_GRACE_S)
+        os.close(init[0])
     try:
         process.wait(_KILL_GRACE_S)
     except subprocess.TimeoutExpired:
@@ -499,7 +533,7 @@ def _returncode(code: int) -> int:
 
 
 def _status(cut: str | None, code: int, stderr: str) -> str:
-    """One of ``STATUSES`` (see ``RunResult``)."""
+    """The ``RunResult.status`` of a run that stopped early for ``cut`` or ended with exit status ``code``."""
     if cut:
         return cut
     code = _returncode(code)
