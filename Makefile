@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean browser
+.PHONY: demo test lint clean browser sandbox
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,18 @@ browser:
 		echo "chromium not found and not root: the browser test will be skipped (apt-get install chromium)"; \
 	fi
 
-test: $(STAMP) browser
+# Model-written code runs in bubblewrap (d1.sandbox): installed here when missing and we are root.
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing bubblewrap (apt-get) for the code sandbox's tests"; \
+		{ apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } || \
+			echo "could not install bubblewrap: the sandbox tests will fail and say so"; \
+	else \
+		echo "bubblewrap not found and not root: the sandbox tests will be skipped (apt-get install bubblewrap)"; \
+	fi
+
+test: $(STAMP) browser sandbox
 	$(BIN)/python -m pytest tests
 
 lint: $(STAMP)

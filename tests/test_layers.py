@@ -12,7 +12,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # bottom to top; packages on one line share a layer and may import each other (without cycles)
 LAYERS = (
-    ("d1", "d1.utils", "d1.hub", "d1.cluster"),  # shared helpers; `d1` itself: version and lazy exports only
+    ("d1", "d1.utils", "d1.hub", "d1.cluster", "d1.sandbox"),  # shared helpers; `d1` itself: version and lazy exports only
     ("d1.diffusion",),
     ("d1.models", "d1.tasks", "d1.data"),
     ("d1.sft", "d1.rl", "d1.evaluation"),

@@ -15,7 +15,7 @@ import pytest
 import d1.rl.run
 import d1.sft.run
 from d1.cluster import CompleteCheckpointsCallback
-from d1.evaluation.runner import remove_stale_temporaries
+from d1.evaluation.files import remove_stale_temporaries
 from d1.tasks import get_task
 from d1.utils import (
     BEST_CHECKPOINT_NAME,

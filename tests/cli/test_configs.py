@@ -57,6 +57,8 @@ def test_dream_grpo_config_is_d1s_recipe_on_dream(path: Path) -> None:
     dream = parse_config(DiffuGRPOConfig, ["--config", str(path)])
     dream.validate(world_size=1)
     llada = parse_config(DiffuGRPOConfig, ["--config", str(path.parents[1] / path.name)])
+    if path.stem == "code-coupled":  # DiffuCoder's recipe on DiffuCoder's model: test_code_coupled_configs
+        return
     assert dream.model_path == "Dream-org/Dream-v0-Instruct-7B" and dream.dataset == llada.dataset
     assert dream.lora_target_modules == []  # the Dream family's default targets
     same = ("num_generations", "gen_length", "block_length", "diffusion_steps", "num_iterations", "beta")
@@ -74,3 +76,19 @@ def test_dream_sft_and_eval_configs_parse_and_pass_the_checks() -> None:
     evaluation = parse_config(EvalConfig, ["--config", str(root / "eval" / "dream.yaml")])
     evaluation.options()
     assert (evaluation.sampler, evaluation.alg, evaluation.steps, evaluation.top_p) == ("dream", "entropy", 256, 0.9)
+
+
+@pytest.mark.parametrize("model", ["GSAI-ML/LLaDA-8B-Instruct", "apple/DiffuCoder-7B-Instruct"])
+def test_code_coupled_configs_are_diffucoders_recipe(model: str) -> None:
+    """apple/ml-diffucoder recipes/config_coupled_code.yaml, and the brief's 256 steps."""
+    root = Path(__file__).resolve().parents[2] / "configs" / "grpo"
+    path = root / ("code-coupled.yaml" if model.startswith("GSAI") else "dream/code-coupled.yaml")
+    config = parse_config(DiffuGRPOConfig, ["--config", str(path)])
+    config.validate(world_size=1)
+    config.validate(world_size=8)
+    assert (config.model_path, config.dataset, config.logp_estimator) == (model, "acecode", "coupled")
+    recipe = (config.num_generations, config.gen_length, config.diffusion_steps, config.max_steps)
+    assert recipe == (10, 256, 256, 256)
+    assert (config.temperature, config.beta, config.epsilon, config.learning_rate) == (1.0, 0.01, 0.5, 1e-6)
+    assert (config.num_iterations, config.p_mask_prompt, config.scale_rewards, config.lora) == (2, 0.0, "none", False)
+    assert config.reward_funcs is None  # the acecode task's defaults: code x 2.0, code_format x 0.5

@@ -178,3 +178,24 @@ def test_two_processes_match_one(tiny_model_dir: Path, sudoku_csv: Path, tmp_pat
     assert {**card_one, "world_size": 2} == card_two  # the cards differ in the process count alone
     by_question = lambda scores: {i.question: i.extracted for s in scores.values() for i in s.items}  # noqa: E731
     assert by_question(one) == by_question(two)
+
+
+@pytest.mark.parametrize("protocol", ["d1", "completion"])
+def test_eval_and_score_humaneval_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path, protocol, capsys) -> None:
+    from d1.sandbox import check_sandbox
+
+    if check_sandbox():
+        pytest.skip(f"no sandbox here: {check_sandbox()}")
+    args = ["eval", "--model_path", str(tiny_model_dir), "--dataset", "humaneval", "--subsample", "3"]
+    args += ["--output_dir", str(tmp_path), "--batch_size", "3", "--protocol", protocol, *TINY_SETTINGS]
+    assert main(args) == 0
+    capsys.readouterr()
+    (path,) = tmp_path.glob("humaneval_*_0_generations.json")
+    items = json.loads(path.read_text())["generations"]
+    assert len(items) == 3 and all(item["ground_truth"]["task_id"].startswith("HumanEval/") for item in items)
+    assert main(["score", str(tmp_path), "--json", "--details"]) == 0
+    (entry,) = json.loads(capsys.readouterr().out).values()
+    assert entry["total"] == 3 and entry["pass_at_k"]["pass@1"] == entry["accuracy"]
+    assert entry["protocol"] == protocol and ("Codex" in entry["protocol_card"]["protocol_source"]) == (protocol == "completion")
+    if protocol == "completion":  # the generation continues the prompt's function: graded as prompt + text
+        assert all(item["extracted"].startswith(item["question"]) for item in entry["items"])

@@ -246,7 +246,7 @@ def test_files_without_settings_or_corrupt_are_refused_and_overwrite_starts_over
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"dataset": "mmlu"}, "known tasks: countdown, gsm8k, math, math500, sudoku"),
+        ({"dataset": "mmlu"}, "known tasks: acecode, countdown, gsm8k, humaneval, math, math500, mbpp, sudoku"),
         ({"block_length": 5}, "multiple of block_length=5"),
         ({"diffusion_steps": 7}, "multiple of the number of blocks 2"),
         ({"batch_size": 0}, "batch_size=0"),

@@ -130,6 +130,7 @@ def test_malformed_files(tmp_path: Path, payload: object, message: str) -> None:
         ),
         ("sudoku_x_1_1_0_generations.json", {"question": "no puzzle here", "ground_truth": "1" * 16}, "puzzle"),
         ("countdown_x_1_1_0_generations.json", {"question": "q", "ground_truth": [5, 6]}, r"\[\[numbers\], target\]"),
+        ("humaneval_x_1_1_0_generations.json", {"question": "q", "ground_truth": "42"}, "object of the problem's tests"),
     ],
 )
 def test_ungradable_items_name_file_and_row(tmp_path: Path, name: str, item: dict, message: str) -> None:
@@ -166,3 +167,30 @@ def test_empty_setup_and_token_counter() -> None:
     assert count_effective_tokens("<|endoftext|><|endoftext|>") == 0
     assert count_effective_tokens("The answer is 18.") == 6  # The| answer| is| |18|. as in cl100k
     assert count_effective_tokens("12345") == 2  # cl100k splits digits in groups of three
+
+
+def test_code_setups_report_pass_at_k_over_samples_per_problem(tmp_path: Path, capsys) -> None:
+    from d1.cli.score import main as score_main
+    from d1.sandbox import check_sandbox
+
+    if check_sandbox():
+        pytest.skip(f"no sandbox here: {check_sandbox()}")
+    right, wrong = "```python\ndef f(x):\n    return x + 1\n```", "no code"
+    problems = [("f(1) == 2?", ["assert f(1) == 2"], 3), ("f(5) == 6?", ["assert f(5) == 6"], 1)]
+    items = [
+        {"question": question, "ground_truth": {"tests": tests}, "generations": right if k < passes else wrong}
+        for question, tests, passes in problems
+        for k in range(10)
+    ]  # ten samples of each problem: 3 and 1 right
+    _write(tmp_path, "tiny_code_m_8_4_0_generations.json", {"generations": items[:13]})
+    _write(tmp_path, "tiny_code_m_8_4_1_generations.json", {"generations": items[13:]})
+    score = score_paths([tmp_path])["tiny_code_m_8_4"]
+    assert score.accuracy == pytest.approx(20.0)
+    # pass@5: 1 - C(7,5)/C(10,5) = 1 - 21/252 and 1 - C(9,5)/C(10,5) = 1 - 126/252, averaged
+    assert score.pass_at == pytest.approx({1: 20.0, 5: 100 * (2 - 147 / 252) / 2, 10: 100.0})
+    assert score_main([str(tmp_path), "--json"]) == 0
+    entry = json.loads(capsys.readouterr().out)["tiny_code_m_8_4"]
+    assert entry["pass_at_k"] == pytest.approx({"pass@1": 20.0, "pass@5": 70.8333333, "pass@10": 100.0})
+    assert "tiny_code_m_8_4: pass@1 20.00%, pass@5 70.83%, pass@10 100.00% (10 samples per problem)" in format_table(
+        {"tiny_code_m_8_4": score}
+    )

@@ -18,6 +18,8 @@ import pytest
 
 from d1.tasks import TASKS
 from d1.tasks.base import first_tag_content, last_tag_content
+from d1.tasks.code import CodeTask, code_format_score, continuation_code, extract_fenced_code
+from d1.tasks.code_protocols import begin_done_code, first_fenced_or_text
 from d1.tasks.countdown import drop_result_tail
 from d1.tasks.gsm8k import boxed_contents, parse_gsm8k_answer, soft_format_ok
 from d1.tasks.latex import extract_boxed_answer, last_boxed_only_string
@@ -85,9 +87,16 @@ def calls() -> dict[str, Callable[[str], Any]]:
         "latex.last_boxed_only_string": last_boxed_only_string,
         "latex.extract_boxed_answer": extract_boxed_answer,
         "sudoku.extract_sudoku_solution": extract_sudoku_solution,
+        "code.extract_fenced_code": extract_fenced_code,
+        "code.continuation_code": lambda text: continuation_code("def f():\n", text),
+        "code.code_format_score": code_format_score,
+        "code_protocols.first_fenced_or_text": first_fenced_or_text,
+        "code_protocols.begin_done_code": begin_done_code,
     }
     question = {"sudoku": sudoku_question(PUZZLE)}
     for name, task in TASKS.items():
+        if isinstance(task, CodeTask):  # its parse and code reward run the text in the sandbox; extraction is above
+            continue
         truth, q = _GROUND_TRUTH[name], question.get(name, "")
         out[f"{name}.parse"] = lambda text, task=task, truth=truth, q=q: task.parse(text, truth, q)
         for func in task.reward_funcs:

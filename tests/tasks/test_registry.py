@@ -44,11 +44,14 @@ def _reference(*parts: str) -> Path:
     return path
 
 
+KNOWN = "acecode, countdown, gsm8k, humaneval, math, math500, mbpp, sudoku, tiny_code"
+
+
 def test_registry_names_and_aliases() -> None:
-    assert set(TASKS) == {"gsm8k", "math500", "countdown", "sudoku"}
+    assert set(TASKS) == {"gsm8k", "math500", "countdown", "sudoku", "humaneval", "mbpp", "acecode", "tiny_code"}
     assert get_task("math") is get_task("math500") is get_task(" MATH500 ")
-    with pytest.raises(ValueError, match="known tasks: countdown, gsm8k, math, math500, sudoku"):
-        get_task("humaneval")
+    with pytest.raises(ValueError, match=f"known tasks: {KNOWN}"):
+        get_task("mmlu")
 
 
 def test_register_task() -> None:
@@ -66,7 +69,7 @@ def test_register_task() -> None:
         assert get_task("echo-test").parse("a", "a").correct
     finally:
         unregister_task("echo-test")
-    with pytest.raises(ValueError, match="known tasks: countdown, gsm8k, math, math500, sudoku$"):
+    with pytest.raises(ValueError, match=f"known tasks: {KNOWN}$"):
         get_task("echo")
 
 

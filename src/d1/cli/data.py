@@ -1,4 +1,4 @@
-"""`d1 data make sudoku|countdown --n N --seed S --output FILE [--split test|train] [--empty_cells LO HI]`:
+"""`d1 data make sudoku|countdown|tiny_code --n N --seed S --output FILE [--split test|train] [--empty_cells LO HI]`:
 synthetic data with d1's columns (Sudoku `Puzzle,Solution`, Countdown `{"input", "output"}`) in the format the
 output's extension names: .csv, .jsonl or .json (d1's own files: Sudoku .csv, Countdown .jsonl)."""
 
@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import argparse
 
-from d1.tasks.synthetic import make_dataset
+from d1.tasks.synthetic import GENERATED_TASKS, make_dataset
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="d1 data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    make = commands.add_parser("make", help="write a synthetic Sudoku or Countdown set")
-    make.add_argument("task", choices=["sudoku", "countdown"], help="The task whose items to write.")
+    make = commands.add_parser("make", help="write a synthetic Sudoku, Countdown or tiny_code set")
+    make.add_argument("task", choices=list(GENERATED_TASKS), help="What to generate (tiny_code: AceCode-format f(x) problems).")
     make.add_argument("--n", type=int, required=True, help="Number of items.")
     make.add_argument("--seed", type=int, default=0, help="Seed of the items (default 0).")
     make.add_argument(

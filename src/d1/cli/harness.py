@@ -53,13 +53,17 @@ def task_names(tasks: str) -> list[str]:
     return names
 
 
+LM_EVAL_TASKS = str(Path(__file__).resolve().parents[1] / "evaluation" / "lm_eval_tasks")
+"""d1's own lm-eval tasks (d1_humaneval, d1_humaneval_instruct, d1_mbpp: tests run in d1.sandbox)."""
+
+
 @functools.cache
 def task_manager(include_path: str | None) -> Any:
     """lm-eval's index of task YAMLs (its own and `include_path`'s), built once per process (it reads
     thousands of files)."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path)
+    return TaskManager(include_path=[LM_EVAL_TASKS, *([include_path] if include_path else [])])
 
 
 def check_tasks(manager: Any, names: list[str]) -> None:
@@ -128,6 +132,26 @@ def harness_card(lm: Any, args: argparse.Namespace, names: list[str], results: d
     return json.loads(json.dumps({**settings, **card}, default=str))
 
 
+def run_lm_eval(lm: Any, args: argparse.Namespace, names: list[str], manager: Any) -> dict[str, Any]:
+    """`lm_eval.simple_evaluate` of `names` on the d1 model with lm-eval's own flags, seeded by `--seed`."""
+    import lm_eval
+
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=names,
+        num_fewshot=args.num_fewshot,
+        limit=args.limit,
+        task_manager=manager,
+        apply_chat_template=args.apply_chat_template,
+        fewshot_as_multiturn=args.fewshot_as_multiturn,
+        log_samples=args.log_samples,
+        random_seed=args.seed,
+        numpy_random_seed=args.seed,
+        torch_random_seed=args.seed,
+        fewshot_random_seed=args.seed,
+    )
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     names = task_names(args.tasks)
@@ -147,21 +171,12 @@ def main(argv: list[str]) -> int:
     check_tasks(manager, names)
     lm = D1HarnessLM(**model_args)
     # lm-eval runs git for a commit hash; outside a repository git prints "fatal: not a git repository"
-    lm_eval.evaluator.get_git_commit_hash = without_stderr(lm_eval.evaluator.get_git_commit_hash)
-    results = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=names,
-        num_fewshot=args.num_fewshot,
-        limit=args.limit,
-        task_manager=manager,
-        apply_chat_template=args.apply_chat_template,
-        fewshot_as_multiturn=args.fewshot_as_multiturn,
-        log_samples=args.log_samples,
-        random_seed=args.seed,
-        numpy_random_seed=args.seed,
-        torch_random_seed=args.seed,
-        fewshot_random_seed=args.seed,
-    )
+    git_commit_hash = lm_eval.evaluator.get_git_commit_hash
+    lm_eval.evaluator.get_git_commit_hash = without_stderr(git_commit_hash)
+    try:
+        results = run_lm_eval(lm, args, names, manager)
+    finally:
+        lm_eval.evaluator.get_git_commit_hash = git_commit_hash
     results["protocol_card"] = harness_card(lm, args, names, results)
     print(make_table(results))
     if results.get("groups"):

@@ -40,7 +40,8 @@ class EvalConfig(sampler_arguments()):
         },
     )
     dataset: str = field(
-        default="gsm8k", metadata={"help": "Task: gsm8k, math500 (math), countdown or sudoku."}
+        default="gsm8k",
+        metadata={"help": "Task: gsm8k, math500 (math), countdown, sudoku, humaneval, mbpp, acecode or tiny_code."},
     )
     data_path: str | None = field(
         default=None, metadata={"help": "Local test file; default: the Hub set d1 uses (gsm8k, math500)."}
@@ -51,8 +52,8 @@ class EvalConfig(sampler_arguments()):
         default="d1",
         metadata={
             "help": f"Prompts, shots and answer extraction: one of {PROTOCOLS}. d1 = d1's (default); official = "
-            "LLaDA's published OpenCompass protocol (gsm8k: 4-shot chat; math500: 0-shot boxed), see "
-            "docs/evaluation.md."
+            "LLaDA's published OpenCompass protocol (gsm8k: 4-shot chat; math500: 0-shot boxed; humaneval, mbpp); "
+            "dream, diffucoder, completion: the code tasks' other published prompts. See docs/evaluation.md."
         },
     )
     subsample: int | None = field(
@@ -140,9 +141,9 @@ def check_config(config: EvalConfig) -> tuple[str, SamplerOptions]:
     """Check every option cheaply, before any data or weights load; returns `checkpoint_kind` and the sampler
     options."""
     check_protocol(config.protocol, get_task(config.dataset))
-    if config.protocol == "official" and (config.few_shot or config.system_prompt is not None):
+    if config.protocol != "d1" and (config.few_shot or config.system_prompt is not None):
         raise ValueError(
-            f"few_shot={config.few_shot}, system_prompt={config.system_prompt!r}: protocol='official' fixes "
+            f"few_shot={config.few_shot}, system_prompt={config.system_prompt!r}: protocol={config.protocol!r} fixes "
             "its own shots and prompt; drop these options or use --protocol d1."
         )
     check_counts({"batch_size": config.batch_size})

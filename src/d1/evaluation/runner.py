@@ -39,6 +39,8 @@ _LOCAL_TEST_FORMATS = {
         "with columns 'question' and 'answer' (the solution text, ending in '#### <number>')",
     ),
     "math500": (MATH500_HUB, "with columns 'problem' and 'answer'"),
+    "humaneval": ("openai/openai_humaneval", "with columns 'task_id', 'prompt', 'test', 'entry_point'"),
+    "mbpp": ("google-research-datasets/mbpp", "sanitized config, with columns 'prompt', 'test_list', 'test_imports'"),
 }
 
 

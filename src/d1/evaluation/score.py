@@ -25,7 +25,8 @@ import regex
 
 from d1.evaluation.math_verify_bound import MathVerifyJudge
 from d1.evaluation.protocol import read_card
-from d1.tasks import get_task
+from d1.tasks import TASKS, get_task
+from d1.tasks.code import CodeTask, pass_at_k
 from d1.tasks.official import protocol_task
 
 GENERATION_GLOB = "*_generations.json"
@@ -34,6 +35,8 @@ _REQUIRED_ITEM_KEYS = ("question", "generations", "ground_truth")
 _CL100K_PRETOKENIZER = regex.compile(
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
+PASS_AT_K = (1, 5, 10, 100)
+"""The k of the pass@k columns of code tasks (each shown when every problem has at least k samples)."""
 _SUDOKU_TOKEN_SCALE = 8  # d1 multiplies Sudoku's token total by 8 before dividing by the empty cells
 
 
@@ -95,6 +98,29 @@ class SetupScore:
         return 100.0 * sum(checked) / len(self.items)
 
 
+    def problem_verdicts(self) -> list[list[bool]]:
+        """The verdicts of each distinct problem's generations (same question and ground truth: n samples)."""
+        groups: dict[str, list[bool]] = {}
+        for item in self.items:
+            key = json.dumps([item.question, item.ground_truth], sort_keys=True, default=str)
+            groups.setdefault(key, []).append(item.correct)
+        return list(groups.values())
+
+    @property
+    def pass_at(self) -> dict[int, float]:
+        """Code tasks: percent pass@k per k of `PASS_AT_K` up to the fewest samples of any problem, by Chen et
+        al. (2021)'s unbiased estimator averaged over problems ({} for other tasks). pass@1 is the accuracy."""
+        if not self.items or not isinstance(get_task(self.task), CodeTask):
+            return {}
+        groups = self.problem_verdicts()
+        fewest = min(len(passes) for passes in groups)
+        return {
+            k: 100.0 * sum(pass_at_k(len(p), sum(p), k) for p in groups) / len(groups)
+            for k in PASS_AT_K
+            if k <= fewest
+        }
+
+
 def count_effective_tokens(text: str) -> int:
     """Approximate cl100k token count of a generation without ``<|endoftext|>`` (see module docstring)."""
     if not text:
@@ -111,7 +137,11 @@ def setup_name(path: str | Path) -> str:
 
 
 def infer_task(setup: str) -> str:
-    """Task of a setup: its first ``_``-field if that names a task, else d1's substring order."""
+    """Task of a setup: the registered task name it starts with (``tiny_code_...``), its first ``_``-field if
+    that names a task (an alias such as ``math``), else d1's substring order."""
+    prefixed = [name for name in TASKS if setup.startswith(name + "_")]
+    if prefixed:
+        return max(prefixed, key=len)
     try:
         return get_task(setup.split("_", 1)[0]).name
     except ValueError:
@@ -182,24 +212,23 @@ def score_data(
     """`score_file` of the already loaded file `data`."""
     task = protocol_task(get_task(task_name), read_card(data)["protocol"])
     items = data["generations"]
-    scores = []
-    for index, item in enumerate(items):
-        text, truth, question = item["generations"], item["ground_truth"], str(item["question"])
-        try:
-            parsed = task.parse(text, truth, question)
-        except ValueError as err:
-            raise ValueError(f"{path}: generations[{index}] cannot be graded as {task.name}: {err}") from err
-        scores.append(
-            ItemScore(
-                question=question,
-                ground_truth=truth,
-                extracted=parsed.extracted,
-                correct=parsed.correct,
-                n_correct=parsed.n_correct,
-                n_total=parsed.n_total,
-                effective_tokens=count_effective_tokens(text),
-            )
+    texts = [item["generations"] for item in items]
+    try:
+        parsed_all = task.parse_many(texts, [item["ground_truth"] for item in items], [str(item["question"]) for item in items])
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    scores = [
+        ItemScore(
+            question=str(item["question"]),
+            ground_truth=item["ground_truth"],
+            extracted=parsed.extracted,
+            correct=parsed.correct,
+            n_correct=parsed.n_correct,
+            n_total=parsed.n_total,
+            effective_tokens=count_effective_tokens(text),
         )
+        for item, text, parsed in zip(items, texts, parsed_all, strict=True)
+    ]
     if task.name == "math500":
         with nullcontext(judge) if judge is not None else MathVerifyJudge() as mv_judge:
             verdicts = mv_judge.judge_many([(item["generations"], str(item["ground_truth"])) for item in items])
@@ -253,6 +282,12 @@ def format_table(scores: dict[str, SetupScore]) -> str:
             row += f" {mv:>11.2f}%" if mv is not None else f" {'-':>12}"
         lines.append(row)
     lines.append("=" * width)
+    for setup, score in scores.items():
+        if score.pass_at:
+            counts = sorted({len(verdicts) for verdicts in score.problem_verdicts()})
+            samples = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+            passes = ", ".join(f"pass@{k} {value:.2f}%" for k, value in score.pass_at.items())
+            lines.append(f"{setup}: {passes} ({samples} samples per problem)")
     return "\n".join(lines)
 
 
@@ -269,6 +304,8 @@ def scores_to_json(scores: dict[str, SetupScore]) -> dict[str, dict[str, Any]]:
         }
         if score.math_verify_accuracy is not None:
             entry["math_verify_accuracy"] = score.math_verify_accuracy
+        if score.pass_at:
+            entry["pass_at_k"] = {f"pass@{k}": value for k, value in score.pass_at.items()}
         cards = [card for i, card in enumerate(score.cards) if card not in score.cards[:i]]
         entry["protocol"] = "+".join(score.protocols)
         entry["protocol_card"] = cards[0] if len(cards) == 1 else {"mixed": cards}

@@ -18,7 +18,7 @@ from d1.rl.config import DiffuGRPOConfig
 from d1.rl.trainer import DiffuGRPOTrainer
 from d1.tasks import Task, get_task
 from d1.tasks.base import shuffle_and_hold_out
-from d1.tasks.synthetic import make_dataset
+from d1.tasks.synthetic import GENERATED_TASKS, make_dataset
 from d1.utils import (
     check_output_dir,
     check_training_length,
@@ -29,8 +29,6 @@ from d1.utils import (
     say,
     train_and_save,
 )
-
-SYNTHETIC_SUFFIX = {"sudoku": ".csv", "countdown": ".jsonl"}
 
 
 def resolve_rewards(
@@ -60,11 +58,11 @@ def training_rows(config: DiffuGRPOConfig, task: Task) -> tuple[list[dict[str, A
     disjoint), then validation rows: `validation_path`, else the first `validation_size` training rows."""
     path, holdout = config.data_path, config.train_holdout
     if config.synthetic_train_size > 0:
-        if task.name not in SYNTHETIC_SUFFIX:
+        if task.name not in GENERATED_TASKS:
             raise ValueError(
-                f"synthetic_train_size needs a task with a generator {list(SYNTHETIC_SUFFIX)}, not {task.name!r}."
+                f"synthetic_train_size needs a task with a generator {list(GENERATED_TASKS)}, not {task.name!r}."
             )
-        path = str(Path(config.output_dir) / "data" / f"{task.name}_train{SYNTHETIC_SUFFIX[task.name]}")
+        path = str(Path(config.output_dir) / "data" / f"{task.name}_train{GENERATED_TASKS[task.name]}")
         holdout = 0 if holdout is None else holdout
         with distributed_state().main_process_first():
             if not Path(path).exists():  # written atomically: a run killed meanwhile leaves no truncated file

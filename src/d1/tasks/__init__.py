@@ -1,8 +1,9 @@
-"""Task registry: d1's four benchmarks (``gsm8k``, ``math500`` alias ``math``, ``countdown``, ``sudoku``)."""
+"""Task registry: d1's four benchmarks (``gsm8k``, ``math500`` alias ``math``, ``countdown``, ``sudoku``) and the
+code tasks (``humaneval``, ``mbpp``, ``acecode``, ``tiny_code``)."""
 
 from __future__ import annotations
 
-from d1.tasks import countdown, gsm8k, math500, sudoku
+from d1.tasks import acecode, countdown, gsm8k, humaneval, math500, mbpp, sudoku, tiny_code
 from d1.tasks.base import ParsedAnswer, Task
 
 TASKS: dict[str, Task] = {}
@@ -34,7 +35,7 @@ def get_task(name: str) -> Task:
     return TASKS[key]
 
 
-for _module in (gsm8k, math500, countdown, sudoku):
+for _module in (gsm8k, math500, countdown, sudoku, humaneval, mbpp, acecode, tiny_code):
     register_task(_module.TASK)
 
 __all__ = ["TASKS", "ParsedAnswer", "Task", "get_task", "register_task", "unregister_task"]

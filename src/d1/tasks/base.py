@@ -218,6 +218,18 @@ class Task:
         """Extract the answer from a generation and grade it exactly as d1's ``parse_and_get_acc``."""
         raise NotImplementedError
 
+    def parse_many(
+        self, texts: Sequence[str], ground_truths: Sequence[Any], questions: Sequence[str]
+    ) -> list[ParsedAnswer]:
+        """`parse` of many generations; a `ValueError` names the item (code tasks run them as one pool)."""
+        parsed = []
+        for index, (text, truth, question) in enumerate(zip(texts, ground_truths, questions, strict=True)):
+            try:
+                parsed.append(self.parse(text, truth, question))
+            except ValueError as err:
+                raise ValueError(f"generations[{index}] cannot be graded as {self.name}: {err}") from err
+        return parsed
+
     def reference_completion(self, train_row: dict[str, Any]) -> str | None:
         """A reference solution of a training row as a completion that earns the task's full reward (the
         hints of IGPO's inpainting), or None when the task has none. Training only: never an eval input."""

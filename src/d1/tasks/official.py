@@ -14,6 +14,9 @@ Sources (repository ML-GSAI/LLaDA, which vendors the OpenCompass it ran):
   `Please reason step by step, and put your final answer within \\boxed{}.`; answer = the last `\\boxed{}`
   (`math_postprocess_v2`). OpenCompass grades MATH (5000 problems) with its own equivalence check; here the
   MATH500 subset is graded with d1's `is_equiv` (the MATH dataset's normalisation), a documented drift.
+HumanEval and MBPP have several published protocols (LLaDA's OpenCompass = `official`, Dream's lm-eval fork =
+`dream`, DiffuCoder's Qwen2.5-Coder harness = `diffucoder`, plain completion = `completion`), defined in
+`d1.tasks.code_protocols`.
 Dream's published numbers come from lm-evaluation-harness tasks (`gsm8k_cot`, `minerva_math`, zero-shot, chat
 template), which `d1 harness` runs; see docs/evaluation.md.
 """
@@ -24,11 +27,12 @@ import re
 from typing import Any
 
 from d1.tasks.base import ParsedAnswer, Task
+from d1.tasks.code_protocols import CODE_PROTOCOL_TASKS
 from d1.tasks.gsm8k import GSM8KTask
 from d1.tasks.latex import extract_boxed_answer, is_equiv
 from d1.tasks.math500 import Math500Task
 
-PROTOCOLS = ("d1", "official")
+PROTOCOLS = ("d1", "official", "dream", "diffucoder", "completion")
 
 _GSM8K_QUESTION = "Question: {question}\nLet's think step by step\nAnswer:"
 _GSM8K_SHOTS = (
@@ -149,6 +153,11 @@ class OfficialMath500(_OfficialMixin, Math500Task):
 
 
 OFFICIAL_TASKS: dict[str, Task] = {"gsm8k": OfficialGSM8K(), "math500": OfficialMath500()}
+PROTOCOL_TASKS: dict[tuple[str, str], Task] = {
+    **{(name, "official"): task for name, task in OFFICIAL_TASKS.items()},
+    **CODE_PROTOCOL_TASKS,
+}
+"""(task, protocol) -> the task variant implementing it; protocol d1 is the task itself."""
 
 D1_SOURCE = "d1 (arXiv 2504.12216) eval/eval.py prompts and eval/parse_and_get_acc.py parsing"
 
@@ -157,19 +166,22 @@ def check_protocol(protocol: str, task: Task) -> None:
     """Refuse an unknown protocol, or `official` for a task that has none, naming what exists."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r} is unknown; use one of {PROTOCOLS}.")
-    if protocol == "official" and task.name not in OFFICIAL_TASKS:
+    if protocol != "d1" and (task.name, protocol) not in PROTOCOL_TASKS:
+        defined = sorted(name for name, p in PROTOCOL_TASKS if p == protocol)
         raise ValueError(
-            f"protocol='official' has no definition for task {task.name!r}: LLaDA's and Dream's papers state "
-            f"official prompts only for {sorted(OFFICIAL_TASKS)}. Use --protocol d1 for {task.name}."
+            f"protocol={protocol!r} has no definition for task {task.name!r}: the published prompts of that "
+            f"protocol cover only {defined}. Use --protocol d1 for {task.name}."
         )
 
 
 def protocol_task(task: Task, protocol: str) -> Task:
     """The task whose `build_prompt`/`parse` implement `protocol` (`d1`: the task itself)."""
     check_protocol(protocol, task)
-    return task if protocol == "d1" else OFFICIAL_TASKS[task.name]
+    return task if protocol == "d1" else PROTOCOL_TASKS[task.name, protocol]
 
 
 def protocol_source(task: Task, protocol: str) -> str:
     """Where the protocol's prompts and parsing come from, for the protocol card."""
-    return D1_SOURCE if protocol == "d1" else OFFICIAL_TASKS[task.name].source
+    if protocol == "d1":
+        return getattr(task, "source", "") or D1_SOURCE
+    return PROTOCOL_TASKS[task.name, protocol].source  # type: ignore[attr-defined]

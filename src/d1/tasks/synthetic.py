@@ -17,6 +17,7 @@ from typing import Any
 from d1.tasks.base import format_completion
 from d1.tasks.countdown import countdown_question
 from d1.tasks.sudoku import sudoku_question
+from d1.tasks.tiny_code import make_tiny_code_problems
 
 SUDOKU_EMPTY_CELLS = 8  # every puzzle in d1's 4x4_test_sudoku.csv has 8 empty cells
 SUDOKU_MAX_EMPTY_CELLS = 12  # a 4x4 Sudoku needs at least 4 givens to have a unique solution
@@ -242,6 +243,9 @@ def make_countdown_problems(
 # ---------------------------------------------------------------- files and SFT traces
 
 
+GENERATED_TASKS = {"sudoku": ".csv", "countdown": ".jsonl", "tiny_code": ".jsonl"}
+"""The tasks `make_dataset` generates, with the extension of their own file format."""
+
 DATA_FILE_TYPES = (".csv", ".jsonl", ".json")
 """The formats `write_records` writes, named by the file's extension."""
 
@@ -298,7 +302,7 @@ def make_dataset(
     split: str = "test",
     empty_cells: Sequence[int] | None = None,
 ) -> Path:
-    """Generate ``n`` items of ``sudoku`` or ``countdown`` for ``split`` and write them with d1's columns, in
+    """Generate ``n`` items of ``sudoku``, ``countdown`` or ``tiny_code`` (AceCode's columns) for ``split`` and write them with d1's columns, in
     the format the output's extension names (.csv, .jsonl or .json; d1's own: Sudoku .csv, Countdown .jsonl).
     ``empty_cells`` (Sudoku only): blanks per puzzle drawn from this inclusive range instead of d1's 8."""
     check_data_file_type(output_path)
@@ -317,7 +321,12 @@ def make_dataset(
         return write_sudoku_csv(items, output_path)
     if task_name == "countdown":
         return write_countdown_jsonl(make_countdown_problems(n, seed, split=split), output_path)
-    raise ValueError(f"no synthetic generator for task {task_name!r}; choose 'sudoku' or 'countdown'")
+    if task_name == "tiny_code":
+        problems = make_tiny_code_problems(n, seed, split=split)
+        if Path(output_path).suffix.lower() == ".csv":  # a CSV cell holds the test list as JSON
+            problems = [{**problem, "test_cases": json.dumps(problem["test_cases"])} for problem in problems]
+        return write_records(problems, output_path)
+    raise ValueError(f"no synthetic generator for task {task_name!r}; choose one of {list(GENERATED_TASKS)}")
 
 
 def _sudoku_fill_order(puzzle: str, solution: str) -> list[tuple[int, str]]:
