@@ -501,7 +501,9 @@ class DiffuGRPOTrainer(Trainer):
                 )[:real]
             finally:
                 model.train(was_training)
-        verdicts = [self.task.parse(r["generations"], r["ground_truth"], r["question"]) for r in records]
+        verdicts = self.task.parse_many(  # one sandbox pool for code tasks
+            [r["generations"] for r in records], [r["ground_truth"] for r in records], [r["question"] for r in records]
+        )
         counts = torch.tensor(
             [
                 sum(v.n_correct for v in verdicts),
