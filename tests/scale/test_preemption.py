@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerControl
 
+import d1.rl.trainer
 from d1.cluster import PREEMPTED_EXIT_CODE, STOP_FILE_ENV, Preempted, PreemptionCallback
 from d1.rl.run import run_grpo
 from d1.sft.run import run_sft
@@ -115,14 +116,14 @@ def test_grpo_cut_off_before_its_rollouts_are_saved_resumes_from_the_previous_ch
     save_total_limit 1 the complete checkpoint-2 must survive, and `auto` resumes from it to the same model."""
     argv = ("--save_steps", "1", "--beta", "0.0", "--save_total_limit", "1")
     run_grpo(grpo_config_of(*grpo_argv(tiny_model_dir, tmp_path / "a", *argv)))
-    real_save = torch.save
+    real_write = d1.rl.trainer.write_atomic
 
-    def crash_at_step_3(obj, path, *args, **kwargs):
+    def crash_at_step_3(path, data):
         if "checkpoint-3" in str(path) and "rollout_buffer" in str(path):
             raise KeyboardInterrupt("killed while saving the rollouts")
-        return real_save(obj, path, *args, **kwargs)
+        return real_write(path, data)
 
-    monkeypatch.setattr(torch, "save", crash_at_step_3)
+    monkeypatch.setattr(d1.rl.trainer, "write_atomic", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         run_grpo(grpo_config_of(*grpo_argv(tiny_model_dir, tmp_path / "b", *argv)))
     monkeypatch.undo()
