@@ -103,7 +103,11 @@ def test_stdin_and_files_in_a_fresh_working_directory() -> None:
     files = {"helper.py": "VALUE = 5\n", "data/deep/x.txt": "dëep"}
     result = run_program(source, stdin="abç😀\n", files=files)
     assert result.status == "ok", result.stderr
-    assert result.stdout.splitlines() == ["😀çba 5 dëep", "['data', 'helper.py', 'main.py'] /tmp", "dëep! made"]
+    assert result.stdout.splitlines() == [
+        "😀çba 5 dëep",
+        "['data', 'helper.py', 'main.py'] /tmp",
+        "dëep! made",
+    ]
 
 
 @needs_bwrap
@@ -461,10 +465,11 @@ def test_unprivileged_callers_get_the_user_namespace_sandbox(tmp_path: Path) -> 
         print(run_program(bomb, timeout_s=1).status)
         print(run_program("import socket; socket.create_connection(('127.0.0.1', 22), timeout=1)").status)
     """)
+    user = 1_900_000_000 + os.getpid() % 100_000  # an unused uid of this test alone
     done = subprocess.run(
-        ["/usr/bin/python3", "-I", "-c", script], user=60_001, group=60_001, extra_groups=[], cwd="/",
+        ["/usr/bin/python3", "-I", "-c", script], user=user, group=user, extra_groups=[], cwd="/",
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"65534 {sorted([*sandbox._ENV, 'PWD'])}", "timeout", "error"]
-    assert _leftovers("d1-unprivileged", range(60_001, 60_002)) == []
+    assert _leftovers("d1-unprivileged", range(user, user + 1)) == []
