@@ -486,15 +486,24 @@ def _exited(pid: int) -> bool:
 
 
 def _pidfd(info: bytes) -> list[int]:
-    """A pidfd of the sandbox's init (PID 1 of its namespace, named in bwrap's ``--info-fd`` JSON), opened
-    while bwrap, its parent, still runs, so that it cannot name another process; [] until the pid is known."""
-    match = re.search(rb'"child-pid":\s*(\d+)[,\s]', info)
-    if not match:
+    """A pidfd of the sandbox's init (PID 1 of its namespace), once bwrap's ``--info-fd`` JSON has named
+    both its pid and its PID namespace; the pidfd is kept only if that process is in that namespace (so a
+    pid reused by another process is never signalled). [] until then, or when the init is gone already."""
+    pid = re.search(rb'"child-pid":\s*(\d+)', info)
+    namespace = re.search(rb'"pid-namespace":\s*(\d+)', info)
+    if not (pid and namespace):
         return []
     try:
-        return [os.pidfd_open(int(match.group(1)))]
+        fd = os.pidfd_open(int(pid.group(1)))
     except ProcessLookupError:  # already gone, and its namespace with it
         return []
+    try:
+        ours = os.readlink(f"/proc/{int(pid.group(1))}/ns/pid") == f"pid:[{int(namespace.group(1))}]"
+    except OSError:
+        ours = False
+    if not ours:
+        os.close(fd)
+    return [fd] if ours else []
 
 
 def _stop(process: subprocess.Popen, init: list[int]) -> None:

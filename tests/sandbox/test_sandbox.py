@@ -153,7 +153,7 @@ def test_timeout_kills_an_infinite_loop_within_bounds() -> None:
     start = time.monotonic()
     result = run_program("while True:\n    pass", timeout_s=1.0)
     assert (result.status, result.returncode) == ("timeout", -signal.SIGKILL)
-    assert 1.0 <= result.elapsed_s < 2.5 and time.monotonic() - start < 3.0
+    assert 1.0 <= result.elapsed_s < 3.0 and time.monotonic() - start < 3.5
 
 
 @needs_bwrap
