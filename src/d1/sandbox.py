@@ -38,7 +38,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -227,17 +226,19 @@ def _mode() -> str:
 
 
 def _warn_weak_mode() -> None:
-    """Say once, loudly, that model-written code is not isolated."""
+    """Say once, loudly and on stderr (not through ``warnings``, which filters may silence), that
+    model-written code is not isolated."""
     with _CHECK_LOCK:
         if _WARNED:
             return
         _WARNED.append(True)
-    warnings.warn(
-        f"\n{'!' * 100}\n{MODE_ENV}=rlimit: model-written code runs WITHOUT the OS sandbox, with resource limits "
-        "only.\nIt can read your files, use the network and outlive its run. Use it only inside a container "
-        f"that isolates this job (docs/sandbox.md).\n{'!' * 100}",
-        RuntimeWarning,
-        stacklevel=3,
+    line = "!" * 100
+    print(
+        f"{line}\nWARNING {MODE_ENV}=rlimit: model-written code runs WITHOUT the OS sandbox, with resource limits "
+        f"only.\nIt can read your files, use the network and outlive its run. Use it only inside a container "
+        f"that isolates this job (docs/sandbox.md).\n{line}",
+        file=sys.stderr,
+        flush=True,
     )
 
 
