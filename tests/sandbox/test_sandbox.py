@@ -357,6 +357,24 @@ def test_killing_other_processes_harms_nothing_outside(attack: str) -> None:
 
 
 @needs_bwrap
+@pytest.mark.skipif(sandbox._seccomp_filter() is None, reason="no seccomp table for this machine")
+def test_namespace_tracing_and_kernel_interface_calls_are_refused() -> None:
+    source = _code("""
+        import ctypes, errno, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def call(name, *args):
+            ctypes.set_errno(0)
+            getattr(libc, name)(*args)
+            return errno.errorcode.get(ctypes.get_errno(), "ok")
+        print(call("unshare", 0x10000000), call("unshare", 0x00020000))  # new user, mount namespace
+        print(call("ptrace", 16, 1, 0, 0), call("setns", os.open("/proc/self/ns/uts", os.O_RDONLY), 0))
+        print(call("mount", b"none", b"/tmp", b"tmpfs", 0, None))
+    """)
+    result = run_program(source)
+    assert result.stdout.split() == ["EPERM"] * 5, result
+
+
+@needs_bwrap
 def test_unbounded_output_is_cut(capfd: pytest.CaptureFixture) -> None:
     for stream in ("stdout", "stderr"):
         result = run_program(f"import sys\nwhile True:\n    sys.{stream}.write('x' * 4096)", timeout_s=10)
