@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from d1 import sandbox
@@ -124,7 +123,6 @@ def main() -> None:
         raise SystemExit(f"benchmarks/sandbox.py: the sandbox does not work here: {problem}")
     if args.breakdown:
         return breakdown(args.programs)
-    warnings.simplefilter("ignore", RuntimeWarning)  # the rlimit mode's warning
     machine = f"Python {sys.version.split()[0]}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
     print(f"{args.programs} programs per row; {time.strftime('%Y-%m-%d')}; {machine}\n")
     print("| program | workers | runner | programs/s | median latency ms | added ms |")

@@ -17,6 +17,7 @@ environment and an empty ``HOME`` this is ``-I``'s isolation, and the script's f
 - limits (``prlimit``, set inside the sandbox): address space ``memory_mb``, CPU time ``timeout_s`` + 1 s,
   ``MAX_PROCESSES`` processes, ``SCRATCH_MB`` per file, ``MAX_OPEN_FILES`` descriptors, no core files; at
   most ``OUTPUT_LIMIT_BYTES`` read per stream; a wall-clock ``timeout_s``;
+- a seccomp filter (``_seccomp_filter``): no new namespaces, mounts, ptrace, bpf, io_uring, keyrings...;
 - the environment cleared (``PATH``, ``HOME=/tmp``, ``LANG=C.UTF-8``, ``TMPDIR``, one BLAS/OpenMP thread).
 
 Without a working ``bwrap`` every run raises ``SandboxUnavailable`` (``check_sandbox()`` says why and what to
@@ -27,18 +28,20 @@ folder and a cleared environment only, announced by a warning. docs/sandbox.md l
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import platform
 import re
 import select
 import selectors
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -68,6 +71,22 @@ _NAMESPACES = (
     "--hostname", "sandbox", "--die-with-parent", "--new-session",
 )  # fmt: skip
 _BWRAP_VERSION = (0, 8)  # --disable-userns; --size for tmpfs
+# System calls refused inside the sandbox (EPERM): new namespaces, mounts, tracing other processes, kernel
+# interfaces that unprivileged programs rarely need and exploits often use. Numbers from the kernel's
+# unistd headers (asm/unistd_64.h for x86_64, asm-generic/unistd.h for aarch64); (audit arch, numbers).
+_DENIED = (
+    "unshare setns mount umount2 pivot_root open_tree move_mount fsopen fsmount fspick mount_setattr ptrace "
+    "process_vm_readv process_vm_writev bpf perf_event_open userfaultfd keyctl add_key request_key "
+    "io_uring_setup io_uring_enter io_uring_register kexec_load kexec_file_load init_module finit_module "
+    "delete_module open_by_handle_at name_to_handle_at clone clone3"
+).split()
+_SYSCALLS = {
+    "x86_64": (0xC000003E, [272, 308, 165, 166, 155, 428, 429, 430, 432, 433, 442, 101, 310, 311, 321, 298, 323,
+                            250, 248, 249, 425, 426, 427, 246, 320, 175, 313, 176, 304, 303, 56, 435]),
+    "aarch64": (0xC00000B7, [97, 268, 40, 39, 41, 428, 429, 430, 432, 433, 442, 117, 270, 271, 280, 241, 282,
+                             219, 217, 218, 425, 426, 427, 104, 294, 105, 273, 106, 265, 264, 220, 435]),
+}  # fmt: skip
+_NEW_NAMESPACE_FLAGS = 0x7E020000  # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET
 _KILL_GRACE_S = 5.0  # after a kill: how long to wait for the sandbox to be gone
 _EXIT_GRACE_S = 0.2  # after the launched process ended: how long its pipes are still read
 _POLL_S = 0.05  # how often the launched process is checked while its pipes stay open
@@ -227,17 +246,19 @@ def _mode() -> str:
 
 
 def _warn_weak_mode() -> None:
-    """Say once, loudly, that model-written code is not isolated."""
+    """Say once, loudly and on stderr (not through ``warnings``, which filters may silence), that
+    model-written code is not isolated."""
     with _CHECK_LOCK:
         if _WARNED:
             return
         _WARNED.append(True)
-    warnings.warn(
-        f"\n{'!' * 100}\n{MODE_ENV}=rlimit: model-written code runs WITHOUT the OS sandbox, with resource limits "
-        "only.\nIt can read your files, use the network and outlive its run. Use it only inside a container "
-        f"that isolates this job (docs/sandbox.md).\n{'!' * 100}",
-        RuntimeWarning,
-        stacklevel=3,
+    line = "!" * 100
+    print(
+        f"{line}\nWARNING {MODE_ENV}=rlimit: model-written code runs WITHOUT the OS sandbox, with resource limits "
+        f"only.\nIt can read your files, use the network and outlive its run. Use it only inside a container "
+        f"that isolates this job (docs/sandbox.md).\n{line}",
+        file=sys.stderr,
+        flush=True,
     )
 
 
@@ -363,6 +384,10 @@ def _run_bwrap(contents: Mapping[str, str], stdin_fd: int, timeout_s: float, mem
                     args += ["--perms", "0777", "--dir", str(parent)]
             fds.append(stack.enter_context(_memfd(name, text.encode())))
             args += ["--perms", "0666", "--file", str(fds[-1]), str(path)]
+        seccomp = _seccomp_filter()
+        if seccomp is not None:
+            fds.append(stack.enter_context(_memfd("seccomp", seccomp)))
+            args += ["--seccomp", str(fds[-1])]
         uid = stack.enter_context(_host_uid()) if os.geteuid() == 0 else None
         user, drop = _unprivileged(uid)
         info = os.pipe()
@@ -381,6 +406,33 @@ def _scratch() -> list[str]:
     size = str(SCRATCH_MB << 20)
     return ["--proc", "/proc", "--dev", "/dev", "--perms", "01777", "--size", size, "--tmpfs", "/dev/shm",
             "--perms", "0777", "--size", size, "--tmpfs", _WORKDIR]  # fmt: skip
+
+
+def _seccomp_filter() -> bytes | None:
+    """The sandbox's seccomp program (classic BPF, for bwrap's ``--seccomp``): ``_DENIED`` calls fail with
+    EPERM, ``clone`` only when it asks for a new namespace, ``clone3`` with ENOSYS (its flags sit in memory
+    a filter cannot read; the C library then falls back to ``clone``), another ABI (x32, i386) is killed.
+    None on machines without a table in ``_SYSCALLS``."""
+    if platform.machine() not in _SYSCALLS:
+        return None
+    arch, numbers = _SYSCALLS[platform.machine()]
+    load, jump_eq, jump_ge, jump_set, ret = (
+        0x20,
+        0x15,
+        0x35,
+        0x45,
+        0x06,
+    )  # BPF_LD|W|ABS, BPF_JMP|..|K, BPF_RET|K
+    allow, kill, refuse = 0x7FFF0000, 0x80000000, lambda code: 0x00050000 | code
+    syscall = dict(zip(_DENIED, numbers, strict=True))
+    program = [(load, 0, 0, 4), (jump_eq, 1, 0, arch), (ret, 0, 0, kill), (load, 0, 0, 0)]
+    program += [(jump_ge, 0, 1, 0x40000000), (ret, 0, 0, kill)]  # x86_64's x32 numbers
+    for name in _DENIED[:-2]:
+        program += [(jump_eq, 0, 1, syscall[name]), (ret, 0, 0, refuse(errno.EPERM))]
+    program += [(jump_eq, 0, 1, syscall["clone3"]), (ret, 0, 0, refuse(errno.ENOSYS))]
+    program += [(jump_eq, 0, 3, syscall["clone"]), (load, 0, 0, 16), (jump_set, 0, 1, _NEW_NAMESPACE_FLAGS)]
+    program += [(ret, 0, 0, refuse(errno.EPERM)), (ret, 0, 0, allow)]
+    return b"".join(struct.pack("<HBBI", *instruction) for instruction in program)
 
 
 def _unprivileged(uid: int | None) -> tuple[list[str], list[str]]:
@@ -486,15 +538,24 @@ def _exited(pid: int) -> bool:
 
 
 def _pidfd(info: bytes) -> list[int]:
-    """A pidfd of the sandbox's init (PID 1 of its namespace, named in bwrap's ``--info-fd`` JSON), opened
-    while bwrap, its parent, still runs, so that it cannot name another process; [] until the pid is known."""
-    match = re.search(rb'"child-pid":\s*(\d+)[,\s]', info)
-    if not match:
+    """A pidfd of the sandbox's init (PID 1 of its namespace), once bwrap's ``--info-fd`` JSON has named
+    both its pid and its PID namespace; the pidfd is kept only if that process is in that namespace (so a
+    pid reused by another process is never signalled). [] until then, or when the init is gone already."""
+    pid = re.search(rb'"child-pid":\s*(\d+)', info)
+    namespace = re.search(rb'"pid-namespace":\s*(\d+)', info)
+    if not (pid and namespace):
         return []
     try:
-        return [os.pidfd_open(int(match.group(1)))]
+        fd = os.pidfd_open(int(pid.group(1)))
     except ProcessLookupError:  # already gone, and its namespace with it
         return []
+    try:
+        ours = os.readlink(f"/proc/{int(pid.group(1))}/ns/pid") == f"pid:[{int(namespace.group(1))}]"
+    except OSError:
+        ours = False
+    if not ours:
+        os.close(fd)
+    return [fd] if ours else []
 
 
 def _stop(process: subprocess.Popen, init: list[int]) -> None:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -103,7 +102,11 @@ def test_stdin_and_files_in_a_fresh_working_directory() -> None:
     files = {"helper.py": "VALUE = 5\n", "data/deep/x.txt": "dëep"}
     result = run_program(source, stdin="abç😀\n", files=files)
     assert result.status == "ok", result.stderr
-    assert result.stdout.splitlines() == ["😀çba 5 dëep", "['data', 'helper.py', 'main.py'] /tmp", "dëep! made"]
+    assert result.stdout.splitlines() == [
+        "😀çba 5 dëep",
+        "['data', 'helper.py', 'main.py'] /tmp",
+        "dëep! made",
+    ]
 
 
 @needs_bwrap
@@ -149,7 +152,7 @@ def test_timeout_kills_an_infinite_loop_within_bounds() -> None:
     start = time.monotonic()
     result = run_program("while True:\n    pass", timeout_s=1.0)
     assert (result.status, result.returncode) == ("timeout", -signal.SIGKILL)
-    assert 1.0 <= result.elapsed_s < 2.5 and time.monotonic() - start < 3.0
+    assert 1.0 <= result.elapsed_s < 3.0 and time.monotonic() - start < 3.5
 
 
 @needs_bwrap
@@ -354,6 +357,24 @@ def test_killing_other_processes_harms_nothing_outside(attack: str) -> None:
 
 
 @needs_bwrap
+@pytest.mark.skipif(sandbox._seccomp_filter() is None, reason="no seccomp table for this machine")
+def test_namespace_tracing_and_kernel_interface_calls_are_refused() -> None:
+    source = _code("""
+        import ctypes, errno, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        def call(name, *args):
+            ctypes.set_errno(0)
+            getattr(libc, name)(*args)
+            return errno.errorcode.get(ctypes.get_errno(), "ok")
+        print(call("unshare", 0x10000000), call("unshare", 0x00020000))  # new user, mount namespace
+        print(call("ptrace", 16, 1, 0, 0), call("setns", os.open("/proc/self/ns/uts", os.O_RDONLY), 0))
+        print(call("mount", b"none", b"/tmp", b"tmpfs", 0, None))
+    """)
+    result = run_program(source)
+    assert result.stdout.split() == ["EPERM"] * 5, result
+
+
+@needs_bwrap
 def test_unbounded_output_is_cut(capfd: pytest.CaptureFixture) -> None:
     for stream in ("stdout", "stderr"):
         result = run_program(f"import sys\nwhile True:\n    sys.{stream}.write('x' * 4096)", timeout_s=10)
@@ -417,29 +438,27 @@ def test_broken_or_old_bubblewrap_refuses_saying_why(
 
 
 def test_rlimit_mode_is_opt_in_warns_once_and_keeps_limits(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:
     monkeypatch.setattr(sandbox, "BWRAP", str(tmp_path / "no-such-bwrap"))
     monkeypatch.setattr(sandbox, "_WARNED", [])
     monkeypatch.setenv(sandbox.MODE_ENV, "rlimit")
-    with pytest.warns(RuntimeWarning, match="WITHOUT the OS sandbox"):
-        first = run_program("print(input(), open('a.txt').read())", stdin="hé", files={"a.txt": "😀"})
+    first = run_program("print(input(), open('a.txt').read())", stdin="hé", files={"a.txt": "😀"})
     assert (first.status, first.stdout) == ("ok", "hé 😀\n")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert run_program("while True:\n    pass", timeout_s=1).status == "timeout"
-        assert run_program("x = bytearray(4 << 30)", memory_mb=256).status == "memory"
-        assert run_program("while True:\n    print('x' * 4096)").status == "output_limit"
-        # what the weak mode does not do: a daemon that leaves the process group survives the run
-        marker = f"d1-weak-daemon-{secrets.token_hex(4)}"
-        daemon = _code(f"""
-            import os, sys
-            if os.fork() == 0:
-                os.setsid()
-                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(30)", "{marker}"])
-            print("parent done")
-        """)
-        result = run_program(daemon)
+    assert run_program("while True:\n    pass", timeout_s=1).status == "timeout"
+    assert run_program("x = bytearray(4 << 30)", memory_mb=256).status == "memory"
+    assert run_program("while True:\n    print('x' * 4096)").status == "output_limit"
+    assert capfd.readouterr().err.count("WITHOUT the OS sandbox") == 1
+    # what the weak mode does not do: a daemon that leaves the process group survives the run
+    marker = f"d1-weak-daemon-{secrets.token_hex(4)}"
+    daemon = _code(f"""
+        import os, sys
+        if os.fork() == 0:
+            os.setsid()
+            os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(30)", "{marker}"])
+        print("parent done")
+    """)
+    result = run_program(daemon)
     survivors = _leftovers(marker, range(0))
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
@@ -461,10 +480,11 @@ def test_unprivileged_callers_get_the_user_namespace_sandbox(tmp_path: Path) -> 
         print(run_program(bomb, timeout_s=1).status)
         print(run_program("import socket; socket.create_connection(('127.0.0.1', 22), timeout=1)").status)
     """)
+    user = 1_900_000_000 + os.getpid() % 100_000  # an unused uid of this test alone
     done = subprocess.run(
-        ["/usr/bin/python3", "-I", "-c", script], user=60_001, group=60_001, extra_groups=[], cwd="/",
+        ["/usr/bin/python3", "-I", "-c", script], user=user, group=user, extra_groups=[], cwd="/",
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [f"65534 {sorted([*sandbox._ENV, 'PWD'])}", "timeout", "error"]
-    assert _leftovers("d1-unprivileged", range(60_001, 60_002)) == []
+    assert _leftovers("d1-unprivileged", range(user, user + 1)) == []
