@@ -110,7 +110,7 @@ def test_vista_dry_run(tmp_path) -> None:
     out = dry_run("vista_sft.sbatch", SCRATCH=str(tmp_path / "scratch"), WORK=str(tmp_path / "work"))
     for expected in (
         "module load gcc cuda", f"export HF_HOME={tmp_path}/scratch/huggingface_cache", "export HF_HUB_OFFLINE=1",
-        "--model_name GSAI-ML/LLaDA-8B-Instruct --train_data AI-MO/NuminaMath-LEAN --max_length 2048 --batch_size 1 "
+        "--model_path GSAI-ML/LLaDA-8B-Instruct --train_data AI-MO/NuminaMath-LEAN --max_length 2048 --batch_size 1 "
         "--num_epochs 1 --learning_rate 1e-5", "--debugging", f"cp -r {tmp_path}/scratch/d1_training/output/numina-lean-sft {tmp_path}/work/d1_outputs/",
     ):  # fmt: skip
         assert expected in out, expected
