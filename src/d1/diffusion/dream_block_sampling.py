@@ -138,9 +138,14 @@ class DreamBlockSampling:
                 f"alg_temp={self.alg_temp} applies to step mode only; drop it or set threshold=None."
             )
         sampling = DreamSampling(
-            steps=self.steps, eps=self.eps, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-            alg=self.alg, alg_temp=self.alg_temp,
-        )  # fmt: skip
+            steps=self.steps,
+            eps=self.eps,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            alg=self.alg,
+            alg_temp=self.alg_temp,
+        )
         sampling.validate()  # temperature, top_p, top_k, alg_temp, eps: Dream's own checks and messages
 
     def token_rule(self, confidence: str) -> DreamSampling:
@@ -288,9 +293,18 @@ def generate_dream_blocks(
     (sampled tokens, `alg_temp`). `trace` (a `d1.diffusion.trace.Trace`) records what each forward pass
     decided; `stats` receives "forward_passes" and "steps" (equal: one pass a step)."""
     options = DreamBlockSampling(
-        gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature, top_p=top_p,
-        top_k=top_k, alg=alg, alg_temp=alg_temp, eps=eps, threshold=threshold, cache=cache,
-    )  # fmt: skip
+        gen_length=gen_length,
+        block_length=block_length,
+        steps=steps,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        alg=alg,
+        alg_temp=alg_temp,
+        eps=eps,
+        threshold=threshold,
+        cache=cache,
+    )
     options.validate()
     _check_inputs(prompt_ids, attention_mask)
     if cache is not None and not _accepts(model, "cache"):
@@ -307,4 +321,3 @@ def generate_dream_blocks(
     if stats is not None:
         stats.update(forward_passes=passes, steps=passes)
     return x
-
