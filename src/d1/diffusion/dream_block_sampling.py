@@ -20,8 +20,10 @@ Where d1 departs from the upstream code (tokens unchanged wherever upstream work
 handled (a 2-D attention mask, positions `cumsum(mask) - 1` as in `diffusion_generate`; upstream's cached
 passes ignore positions); counts are per row (upstream: the batch's mean, equal in step mode) and any batch
 size works (upstream's threshold and dual-cache paths update or index row 0 only); a pass that would commit
-nothing (an empty step of the schedule, a finished block) is skipped; fewer than 2 steps per block, which
-upstream accepts and leaves masks in the output, is an error.
+nothing (an empty step of the schedule, a finished block) is skipped; a position that predicts the mask
+token is predicted again without it (upstream commits the mask token, which leaves the position masked, and
+its threshold mode then never ends); fewer than 2 steps per block, which upstream accepts and leaves masks in
+the output, is an error.
 """
 
 from __future__ import annotations
@@ -183,6 +185,18 @@ class _BlockDecoder:
     trace: Trace | None
     prompt_length: int
 
+    def predict(self, logits: torch.Tensor, confidence_rule: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(confidence, token) of each row of `logits` [N, V] by `dream_sampling.sample_tokens`. Rows that
+        predict the mask token are predicted again without it (committed, it would leave its position masked
+        and a threshold-mode block unfinished)."""
+        rule = self.options.token_rule(confidence_rule)
+        confidence, tokens = sample_tokens(logits, rule, self.generator)
+        is_mask = tokens == self.mask_id
+        if is_mask.any():
+            without = logits[is_mask].index_fill(-1, tokens.new_tensor([self.mask_id]), -torch.inf)
+            confidence[is_mask], tokens[is_mask] = sample_tokens(without, rule, self.generator)
+        return confidence, tokens
+
     def refresh(self, x: torch.Tensor, start: int, block: int) -> Any:
         """The block's first pass: a full forward that commits x[:, start] and returns the cache to decode
         the rest of the block on (the whole sequence's for dual, the part before the block for prefix)."""
@@ -190,7 +204,7 @@ class _BlockDecoder:
         logits, out = predicting_logits(
             self.model, x, slice(start, start + 1), self.attention_mask, **cache_args
         )
-        tokens = sample_tokens(logits[:, 0], self.options.token_rule(PROBABILITY), self.generator)[1]
+        tokens = self.predict(logits[:, 0], PROBABILITY)[1]
         x[:, start] = tokens
         if self.trace is not None:
             decided = torch.ones_like(tokens, dtype=torch.bool)[:, None]
@@ -229,8 +243,9 @@ class _BlockDecoder:
         logits = self.block_logits(x, start, end, cache)
         candidates = x[:, start:end] == self.mask_id
         threshold_mode = counts is None
-        rule = self.options.token_rule(PROBABILITY if threshold_mode else self.options.alg)
-        confidence, tokens = sample_tokens(logits[candidates], rule, self.generator)
+        confidence, tokens = self.predict(
+            logits[candidates], PROBABILITY if threshold_mode else self.options.alg
+        )
         scores = torch.full(candidates.shape, -torch.inf, dtype=confidence.dtype, device=x.device)
         scores[candidates] = confidence
         x0 = torch.full_like(candidates, self.mask_id, dtype=torch.long)
