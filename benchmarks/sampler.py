@@ -5,7 +5,8 @@ parallel modes, in one process on the same model and prompts (interleaved repeat
 
     python benchmarks/sampler.py [--quick] [--repeats N] [--model DIR --task sudoku|countdown]
     python benchmarks/sampler.py --device cuda --shape llada-8b   # on a GPU: LLaDA-8B's shape in bfloat16
-    python benchmarks/sampler.py --family dream --model runs/demo/models/sft --test-file runs/demo/data/test.csv \
+    python benchmarks/sampler.py --family dream --model runs/demo/models/sft \
+        --test-file runs/demo/data/test.csv --accuracy-items 200 \
         --gen-length 56 --block-length 28 --steps 28 14      # the Dream demo's eval settings
 
 Speed is measured on a random-init native model of the family (default shape: d_model 512, 6 layers, ~20M
@@ -236,9 +237,8 @@ def table_rows(steps: int, results: dict, scores: dict[str, dict] | None, batch:
         trained = "n/a (pass --model) | | |"
         if scores is not None:
             t = scores[mode]
-            trained = (
-                f"{t['accuracy']:.1f} | {t['passes']} | {t['seconds']:.2f} | {ref_trained / t['seconds']:.2f}x |"
-            )
+            speed_up = ref_trained / t["seconds"]
+            trained = f"{t['accuracy']:.1f} | {t['passes']} | {t['seconds']:.2f} | {speed_up:.2f}x |"
         lines.append(
             f"| {steps} | {mode} | {batch * gen_length / seconds:.1f} | {ref_time / seconds:.2f}x | "
             f"{r['passes']} | {agree:.1f} | {trained}"
@@ -260,7 +260,7 @@ def main() -> None:
     parser.add_argument("--model", help="a trained model folder of --family for the accuracy column")
     parser.add_argument("--task", default="sudoku", choices=["sudoku", "countdown"])
     parser.add_argument("--accuracy-items", type=int, default=32)
-    parser.add_argument("--test-file", help="the task's test file for the accuracy items (default: synthetic)")
+    parser.add_argument("--test-file", help="the task's test file of the accuracy items (default: synthetic)")
     parser.add_argument("--device", default="cpu", help="cpu (2 threads) or cuda")
     parser.add_argument(
         "--shape", choices=sorted(SHAPES), help="model shape (default 20m; quick with --quick)"

@@ -48,9 +48,11 @@ def prompt(length: int, seed: int, batch: int = 1) -> torch.Tensor:
     return torch.randint(0, 44, (batch, length), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize(
-    "case", FIXTURE["cases"], ids=lambda c: f"{c['mode']}-{c['cache']}-{len(c['prompt'])}x{len(c['prompt'][0])}"
-)
+def case_id(case: dict) -> str:
+    return f"{case['mode']}-{case['cache']}-{len(case['prompt'])}x{len(case['prompt'][0])}"
+
+
+@pytest.mark.parametrize("case", FIXTURE["cases"], ids=case_id)
 def test_matches_fastdllm_token_for_token(dream_tiny: DreamModel, case: dict) -> None:
     settings = FIXTURE["settings"]
     ids = torch.tensor(case["prompt"])
@@ -104,7 +106,9 @@ def test_threshold_extremes(peaky_dream: DreamModel, threshold: float, per_block
 def test_threshold_commits_the_top_candidate_or_all_confident_ones(peaky_dream: DreamModel) -> None:
     """A pass after a block's first commits one candidate, or several, all with probability >= threshold."""
     trace = Trace()
-    generate_dream_blocks(peaky_dream, prompt(6, 2), gen_length=16, block_length=8, threshold=0.5, trace=trace)
+    generate_dream_blocks(
+        peaky_dream, prompt(6, 2), gen_length=16, block_length=8, threshold=0.5, trace=trace
+    )
     steps = trace.rows[0].steps
     cached = [step for i, step in enumerate(steps) if i and steps[i - 1].block == step.block]
     assert any(len(step.positions) > 1 for step in cached), "the threshold never fired: weak test"
@@ -120,7 +124,9 @@ class MaskBiased(torch.nn.Module):
         self.model, self.config, self.bias = model, model.config, bias
 
     def forward(self, input_ids, attention_mask=None, cache=None, use_cache=False, cache_position=None):
-        out = self.model(input_ids, attention_mask, cache=cache, use_cache=use_cache, cache_position=cache_position)
+        out = self.model(
+            input_ids, attention_mask, cache=cache, use_cache=use_cache, cache_position=cache_position
+        )
         out.logits[..., MASK] += self.bias
         return out
 
@@ -157,7 +163,9 @@ def test_padded_rows_equal_rows_alone(peaky_dream: DreamModel, options: dict) ->
 
 
 @pytest.mark.parametrize("options", CONFIGS, ids=str)
-def test_trace_decides_each_position_once_and_matches_the_output(peaky_dream: DreamModel, options: dict) -> None:
+def test_trace_decides_each_position_once_and_matches_the_output(
+    peaky_dream: DreamModel, options: dict
+) -> None:
     trace, stats = Trace(), {}
     ids = prompt(6, 5, batch=2)
     out = generate_dream_blocks(

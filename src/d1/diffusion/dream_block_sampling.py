@@ -63,9 +63,9 @@ class DreamBlockSampling:
     steps: int = field(
         default=64,
         metadata={
-            "help": "Step mode: forward passes in all, a multiple of the number of blocks with at least 2 per "
-            "block (the refresh pass is the first); passes that would commit nothing are skipped. Unused in "
-            "threshold mode."
+            "help": "Step mode: forward passes in all, a multiple of the number of blocks with at least 2 "
+            "per block (the refresh pass is the first); passes that would commit nothing are skipped. "
+            "Unused in threshold mode."
         },
     )
     temperature: float = field(
@@ -117,17 +117,17 @@ class DreamBlockSampling:
         """Reject bad settings before any forward pass, saying which values work."""
         if self.gen_length <= 0 or self.block_length <= 0 or self.steps <= 0:
             raise ValueError(
-                f"gen_length={self.gen_length}, block_length={self.block_length}, steps={self.steps} must all "
-                "be positive."
+                f"gen_length={self.gen_length}, block_length={self.block_length}, steps={self.steps} must "
+                "all be positive."
             )
         step_mode = self.threshold is None
         check_block_schedule(self.gen_length, self.block_length, self.steps if step_mode else self.num_blocks)
         per_block = self.steps // self.num_blocks
         if step_mode and per_block < 2 and self.block_length > 1:
             raise ValueError(
-                f"steps={self.steps} gives {per_block} step per block ({self.num_blocks} blocks); this sampler "
-                f"needs at least 2 (the refresh pass commits only the block's first token): use steps >= "
-                f"{2 * self.num_blocks}, or threshold mode."
+                f"steps={self.steps} gives {per_block} step per block ({self.num_blocks} blocks); this "
+                "sampler needs at least 2 (the refresh pass commits only the block's first token): use "
+                f"steps >= {2 * self.num_blocks}, or threshold mode."
             )
         if self.cache not in CACHES:
             raise ValueError(f"cache={self.cache!r} is not one of {CACHES} (None = full forward passes).")
@@ -151,7 +151,7 @@ class DreamBlockSampling:
         sampling.validate()  # temperature, top_p, top_k, alg_temp, eps: Dream's own checks and messages
 
     def token_rule(self, confidence: str) -> DreamSampling:
-        """`dream_sampling.sample_tokens`'s settings: these token options with the confidence rule `confidence`."""
+        """`dream_sampling.sample_tokens`'s settings: these token options, confidence rule `confidence`."""
         return DreamSampling(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, alg=confidence)
 
 
