@@ -192,28 +192,33 @@ def task_prompts(
 
 
 def accuracy(
-    model, tokenizer, task_name: str, n: int, settings: dict, modes: dict, test_file: str | None = None
+    model,
+    tokenizer,
+    task_name: str,
+    n: int,
+    settings: dict,
+    modes: dict,
+    test_file: str | None = None,
+    repeats: int = 1,
 ) -> dict[str, dict]:
     """Per mode, on n test items in one batch: task accuracy (d1's units: questions, or cells for Sudoku),
-    forward passes and seconds (see `clock`) of the trained model."""
+    forward passes and median seconds (see `clock`; modes interleaved per repeat) of the trained model."""
     from d1.tasks import get_task
 
     task = get_task(task_name)
     prompt, attention_mask, items = task_prompts(task_name, tokenizer, n, test_file)
     device = next(model.parameters()).device
     prompt, attention_mask = prompt.to(device), attention_mask.to(device)
+    results = measure(model, prompt, attention_mask, settings, repeats, modes)
     scores = {}
-    for mode, options in modes.items():
-        start = clock(device)
-        out, passes = runner(model, prompt, attention_mask, mode, settings, options)()
-        seconds = clock(device) - start
-        texts = tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
+    for mode, r in results.items():
+        texts = tokenizer.batch_decode(r["tokens"], skip_special_tokens=True)
         parsed = [
             task.parse(t, item["ground_truth"], item["question"])
             for t, item in zip(texts, items, strict=True)
         ]
         correct = 100 * sum(p.n_correct for p in parsed) / max(1, sum(p.n_total for p in parsed))
-        scores[mode] = {"accuracy": correct, "passes": passes, "seconds": seconds}
+        scores[mode] = {"accuracy": correct, "passes": r["passes"], "seconds": statistics.median(r["times"])}
     return scores
 
 
@@ -311,7 +316,9 @@ def main() -> None:
         results = measure(model, prompt, None, settings, args.repeats, modes)
         scores = None
         if trained is not None:
-            scores = accuracy(*trained, args.task, args.accuracy_items, settings, modes, args.test_file)
+            scores = accuracy(
+                *trained, args.task, args.accuracy_items, settings, modes, args.test_file, args.repeats
+            )
         print(table_rows(steps, results, scores, batch, gen_length), flush=True)
 
 
