@@ -1,17 +1,22 @@
 """Sampler benchmark: LLaDA's loop-based reference `generate` against d1.generate's exact, cached and
 parallel modes, in one process on the same model and prompts (interleaved repeats, median times).
+`--family dream`: d1.generate's exact and fast modes against Fast-dLLM's cached Dream sampler
+(`generate_dream_blocks`) on a Dream, the exact mode being the reference.
 
     python benchmarks/sampler.py [--quick] [--repeats N] [--model DIR --task sudoku|countdown]
     python benchmarks/sampler.py --device cuda --shape llada-8b   # on a GPU: LLaDA-8B's shape in bfloat16
+    python benchmarks/sampler.py --family dream --model runs/demo/models/sft \
+        --test-file runs/demo/data/test.csv --accuracy-items 200 \
+        --gen-length 56 --block-length 28 --steps 28 14      # the Dream demo's eval settings
 
 Threshold decoding is measured two ways: as Fast-dLLM decodes (each block until it is done, however many
 passes that takes; d1's `unmask="threshold"`) and capped at `steps / number of blocks` passes a block
 (`max_block_steps`, each step then committing at least the block's masks left / steps left: d1's parallel
-decoding before it followed Fast-dLLM, which the "dual cache + threshold 0.9" rows of docs/performance.md
-measured). Speed is measured on a random-init native LLaDA (default shape: d_model 512, 6 layers, ~20M parameters, the
-tiny tokenizer's vocabulary; `--shape llada-8b`: LLaDA-8B-Instruct's layer sizes and vocabulary). On the CPU
-times are this process's CPU seconds; on CUDA, synchronised wall time. Accuracy needs a trained model
-(`--model DIR`, e.g. from `d1 sft` on synthetic data); without one the column says so.
+decoding before it followed Fast-dLLM). Speed is measured on a random-init native model of the family (default shape: d_model 512, 6 layers, ~20M
+parameters, the tiny tokenizer's vocabulary; `--shape llada-8b`: LLaDA-8B-Instruct's layer sizes and
+vocabulary). On the CPU times are this process's CPU seconds; on CUDA, synchronised wall time. Accuracy
+needs a trained model of the family (`--model DIR`, e.g. from `d1 sft` on synthetic data); without one the
+column says so.
 """
 
 from __future__ import annotations
@@ -26,32 +31,40 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from d1.diffusion.dream_block_sampling import generate_dream_blocks
 from d1.diffusion.sampling import generate
+from d1.models.dream import DreamConfig, DreamModel
 from d1.models.llada import LLaDAConfig, LLaDAModelLM
 from d1.models.presets import build_tokenizer
 
-MODES: dict[str, dict] = {
-    "reference (LLaDA loop)": {},
-    "exact": {},
-    "prefix cache": {"cache": "prefix"},
-    "dual cache": {"cache": "dual"},
-    "dual cache + threshold 0.9 (Fast-dLLM: blocks until done)": {
-        "cache": "dual",
-        "unmask": "threshold",
-        "threshold": 0.9,
+THRESHOLD = {"cache": "dual", "unmask": "threshold", "threshold": 0.9}
+CAPPED = {**THRESHOLD, "max_block_steps": "steps / blocks"}
+FAST_DREAM = "Fast-dLLM Dream"
+"""Modes whose name starts so run `generate_dream_blocks`; the others `generate` (or the LLaDA loop)."""
+MODES: dict[str, dict[str, dict]] = {
+    "llada": {
+        "reference (LLaDA loop)": {},
+        "exact": {},
+        "prefix cache": {"cache": "prefix"},
+        "dual cache": {"cache": "dual"},
+        "dual cache + threshold 0.9 (Fast-dLLM: blocks until done)": THRESHOLD,
+        "dual cache + threshold 0.9, capped at steps / blocks": CAPPED,
     },
-    "dual cache + threshold 0.9, capped at steps / blocks": {
-        "cache": "dual",
-        "unmask": "threshold",
-        "threshold": 0.9,
-        "max_block_steps": "steps / blocks",
+    "dream": {
+        "exact": {},
+        "dual cache": {"cache": "dual"},
+        "dual cache + threshold 0.9 (blocks until done)": THRESHOLD,
+        "dual cache + threshold 0.9, capped at steps / blocks": CAPPED,
+        f"{FAST_DREAM}, dual cache": {"cache": "dual"},
+        f"{FAST_DREAM}, dual cache + threshold 0.9": {"cache": "dual", "threshold": 0.9},
     },
 }
+"""Per family, the modes in table order; the first is the reference of speed-up and agreement."""
 
 
-def mode_options(mode: str, settings: dict) -> dict:
-    """`generate`'s options for `mode`, the cap "steps / blocks" worked out for these `settings`."""
-    options = dict(MODES[mode])
+def mode_options(declared: dict, settings: dict) -> dict:
+    """A mode's sampler options, the cap "steps / blocks" worked out for these `settings`."""
+    options = dict(declared)
     if options.get("max_block_steps") == "steps / blocks":
         options["max_block_steps"] = settings["steps"] // (settings["gen_length"] // settings["block_length"])
     return options
@@ -100,23 +113,37 @@ SHAPES: dict[str, dict] = {
     "llada-8b": dict(
         d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, vocab_size=126464
     ),
+    "dream-7b": dict(
+        d_model=3584, n_heads=28, n_kv_heads=4, n_layers=28, mlp_hidden_size=18944, vocab_size=152064
+    ),
 }
 
 
-def speed_model(shape: str, tokenizer, device: torch.device) -> LLaDAModelLM:
-    """A random-init native LLaDA of `shape`, float32 on the CPU and bfloat16 on a GPU."""
+def speed_model(shape: str, tokenizer, device: torch.device, family: str = "llada") -> torch.nn.Module:
+    """A random-init native model of the family and `shape`, float32 on the CPU and bfloat16 on a GPU."""
     sizes = {"vocab_size": len(tokenizer), **SHAPES[shape]}
-    config = LLaDAConfig(
-        **sizes,
-        embedding_size=sizes["vocab_size"],
+    ids = dict(
         mask_token_id=tokenizer.mask_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    if family == "dream":
+        model_class, config = DreamModel, DreamConfig(
+            vocab_size=sizes["vocab_size"],
+            hidden_size=sizes["d_model"],
+            intermediate_size=sizes["mlp_hidden_size"],
+            num_hidden_layers=sizes["n_layers"],
+            num_attention_heads=sizes["n_heads"],
+            num_key_value_heads=sizes["n_kv_heads"],
+            bos_token_id=tokenizer.bos_token_id,
+            **ids,
+        )
+    else:
+        model_class, config = LLaDAModelLM, LLaDAConfig(**sizes, embedding_size=sizes["vocab_size"], **ids)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with device:
-        return LLaDAModelLM(config).to(dtype).eval()
+        return model_class(config).to(dtype).eval()
 
 
 def clock(device: torch.device) -> float:
@@ -128,9 +155,10 @@ def clock(device: torch.device) -> float:
 
 
 def runner(
-    model, prompt, attention_mask, mode: str, settings: dict
+    model, prompt, attention_mask, mode: str, settings: dict, options: dict
 ) -> Callable[[], tuple[torch.Tensor, int]]:
-    """A zero-argument call that decodes with `mode` and returns (sequences, forward passes)."""
+    """A zero-argument call that decodes with `mode` (its sampler `options`) and returns (sequences,
+    forward passes)."""
 
     def run() -> tuple[torch.Tensor, int]:
         if mode.startswith("reference"):
@@ -140,80 +168,101 @@ def runner(
             )
             return out, counter[0]
         stats: dict = {}
-        options = mode_options(mode, settings)
-        out = generate(model, prompt, attention_mask=attention_mask, stats=stats, **settings, **options)
+        sampler = generate_dream_blocks if mode.startswith(FAST_DREAM) else generate
+        chosen = mode_options(options, settings)
+        out = sampler(model, prompt, attention_mask=attention_mask, stats=stats, **settings, **chosen)
         return out, stats["forward_passes"]
 
     return run
 
 
-def measure(model, prompt, attention_mask, settings: dict, repeats: int) -> dict[str, dict]:
-    """Per mode: median seconds (see `clock`), forward passes and the generated tokens, modes interleaved
-    per repeat."""
-    results: dict[str, dict] = {mode: {"times": []} for mode in MODES}
+def measure(model, prompt, attention_mask, settings: dict, repeats: int, modes: dict) -> dict[str, dict]:
+    """Per mode of `modes`: median seconds (see `clock`), forward passes and the generated tokens, modes
+    interleaved per repeat."""
+    results: dict[str, dict] = {mode: {"times": []} for mode in modes}
     for _ in range(repeats):
-        for mode in MODES:
+        for mode, options in modes.items():
             start = clock(prompt.device)
-            out, passes = runner(model, prompt, attention_mask, mode, settings)()
+            out, passes = runner(model, prompt, attention_mask, mode, settings, options)()
             results[mode]["times"].append(clock(prompt.device) - start)
             results[mode].update(tokens=out[:, prompt.shape[1] :], passes=passes)
     return results
 
 
-def task_prompts(task_name: str, tokenizer, n: int) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
-    """Left-padded prompts for `n` synthetic test items of the task, their mask and the items."""
+def task_prompts(
+    task_name: str, tokenizer, n: int, test_file: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[dict]]:
+    """Left-padded prompts for `n` test items of the task (the first n of `test_file`, else synthetic ones),
+    their mask and the items."""
     from d1.tasks import get_task
     from d1.tasks.synthetic import make_dataset
 
     task = get_task(task_name)
     suffix = ".csv" if task_name == "sudoku" else ".jsonl"
     with tempfile.TemporaryDirectory() as folder:
-        items = task.load_test(make_dataset(task_name, n, seed=0, output_path=Path(folder) / f"test{suffix}"))
+        source = test_file or make_dataset(task_name, n, seed=0, output_path=Path(folder) / f"test{suffix}")
+        items = task.load_test(source)[:n]
     texts = [task.build_prompt(tokenizer, item["question"], system_prompt="") for item in items]
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     return batch["input_ids"], batch["attention_mask"], items
 
 
-def accuracy(model, tokenizer, task_name: str, n: int, settings: dict) -> dict[str, float]:
-    """Task accuracy (d1's units: questions, or cells for Sudoku) of every mode on synthetic test items."""
+def accuracy(
+    model,
+    tokenizer,
+    task_name: str,
+    n: int,
+    settings: dict,
+    modes: dict,
+    test_file: str | None = None,
+    repeats: int = 1,
+) -> dict[str, dict]:
+    """Per mode, on n test items in one batch: task accuracy (d1's units: questions, or cells for Sudoku),
+    forward passes and median seconds (see `clock`; modes interleaved per repeat) of the trained model."""
     from d1.tasks import get_task
 
     task = get_task(task_name)
-    prompt, attention_mask, items = task_prompts(task_name, tokenizer, n)
+    prompt, attention_mask, items = task_prompts(task_name, tokenizer, n, test_file)
     device = next(model.parameters()).device
     prompt, attention_mask = prompt.to(device), attention_mask.to(device)
+    results = measure(model, prompt, attention_mask, settings, repeats, modes)
     scores = {}
-    for mode in MODES:
-        out, _ = runner(model, prompt, attention_mask, mode, settings)()
-        texts = tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
+    for mode, r in results.items():
+        texts = tokenizer.batch_decode(r["tokens"], skip_special_tokens=True)
         parsed = [
             task.parse(t, item["ground_truth"], item["question"])
             for t, item in zip(texts, items, strict=True)
         ]
-        scores[mode] = 100 * sum(p.n_correct for p in parsed) / max(1, sum(p.n_total for p in parsed))
+        correct = 100 * sum(p.n_correct for p in parsed) / max(1, sum(p.n_total for p in parsed))
+        scores[mode] = {"accuracy": correct, "passes": r["passes"], "seconds": statistics.median(r["times"])}
     return scores
 
 
 HEADER = (
-    "| steps | mode | tokens/s | speed-up | forward passes | agreement % | accuracy % |\n"
-    "|---|---|---|---|---|---|---|"
+    "| steps | mode | tokens/s | speed-up | forward passes | agreement % | accuracy % | trained: passes "
+    "| trained: s | trained: speed-up |\n|---|---|---|---|---|---|---|---|---|---|"
 )
+"""Speed on the random model, then accuracy and speed of the trained model (`--model`) on the test items."""
 
 
-def table_rows(
-    steps: int, results: dict, scores: dict[str, float] | None, batch: int, gen_length: int
-) -> str:
-    """Markdown rows of one `steps` setting: speed against the reference, passes, agreement, accuracy."""
-    ref = results["reference (LLaDA loop)"]
+def table_rows(steps: int, results: dict, scores: dict[str, dict] | None, batch: int, gen_length: int) -> str:
+    """Markdown rows of one `steps` setting: speed against the reference (the first mode), passes,
+    agreement; then the trained model's accuracy, passes, seconds and speed-up."""
+    ref = next(iter(results.values()))
     ref_time = statistics.median(ref["times"])
+    ref_trained = None if scores is None else next(iter(scores.values()))["seconds"]
     lines = []
     for mode, r in results.items():
         seconds = statistics.median(r["times"])
         agree = 100 * (r["tokens"] == ref["tokens"]).float().mean().item()
-        acc = "n/a (pass --model)" if scores is None else f"{scores[mode]:.1f}"
+        trained = "n/a (pass --model) | | |"
+        if scores is not None:
+            t = scores[mode]
+            speed_up = ref_trained / t["seconds"]
+            trained = f"{t['accuracy']:.1f} | {t['passes']} | {t['seconds']:.2f} | {speed_up:.2f}x |"
         lines.append(
             f"| {steps} | {mode} | {batch * gen_length / seconds:.1f} | {ref_time / seconds:.2f}x | "
-            f"{r['passes']} | {agree:.1f} | {acc} |"
+            f"{r['passes']} | {agree:.1f} | {trained}"
         )
     return "\n".join(lines)
 
@@ -228,22 +277,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small model and lengths (a smoke run)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved timing repeats (median)")
-    parser.add_argument("--model", help="a trained d1/LLaDA model folder for the accuracy column")
+    parser.add_argument("--family", default="llada", choices=sorted(MODES), help="model family and its modes")
+    parser.add_argument("--model", help="a trained model folder of --family for the accuracy column")
     parser.add_argument("--task", default="sudoku", choices=["sudoku", "countdown"])
     parser.add_argument("--accuracy-items", type=int, default=32)
+    parser.add_argument("--test-file", help="the task's test file of the accuracy items (default: synthetic)")
     parser.add_argument("--device", default="cpu", help="cpu (2 threads) or cuda")
     parser.add_argument(
         "--shape", choices=sorted(SHAPES), help="model shape (default 20m; quick with --quick)"
+    )
+    parser.add_argument("--gen-length", type=int, help="generated tokens (default 256; 64 with --quick)")
+    parser.add_argument("--block-length", type=int, help="block length (default 32; 16 with --quick)")
+    parser.add_argument(
+        "--steps", type=int, nargs="+", help="step settings, one table part each (default: gen_length, half)"
     )
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(2)
-    tokenizer = build_tokenizer()
+    modes = MODES[args.family]
+    tokenizer = build_tokenizer(args.family)
     batch, prompt_length = (4, 32) if args.quick else (8, 64)
-    gen_length, block_length = (64, 16) if args.quick else (256, 32)
+    gen_length = args.gen_length or (64 if args.quick else 256)
+    block_length = args.block_length or (16 if args.quick else 32)
     shape = args.shape or ("quick" if args.quick else "20m")
-    model = speed_model(shape, tokenizer, device)
+    model = speed_model(shape, tokenizer, device, args.family)
     printable = torch.tensor(
         tokenizer.convert_tokens_to_ids(list("abcdefghijklmnopqrstuvwxyz0123456789 +-*="))
     )
@@ -259,19 +317,24 @@ def main() -> None:
             load_tokenizer(args.model),
         )
     warmup = dict(steps=block_length, gen_length=block_length, block_length=block_length)
-    measure(model, prompt, None, warmup, 1)
+    measure(model, prompt, None, warmup, 1, modes)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(
-        f"model: random-init native LLaDA ({shape}), {params:.1f}M parameters, {next(model.parameters()).dtype}; "
-        f"batch {batch}, prompt {prompt_length}, gen_length {gen_length}, block_length {block_length}; torch "
-        f"{torch.__version__}, {where(device)}; median of {args.repeats} interleaved repeat(s) of "
+        f"model: random-init native {args.family} ({shape}), {params:.1f}M parameters, "
+        f"{next(model.parameters()).dtype}; batch {batch}, prompt {prompt_length}, gen_length {gen_length}, "
+        f"block_length {block_length}; torch {torch.__version__}, {where(device)}; median of {args.repeats} "
+        "interleaved repeat(s) of "
         + ("synchronised wall time" if device.type == "cuda" else "process CPU time (all threads)")
     )
     print(HEADER, flush=True)
-    for steps in (gen_length, gen_length // 2):
+    for steps in args.steps or (gen_length, gen_length // 2):
         settings = dict(steps=steps, gen_length=gen_length, block_length=block_length)
-        results = measure(model, prompt, None, settings, args.repeats)
-        scores = None if trained is None else accuracy(*trained, args.task, args.accuracy_items, settings)
+        results = measure(model, prompt, None, settings, args.repeats, modes)
+        scores = None
+        if trained is not None:
+            scores = accuracy(
+                *trained, args.task, args.accuracy_items, settings, modes, args.test_file, args.repeats
+            )
         print(table_rows(steps, results, scores, batch, gen_length), flush=True)
 
 

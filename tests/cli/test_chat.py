@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import select
 import shutil
 import signal
@@ -167,7 +168,7 @@ def test_prompt_text_plain_turns_without_template() -> None:
     [
         (["--sampler", "llada", "--gen_length", "30"], "gen_length=30 must be a multiple of block_length=16"),
         (["--sampler", "llada", "--temperature", "-1"], "temperature=-1.0 must be a finite number >= 0"),
-        (["--sampler", "dream", "--block_length", "8"], "block_length=8: option(s) of sampler(s) ['llada']"),
+        (["--sampler", "dream", "--block_length", "8"], "block_length=8: option(s) of sampler(s) ['fastdllm_dream', 'llada']"),
         ([], "absent-model': no such file or folder"),
     ],
 )
@@ -177,14 +178,15 @@ def test_bad_settings_fail_before_loading(tmp_path: Path, args: list[str], messa
     assert "loading" not in done.stderr  # refused before the model loads
 
 
-def test_dream_sampler_chats_live(tiny_dream_dir: Path) -> None:
-    """Dream's own sampler in the chat: the answer is denoised live from its trace, then the steps are counted."""
-    term = Terminal("--model_path", str(tiny_dream_dir), "--sampler", "dream", "--gen_length", "16", "--steps", "8")
+@pytest.mark.parametrize("sampler", [["--sampler", "dream"], ["--sampler", "fastdllm_dream", "--block_length", "8"]])
+def test_dream_samplers_chat_live(tiny_dream_dir: Path, sampler: list[str]) -> None:
+    """Dream's samplers in the chat: the answer is denoised live from its trace, then the steps are counted."""
+    term = Terminal("--model_path", str(tiny_dream_dir), *sampler, "--gen_length", "16", "--steps", "8")
     try:
         term.expect(PROMPT)
         term.send(b"hello there\n")
         turn = term.expect(PROMPT)
-        assert b"8 steps" in turn and "\u2591".encode() in turn
+        assert re.search(rb"\d+ steps", turn) and "\u2591".encode() in turn
         term.send(b"\x04")
         assert term.close() == 0
     finally:

@@ -85,9 +85,9 @@ def test_each_option_reaches_the_harness(sampler: str, name: str) -> None:
 
 
 def test_a_sampler_refuses_options_only_another_reads() -> None:
-    with pytest.raises(ValueError, match=r"alg='maskgit_plus': option\(s\) of sampler\(s\) \['dream'\]"):
+    with pytest.raises(ValueError, match=r"alg='maskgit_plus': option\(s\) of sampler\(s\) \['dream', 'fastdllm_dream'\]"):
         parse_config(EvalConfig, ["--sampler", "llada", "--alg", "maskgit_plus"]).options()
-    with pytest.raises(ValueError, match=r"cache='dual': option\(s\) of sampler\(s\) \['llada'\]"):
+    with pytest.raises(ValueError, match=r"cache='dual': option\(s\) of sampler\(s\) \['fastdllm_dream', 'llada'\]"):
         parse_config(EvalConfig, ["--sampler", "dream", "--cache", "dual"]).options()
     # chat's own default (early_stop on) is not an option the user set: Dream's sampler accepts the chat default
     chat = parse_config(ChatConfig, ["--sampler", "dream"])

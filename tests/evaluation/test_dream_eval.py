@@ -54,15 +54,15 @@ def test_llada_file_records_only_its_sampler(tiny_model_dir: Path, sudoku_csv: P
     [
         (
             {"sampler": "dream", "block_length": 4},
-            r"block_length=4: option\(s\) of sampler\(s\) \['llada'\], which sampler='dream' does not read",
+            r"block_length=4: option\(s\) of sampler\(s\) \['fastdllm_dream', 'llada'\], which sampler='dream' does not read",
         ),
         ({"sampler": "dream", "remasking": "random"}, r"remasking='random': option\(s\) of sampler\(s\) \['llada'\]"),
-        ({"sampler": "dream", "cache": "dual"}, r"cache='dual': option\(s\) of sampler\(s\) \['llada'\]"),
-        ({"alg": "maskgit_plus"}, r"alg='maskgit_plus': option\(s\) of sampler\(s\) \['dream'\].*choose one"),
-        ({"top_p": 0.9, "top_k": 5}, r"top_p=0.9, top_k=5: option\(s\) of sampler\(s\) \['dream'\]"),
+        ({"sampler": "dream", "cache": "dual"}, r"cache='dual': option\(s\) of sampler\(s\) \['fastdllm_dream', 'llada'\]"),
+        ({"alg": "maskgit_plus"}, r"alg='maskgit_plus': option\(s\) of sampler\(s\) \['dream', 'fastdllm_dream'\].*choose one"),
+        ({"top_p": 0.9, "top_k": 5}, r"top_p=0.9, top_k=5: option\(s\) of sampler\(s\) \['dream', 'fastdllm_dream'\]"),
         ({"sampler": "dream", "alg": "low_confidence"}, "alg='low_confidence' is unknown"),
         ({"sampler": "dream", "top_p": 0.0}, r"top_p=0.0 must be in \(0, 1\]"),
-        ({"sampler": "fast"}, r"sampler='fast' is unknown; use one of \['dream', 'llada'"),
+        ({"sampler": "fast"}, r"sampler='fast' is unknown; use one of \['dream', 'fastdllm_dream', 'llada'\]"),
     ],
 )
 def test_sampler_option_mismatch_refused_before_loading(
@@ -78,38 +78,49 @@ def test_sampler_option_mismatch_refused_before_loading(
         run_eval(_config(tiny_dream_dir, sudoku_csv, tmp_path, **overrides))
 
 
-def test_dream_runs_are_traced_and_replayed(tiny_dream_dir: Path, sudoku_csv: Path, tmp_path: Path) -> None:
-    """`--save_traces` with Dream's sampler: every completion position decided once, in `steps` steps, and
-    `d1 trace` turns the file into its page."""
+DREAM_SAMPLERS = {"dream": {}, "fastdllm_dream": {"block_length": 6, "cache": "dual"}}
+"""Dream's own sampler and Fast-dLLM's cached one, with the options the tiny runs need."""
+
+
+@pytest.mark.parametrize("sampler", sorted(DREAM_SAMPLERS))
+def test_dream_runs_are_traced_and_replayed(
+    tiny_dream_dir: Path, sudoku_csv: Path, tmp_path: Path, sampler: str
+) -> None:
+    """`--save_traces` with each Dream sampler: every completion position decided once, and `d1 trace` turns
+    the file into its page."""
     from d1.diffusion.trace import row_from_dict
     from d1.evaluation.traces import read_traces, traces_path
     from d1.viz.html import write_trace_html
 
-    path = run_eval(_config(tiny_dream_dir, sudoku_csv, tmp_path, sampler="dream", save_traces=2))
+    overrides = {"sampler": sampler, "save_traces": 2, **DREAM_SAMPLERS[sampler]}
+    path = run_eval(_config(tiny_dream_dir, sudoku_csv, tmp_path, **overrides))
     items = read_traces(traces_path(path))
     assert len(items) == 2
     for item in items:
         row = row_from_dict(item["trace"])
-        assert len(row.steps) == 6
+        assert sampler != "dream" or len(row.steps) == 6
         decided = sorted(p for step in row.steps for p in step.positions)
         assert decided == list(range(12))
+    settings = json.loads(path.read_text())["settings"]
+    assert settings["sampler"] == sampler and "remasking" not in settings
     page = write_trace_html(traces_path(path), tmp_path / "trace.html")
     assert f"d1 trace: {traces_path(path).name}" in page.read_text()
 
 
-def test_dream_sampler_in_the_harness_answers_as_eval(tiny_dream_dir: Path) -> None:
-    """`d1 harness --model_args sampler=dream,...` decodes with Dream's sampler, as `d1 eval` does."""
-    from d1.diffusion.samplers import DreamOptions
+@pytest.mark.parametrize("sampler", sorted(DREAM_SAMPLERS))
+def test_dream_samplers_in_the_harness_answer_as_eval(tiny_dream_dir: Path, sampler: str) -> None:
+    """`d1 harness --model_args sampler=dream,...` decodes with that sampler, as `d1 eval` does."""
     from d1.evaluation.generation import generate_answers
     from d1.evaluation.harness import D1HarnessLM
     from d1.tasks import get_task
 
+    extra = {"block_length": "4", "cache": "dual"} if sampler == "fastdllm_dream" else {}
     lm = D1HarnessLM(
-        pretrained=str(tiny_dream_dir), device="cpu", batch_size=2, seed=3, sampler="dream", gen_length="8",
-        steps="4", alg="maskgit_plus", temperature="0.7",
+        pretrained=str(tiny_dream_dir), device="cpu", batch_size=2, seed=3, sampler=sampler, gen_length="8",
+        steps="4", alg="maskgit_plus", temperature="0.7", **extra,
     )  # fmt: skip
-    assert lm.sampler == DreamOptions(gen_length=8, diffusion_steps=4, alg="maskgit_plus", temperature=0.7)
-    assert lm.settings()["sampler"] == "dream" and "block_length" not in lm.settings()
+    assert (lm.sampler.name, lm.sampler.gen_length, lm.sampler.steps, lm.sampler.alg) == (sampler, 8, 4, "maskgit_plus")
+    assert lm.settings()["sampler"] == sampler and "remasking" not in lm.settings()
     task = get_task("gsm8k")
     items = [{"question": q, "ground_truth": 1.0} for q in ("2+2?", "a longer one, 3*3?", "7-1?")]
     records = generate_answers(

@@ -336,7 +336,7 @@ def no_model_load(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--tasks", "tiny_gn"], "'tiny_gn' is not an lm-eval task.*Close matches: tiny_gen"),
         (["--tasks", "tiny_ppl"], "asks for loglikelihood_rolling, which the d1 model refuses"),
         (["--tasks", "tiny_gen", "--model_args", "algo=entropy"], "\\['algo'\\] are not options of the d1 model"),
-        (["--tasks", "tiny_gen", "--model_args", "alg=origin"], "alg='origin': option\\(s\\) of sampler\\(s\\) \\['dream'\\]"),
+        (["--tasks", "tiny_gen", "--model_args", "alg=origin"], "alg='origin': option\\(s\\) of sampler\\(s\\) \\['dream', 'fastdllm_dream'\\]"),
         (["--tasks", "tiny_gen", "--model_args", "cache=kv"], "cache='kv' is not one of"),
         (["--tasks", "tiny_gen", "--model_args", "gen_lenght=8"], "did you mean \\['gen_length'\\]"),
         (["--tasks", "tiny_gen", "--model_args", "gen_length=10,block_length=4"], "block_length"),

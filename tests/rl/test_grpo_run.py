@@ -355,6 +355,7 @@ ROLLOUT_FLAGS = {
     "parallel": ["--rollout_sampler", "parallel"],
     "threshold": ["--cache", "dual", "--unmask", "threshold", "--threshold", "0.5"],
     "dream": ["--sampler", "dream", "--alg", "maskgit_plus"],
+    "fastdllm_dream": ["--sampler", "fastdllm_dream", "--cache", "dual"],
 }
 
 
@@ -365,7 +366,7 @@ def test_rollout_samplers_train(family_model_dir, tmp_path, rollouts, capsys) ->
         at = argv.index("--block_length")
         del argv[at : at + 2]
     config = config_of(*argv)
-    assert config.rollout_options().name == ("dream" if rollouts == "dream" else "llada")
+    assert config.rollout_options().name == (rollouts if "dream" in rollouts else "llada")
     trainer = run_grpo(config)
     assert trainer.state.global_step == 2 and "reward" in trainer.state.log_history[0]
     assert ("destabilised" in capsys.readouterr().out) == (rollouts in ("parallel", "threshold"))

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from d1.diffusion.dream_block_sampling import DreamBlockSampling, generate_dream_blocks
 from d1.diffusion.dream_sampling import ALGS, DreamSampling, diffusion_generate
 from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, check_settings, generate
 from d1.diffusion.trace import Trace
@@ -162,6 +163,34 @@ class DreamOptions(DreamRules, SamplerOptions):
             max_new_tokens=self.gen_length, steps=self.steps, temperature=self.temperature, alg=self.alg,
             alg_temp=self.alg_temp, top_p=self.top_p, top_k=self.top_k, eps=self.eps,
         )  # fmt: skip
+
+
+@dataclass
+class FastDreamOptions(FastOptions, BlockOptions, DreamRules, SamplerOptions):
+    """Fast-dLLM's cached Dream sampler: blocks with a refresh pass that commits each block's first token,
+    Dream's schedule (or a threshold) inside the block, negative-entropy confidence."""
+
+    name: ClassVar[str] = "fastdllm_dream"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.unmask not in ("schedule", "threshold"):
+            raise ValueError(
+                f"unmask={self.unmask!r}: sampler 'fastdllm_dream' decodes by Dream's schedule or a threshold "
+                "(Fast-dLLM's confidence_threshold); use unmask=schedule or unmask=threshold."
+            )
+        self.sampling().validate()
+
+    def sampling(self) -> DreamBlockSampling:
+        """`generate_dream_blocks`' options for these options."""
+        return DreamBlockSampling(
+            gen_length=self.gen_length, block_length=self.block_length, steps=self.steps,
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, alg=self.alg, alg_temp=self.alg_temp,
+            eps=self.eps, threshold=self.threshold if self.unmask == "threshold" else None, cache=self.cache_arg(),
+        )  # fmt: skip
+
+    def recorded(self) -> dict[str, Any]:
+        return {**super().recorded(), "cache": self.cache_arg()}
 
 
 # ---------------------------------------------------------------- the registry
@@ -327,5 +356,20 @@ def sampler_arguments(base_name: str = "SamplerArguments") -> type:
     return dataclasses.make_dataclass(base_name, specs)
 
 
+def _run_fast_dream(
+    model: nn.Module, prompt_ids: torch.Tensor, options: FastDreamOptions, call: SamplerCall
+) -> torch.Tensor:
+    if call.sync_done is not None and options.unmask != "schedule":
+        raise ValueError(
+            "sampler 'fastdllm_dream' with unmask=threshold takes a data-dependent number of passes, which sharded "
+            "weights (ZeRO-3, FSDP) cannot follow; use unmask=schedule or sampler 'llada'."
+        )
+    return generate_dream_blocks(
+        model, prompt_ids, **dataclasses.asdict(options.sampling()), mask_token_id=call.mask_token_id,
+        attention_mask=call.attention_mask, generator=call.generator, trace=call.trace, stats=call.stats,
+    )  # fmt: skip
+
+
 register(Sampler(LLaDAOptions, _run_llada, frozenset({"sync_done", "prefill"})))
 register(Sampler(DreamOptions, _run_dream, frozenset({"sync_done"})))  # sync_done: its passes are fixed already
+register(Sampler(FastDreamOptions, _run_fast_dream, frozenset({"sync_done"})))  # schedule mode only
