@@ -359,3 +359,12 @@ def test_a_file_of_the_former_parallel_rule_is_not_resumed(
     _refuse_model_loading(monkeypatch)
     with pytest.raises(ValueError, match=r"older d1, whose parallel decoding stopped after steps / num_blocks"):
         run_eval(config)
+
+
+def test_a_missing_model_is_reported_as_such_before_any_sampler_check(
+    sudoku_csv: Path, tmp_path: Path, no_model_load: None
+) -> None:
+    """The model path comes first: its family decides the sampler, so a sampler error would be a guess."""
+    config = _config(tmp_path / "absent-model", sudoku_csv, tmp_path / "out", block_length=5)
+    with pytest.raises(FileNotFoundError, match="absent-model'.*no such file or folder"):
+        run_eval(config)

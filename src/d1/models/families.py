@@ -46,7 +46,9 @@ class Family:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     example: str = ""
     sampler: str = "llada"
-    """The sampler every command uses unless told otherwise (a name of `d1.diffusion.samplers.SAMPLERS`)."""
+    """The sampler every command uses unless told otherwise (a name of `d1.diffusion.samplers.SAMPLERS`). Dream's
+    is LLaDA's block sampler too: Fast-dLLM's cached Dream sampler ties with it in cells on the demo's Dream
+    and is slower (docs/performance.md)."""
 
     @property
     def logits_shifted(self) -> bool:
