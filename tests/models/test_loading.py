@@ -3,8 +3,10 @@ preparation under DDP), 4-bit errors and the weights dtype of full fine-tuning."
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -133,7 +135,8 @@ def fake_4bit():
 
 def _ddp_worker(rank: int, model_dir: str, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    # a bounded wait: a rank that never arrives fails the test instead of holding the suite
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120))
     d1.models.loading.load_model = fake_4bit()
     model = load_trainable_model(model_dir, trainable_args(), mask_token_id=None).train()
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)  # the Trainer's choice
@@ -147,7 +150,9 @@ def _ddp_worker(rank: int, model_dir: str, port: int) -> None:
 def test_kbit_lora_with_checkpointing_trains_under_ddp(tiny_model_dir) -> None:
     """The documented 8-GPU recipe (4-bit + LoRA + DDP with find_unused_parameters) on 2 gloo ranks: peft's
     k-bit preparation turned on reentrant checkpointing and died with "mark a variable ready only once"."""
-    port = 29500 + os.getpid() % 1000
+    with socket.socket() as probe:  # a port free now (a fixed one may be held by another run)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     torch.multiprocessing.spawn(_ddp_worker, args=(str(tiny_model_dir), port), nprocs=2)
 
 
