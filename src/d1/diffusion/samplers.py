@@ -96,6 +96,10 @@ class FastOptions:
         """The cache as the samplers' functions take it (None for no cache)."""
         return None if self.cache in (None, "none") else self.cache
 
+    def recorded(self) -> dict[str, Any]:
+        """The sampler's recorded options (the next class's in the MRO), the cache as the function takes it."""
+        return {**super().recorded(), "cache": self.cache_arg()}  # type: ignore[misc]
+
 
 @dataclass
 class DreamRules:
@@ -143,9 +147,6 @@ class LLaDAOptions(FastOptions, BlockOptions, SamplerOptions):
         options.pop("diffusion_steps")
         return {**options, "steps": self.steps, "cache": self.cache_arg()}
 
-    def recorded(self) -> dict[str, Any]:
-        return {**super().recorded(), "cache": self.cache_arg()}
-
 
 @dataclass
 class DreamOptions(DreamRules, SamplerOptions):
@@ -188,9 +189,6 @@ class FastDreamOptions(FastOptions, BlockOptions, DreamRules, SamplerOptions):
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, alg=self.alg, alg_temp=self.alg_temp,
             eps=self.eps, threshold=self.threshold if self.unmask == "threshold" else None, cache=self.cache_arg(),
         )  # fmt: skip
-
-    def recorded(self) -> dict[str, Any]:
-        return {**super().recorded(), "cache": self.cache_arg()}
 
 
 # ---------------------------------------------------------------- the registry
