@@ -22,6 +22,19 @@ def reference_path(*parts: str) -> Path:
     return path
 
 
+def require_sandbox() -> None:
+    """The code sandbox works here. As root, where `make test` installs bubblewrap, a broken one fails the test
+    (a silent skip would hide it from CI); as another user the test is skipped, saying why."""
+    from d1.sandbox import check_sandbox
+
+    problem = check_sandbox()
+    if problem is None:
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"the sandbox does not work for this user (root would install bubblewrap): {problem}")
+    pytest.fail(f"the sandbox does not work although `make test` installs bubblewrap: {problem}")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from d1.models.presets import init_model

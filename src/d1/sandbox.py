@@ -373,7 +373,7 @@ def _run_bwrap(contents: Mapping[str, str], stdin_fd: int, timeout_s: float, mem
     """One program in bubblewrap; the files go in through memfds (``--file``), the init's pid comes back
     through ``--info-fd`` so that a kill takes the whole PID namespace."""
     with contextlib.ExitStack() as stack:
-        args = [BWRAP, *_mounts(), *_scratch()]
+        args = [BWRAP, *_scratch(), *_mounts()]  # /tmp first: an interpreter under /tmp is bound into it
         fds = []
         made = set()
         for name, text in contents.items():

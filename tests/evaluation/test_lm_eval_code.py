@@ -15,14 +15,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from d1.cli import harness as harness_cli  # noqa: E402
 from d1.evaluation.lm_eval_tasks import sandboxed  # noqa: E402
 from d1.tasks.humaneval import package_rows  # noqa: E402
+from tests.conftest import require_sandbox
 
 
 @pytest.fixture(autouse=True)
 def _sandbox() -> None:
-    from d1.sandbox import check_sandbox
-
-    if check_sandbox():
-        pytest.skip(f"no sandbox here: {check_sandbox()}")
+    require_sandbox()
 
 
 def test_the_metric_runs_prediction_and_tests_in_the_sandbox() -> None:

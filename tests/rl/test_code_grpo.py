@@ -13,15 +13,12 @@ from d1.cli.grpo import ALIASES
 from d1.rl.config import DiffuGRPOConfig
 from d1.rl.run import run_grpo
 from d1.tasks.tiny_code import REFERENCE_LENGTH
-from tests.conftest import run_on_two_cpu_processes
+from tests.conftest import require_sandbox, run_on_two_cpu_processes
 
 
 @pytest.fixture(autouse=True)
 def _sandbox() -> None:
-    from d1.sandbox import check_sandbox
-
-    if check_sandbox():
-        pytest.skip(f"no sandbox here: {check_sandbox()}")
+    require_sandbox()
 
 
 def code_argv(model_dir, out, *extra: str) -> list[str]:

@@ -24,16 +24,11 @@ from d1.tasks.code_protocols import begin_done_code, first_fenced_or_text
 from d1.tasks.official import check_protocol, protocol_task
 from d1.tasks.synthetic import make_dataset
 from d1.tasks.tiny_code import OFFSETS, SLOPES, is_test_function, make_tiny_code_problems
+from tests.conftest import require_sandbox
 
 SIGNATURE = 'def add(a, b):\n    """Sum."""\n'
 
 
-def _sandbox_or_skip() -> None:
-    from d1.sandbox import check_sandbox
-
-    reason = check_sandbox()
-    if reason:
-        pytest.skip(f"no sandbox here: {reason}")
 
 
 # ---------------------------------------------------------------- extraction
@@ -135,7 +130,7 @@ def test_code_format_score(text: str, score: float) -> None:
 
 
 def test_humaneval_canonical_solutions_pass_and_pass_bodies_fail() -> None:
-    _sandbox_or_skip()
+    require_sandbox()
     task = get_task("humaneval")
     items = task.load_test()
     assert len(items) == 164 and items[0]["ground_truth"]["task_id"] == "HumanEval/0"
@@ -169,7 +164,7 @@ def _mbpp_file(tmp_path: Path) -> Path:
 
 
 def test_mbpp_from_a_local_file_graded_in_the_sandbox(tmp_path: Path, monkeypatch) -> None:
-    _sandbox_or_skip()
+    require_sandbox()
     task = get_task("mbpp")
     monkeypatch.setattr(task, "timeout_s", 2.0)  # for the hanging answer below
     items = task.load_test(_mbpp_file(tmp_path))
@@ -193,7 +188,7 @@ def test_mbpp_from_a_local_file_graded_in_the_sandbox(tmp_path: Path, monkeypatc
 
 
 def test_code_reward_is_the_fraction_of_tests_passed(monkeypatch) -> None:
-    _sandbox_or_skip()
+    require_sandbox()
     monkeypatch.setattr("d1.tasks.code.TIMEOUT_S", 2.0)  # for the hanging answer below
     tests = ["assert f(1) == 2", "assert f(2) == 3", "assert f(3) == 5", "assert f(0) == 1"]
     completions = [
@@ -253,7 +248,7 @@ def test_acecode_rows_without_usable_tests_are_refused(tmp_path: Path, row: dict
 
 
 def test_acecode_training_rows_use_diffucoders_prompt(tmp_path: Path) -> None:
-    _sandbox_or_skip()  # loading checks that the sandbox runs
+    require_sandbox()  # loading checks that the sandbox runs
     path = _jsonl(tmp_path / "ace.jsonl", [{"question": "Write f.", "test_cases": '["assert f() == 1"]'}])
     (row,) = get_task("acecode").load_train(path)
     assert row["prompt"] == [
@@ -284,7 +279,7 @@ def test_tiny_code_generator_is_seeded_and_keeps_test_functions_out_of_training(
 
 
 def test_tiny_code_reference_completions_earn_full_rewards(tmp_path: Path) -> None:
-    _sandbox_or_skip()
+    require_sandbox()
     path = make_dataset("tiny_code", 8, 0, tmp_path / "train.jsonl", split="train")
     task = get_task("tiny_code")
     rows = task.load_train(path)
