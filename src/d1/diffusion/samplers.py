@@ -35,6 +35,11 @@ def option(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> A
 CACHE_CHOICES = ("none", *(c for c in CACHES if c is not None))
 
 
+def default_steps(gen_length: int, diffusion_steps: int | None) -> int:
+    """`diffusion_steps`, or d1's default `gen_length // 2` (at least 1) when unset."""
+    return diffusion_steps if diffusion_steps is not None else max(gen_length // 2, 1)
+
+
 @dataclass
 class SamplerOptions:
     """The options every sampler reads: the completion's length, the number of model calls and the temperature."""
@@ -50,7 +55,7 @@ class SamplerOptions:
     @property
     def steps(self) -> int:
         """`diffusion_steps`, d1's default `gen_length // 2` (at least 1) when unset."""
-        return self.diffusion_steps if self.diffusion_steps is not None else max(self.gen_length // 2, 1)
+        return default_steps(self.gen_length, self.diffusion_steps)
 
     def validate(self) -> None:
         """Reject bad settings before any model loads, naming the option, the value and what would work."""

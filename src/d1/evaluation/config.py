@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from d1.diffusion.samplers import SamplerOptions, options_from, sampler_arguments
+from d1.diffusion.samplers import SamplerOptions, default_steps, options_from, sampler_arguments
 from d1.hub import check_local_or_hub
 from d1.models.families import default_sampler
 from d1.models.loading import DTYPES, load_config
@@ -109,7 +109,7 @@ class EvalConfig(sampler_arguments()):
     @property
     def steps(self) -> int:
         """Diffusion steps, d1's default `gen_length // 2` when unset."""
-        return self.diffusion_steps if self.diffusion_steps is not None else max(self.gen_length // 2, 1)
+        return default_steps(self.gen_length, self.diffusion_steps)
 
     @property
     def task(self) -> Task:

@@ -68,7 +68,7 @@ def load_items(config: EvalConfig, task: Task) -> list[dict[str, Any]]:
 
 def load_eval_tokenizer(config: EvalConfig, kind: str) -> tuple[PreTrainedTokenizerBase, int, str]:
     """The tokenizer (a full checkpoint's own if it has one), the mask token id and the weights' location."""
-    weights = config.checkpoint_path if kind == "full" else config.model_path
+    weights = config.weights
     has_tokenizer = (Path(weights) / "tokenizer_config.json").is_file()
     tokenizer_source = weights if kind == "full" and has_tokenizer else config.model_path
     tokenizer = load_tokenizer(tokenizer_source, trust_remote_code=config.trust_remote_code)

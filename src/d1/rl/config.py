@@ -12,6 +12,7 @@ from d1.diffusion.losses import OBJECTIVE_NEEDS, OBJECTIVES
 from d1.diffusion.samplers import (
     LLaDAOptions,
     SamplerOptions,
+    default_steps,
     options_from,
     sampler_arguments,
     with_default,
@@ -410,7 +411,7 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
         if self.rollout_sampler is not None:
             preset = dict(ROLLOUT_SAMPLERS[self.rollout_sampler])
             if self.rollout_sampler == "parallel":
-                steps = self.diffusion_steps or max(self.gen_length // 2, 1)
+                steps = default_steps(self.gen_length, self.diffusion_steps)
                 preset["max_block_steps"] = steps * self.block_length // self.gen_length
             clash = self._changed(*preset)
             if clash:
