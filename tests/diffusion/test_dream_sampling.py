@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 import d1
-from d1.diffusion.dream_sampling import DreamSampling, diffusion_generate, sample_tokens, truncate_logits
+from d1.diffusion.dream_sampling import DreamSampling, diffusion_generate, sample_tokens
+from d1.diffusion.logits import truncate_logits
 from tests.conftest import reference_path
 
 

@@ -14,8 +14,9 @@ from d1.diffusion.samplers import sampler_arguments, with_default
 from d1.diffusion.trace import Trace
 
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
-END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|endoftext|>")
-"""Tokens that end an assistant turn in LLaDA's and Qwen2's (Dream's) chat formats: an answer is cut at the first."""
+END_OF_TURN = ("<|eot_id|>", "<|im_end|>", "<|role_end|>", "<|endoftext|>")
+"""Tokens that end an assistant turn in LLaDA's, Qwen2's (Dream's) and LLaDA 2.x's chat formats: an answer is cut
+at the first."""
 
 
 @dataclass
@@ -55,7 +56,7 @@ def check_args(args: ChatConfig) -> Any:
         raise ValueError("--model_path is required: a model folder or Hub name.")
     options = options_from(args, args.sampler) if args.sampler else None  # needs no model
     check_local_or_hub(args.model_path, "--model_path")
-    return options or options_from(args, default_sampler(load_config(args.model_path)))
+    return options or options_from(args, *default_sampler(load_config(args.model_path)))
 
 
 def prompt_text(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -141,7 +142,7 @@ class Chat:
         return reply
 
     def turn(self, completion: Any) -> Any:
-        """The completion up to its first end-of-turn token (EOS, <|eot_id|>, <|im_end|>): what follows is not
+        """The completion up to its first end-of-turn token (EOS, `END_OF_TURN`): what follows is not
         part of the answer, and those tokens need not be registered as special to be dropped."""
         import torch
 

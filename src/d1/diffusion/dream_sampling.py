@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
-from d1.diffusion.logits import predicting_logits
+from d1.diffusion.logits import predicting_logits, truncate_logits
 from d1.diffusion.sampling import resolve_token_id
 from d1.diffusion.trace import Trace
 
@@ -92,21 +92,6 @@ def settings_from(generation_config: Any, kwargs: dict[str, Any]) -> DreamSampli
     settings = DreamSampling(**{**values, **kwargs})
     settings.validate()
     return settings
-
-
-def truncate_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
-    """Logits with everything outside the top-p nucleus (the most probable tokens whose cumulative
-    probability first reaches top_p) and outside the top k set to the dtype's minimum."""
-    if top_p is not None and top_p < 1:
-        ordered, order = torch.sort(logits, descending=True)
-        above = torch.cumsum(F.softmax(ordered, dim=-1), dim=-1) > top_p
-        drop = torch.zeros_like(above)
-        drop[..., 1:] = above[..., :-1]  # keep the token that crosses top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), torch.finfo(logits.dtype).min)
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
-    return logits
 
 
 def sample_tokens(

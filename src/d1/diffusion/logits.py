@@ -3,7 +3,8 @@
 LLaDA-style models predict the token at position i from the output at i. Models adapted from autoregressive
 ones (Dream) keep the AR alignment: the output at i-1 predicts token i, and position 0 reuses its own output
 (Dream's `cat([logits[:, :1], logits[:, :-1]], 1)`). A model says which through `config.logits_shifted`;
-every sampler, log-probability and loss reads it here and nowhere else.
+every sampler, log-probability and loss reads it here and nowhere else. `truncate_logits` is the samplers'
+top-p / top-k truncation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import inspect
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -64,3 +66,18 @@ def predicting_logits(
     if shifted and start == 0 and stop > 1:
         logits = torch.cat([logits[:, :1], logits], dim=1)  # position 0 reuses its own output
     return logits, out
+
+
+def truncate_logits(logits: torch.Tensor, top_p: float | None, top_k: int | None) -> torch.Tensor:
+    """Logits with everything outside the top-p nucleus (the most probable tokens whose cumulative
+    probability first reaches top_p) and outside the top k set to the dtype's minimum."""
+    if top_p is not None and top_p < 1:
+        ordered, order = torch.sort(logits, descending=True)
+        above = torch.cumsum(F.softmax(ordered, dim=-1), dim=-1) > top_p
+        drop = torch.zeros_like(above)
+        drop[..., 1:] = above[..., :-1]  # keep the token that crosses top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), torch.finfo(logits.dtype).min)
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
+    return logits

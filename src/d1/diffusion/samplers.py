@@ -18,9 +18,18 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from d1.diffusion.block_diffusion import BlockDiffusionSampling, generate_blocks
 from d1.diffusion.dream_block_sampling import DreamBlockSampling, generate_dream_blocks
 from d1.diffusion.dream_sampling import ALGS, DreamSampling, diffusion_generate
-from d1.diffusion.sampling import CACHES, REMASKING, UNMASKS, check_settings, generate
+from d1.diffusion.sampling import (
+    CACHES,
+    REMASKING,
+    UNMASKS,
+    check_block_schedule,
+    check_settings,
+    generate,
+    resolve_token_id,
+)
 from d1.diffusion.trace import Trace
 
 
@@ -75,11 +84,31 @@ class SamplerOptions:
 class BlockOptions:
     """Semi-autoregressive decoding: the completion is decoded block by block, left to right."""
 
-    block_length: int = option(32, "Block length of semi-autoregressive decoding (gen_length must be a multiple).")
+    block_length: int = option(
+        32, "Block length of semi-autoregressive decoding (gen_length must be a multiple)."
+    )
 
 
 @dataclass
-class FastOptions:
+class UnmaskOptions:
+    """Parallel unmasking: how many tokens a step commits."""
+
+    unmask: str = option(
+        "schedule",
+        "How many tokens a step commits: schedule (the sampler's fixed count per step), threshold (every token "
+        "with confidence >= threshold, at least one; Fast-dLLM. block_diffusion: every token above threshold "
+        "when at least the step's count are, else that count; LLaDA 2.x, SDAR), factor (Fast-dLLM's factor "
+        "rule), factor_strict (the longest run of the n most confident with the n-th >= 1 - factor / (n + 1)).",
+        UNMASKS,
+    )
+    threshold: float = option(
+        0.9,
+        "unmask=threshold: the confidence a token needs to be committed (Fast-dLLM: 0.9; LLaDA 2.x: 0.95).",
+    )
+
+
+@dataclass
+class FastOptions(UnmaskOptions):
     """Fast-dLLM's approximations: a block KV cache and parallel (confidence-threshold) unmasking."""
 
     cache: str = option(
@@ -88,14 +117,6 @@ class FastOptions:
         "the masked suffix.",
         CACHE_CHOICES,
     )
-    unmask: str = option(
-        "schedule",
-        "How many tokens a step commits: schedule (the sampler's fixed count per step), threshold (every token "
-        "with confidence >= threshold, at least one; Fast-dLLM), factor (Fast-dLLM's factor rule), "
-        "factor_strict (the longest run of the n most confident with the n-th >= 1 - factor / (n + 1)).",
-        UNMASKS,
-    )
-    threshold: float = option(0.9, "unmask=threshold: the confidence a token needs to be committed (Fast-dLLM: 0.9).")
 
     def cache_arg(self) -> str | None:
         """The cache as the samplers' functions take it (None for no cache)."""
@@ -107,7 +128,19 @@ class FastOptions:
 
 
 @dataclass
-class DreamRules:
+class Truncation:
+    """Truncation of the token distribution before a token is picked."""
+
+    top_p: float | None = option(
+        None, "Nucleus truncation of the token distribution; none = off (Dream's default)."
+    )
+    top_k: int | None = option(
+        None, "Top-k truncation of the token distribution; none = off (Dream's default)."
+    )
+
+
+@dataclass
+class DreamRules(Truncation):
     """Dream's token and position rules (its `diffusion_generate` settings)."""
 
     alg: str = option(
@@ -116,9 +149,9 @@ class DreamRules:
         "topk_margin (top-1 minus top-2) or origin (random positions).",
         ALGS,
     )
-    alg_temp: float | None = option(None, "Sample positions from softmax(confidence / alg_temp); none = most confident.")
-    top_p: float | None = option(None, "Nucleus truncation of the token distribution; none = off (Dream's default).")
-    top_k: int | None = option(None, "Top-k truncation of the token distribution; none = off (Dream's default).")
+    alg_temp: float | None = option(
+        None, "Sample positions from softmax(confidence / alg_temp); none = most confident."
+    )
     eps: float = option(1e-3, "Dream's final time: the schedule runs over linspace(1, eps, steps + 1).")
 
 
@@ -129,7 +162,9 @@ class LLaDAOptions(FastOptions, BlockOptions, SamplerOptions):
     name: ClassVar[str] = "llada"
 
     remasking: str = option(
-        "low_confidence", "Which predicted tokens a step commits: low_confidence (the most probable) or random.", REMASKING
+        "low_confidence",
+        "Which predicted tokens a step commits: low_confidence (the most probable) or random.",
+        REMASKING,
     )
     cfg_scale: float = option(0.0, "Classifier-free guidance scale; 0 = off.")
     factor: float = option(1.0, "unmask=factor/factor_strict: Fast-dLLM's factor (about 1).")
@@ -138,9 +173,13 @@ class LLaDAOptions(FastOptions, BlockOptions, SamplerOptions):
         "unmask=threshold/factor: at most this many model calls a block, committing enough tokens a step to "
         "finish in time; none = until the block is done (Fast-dLLM).",
     )
-    early_stop: bool = option(False, "Stop once every row's decoded blocks end in EOS, filling the rest with EOS.")
+    early_stop: bool = option(
+        False, "Stop once every row's decoded blocks end in EOS, filling the rest with EOS."
+    )
     logits_eos_inf: bool = option(False, "Never predict EOS (LLaDA's logits_eos_inf).")
-    confidence_eos_eot_inf: bool = option(False, "Commit EOS/EoT predictions last (LLaDA's confidence_eos_eot_inf).")
+    confidence_eos_eot_inf: bool = option(
+        False, "Commit EOS/EoT predictions last (LLaDA's confidence_eos_eot_inf)."
+    )
 
     def validate(self) -> None:
         super().validate()
@@ -196,6 +235,34 @@ class FastDreamOptions(FastOptions, BlockOptions, DreamRules, SamplerOptions):
         )  # fmt: skip
 
 
+@dataclass
+class BlockDiffusionOptions(UnmaskOptions, Truncation, BlockOptions, SamplerOptions):
+    """Block diffusion (LLaDA 2.x, SDAR): blocks on a grid from the prompt's first token, block-causal attention,
+    finished blocks cached (exact)."""
+
+    name: ClassVar[str] = "block_diffusion"
+
+    def validate(self) -> None:
+        super().validate()
+        check_block_schedule(
+            self.gen_length, self.block_length, self.steps, ("gen_length", "block_length", "diffusion_steps")
+        )
+        if self.unmask not in ("schedule", "threshold"):
+            raise ValueError(
+                f"unmask={self.unmask!r}: sampler 'block_diffusion' commits each step's count (schedule) or the "
+                "tokens above a threshold (threshold, LLaDA 2.x's and SDAR's rule); use one of those."
+            )
+        self.sampling().validate()
+
+    def sampling(self) -> BlockDiffusionSampling:
+        """`generate_blocks`' settings: `diffusion_steps` over the answer become the official steps per block."""
+        return BlockDiffusionSampling(
+            gen_length=self.gen_length, block_length=self.block_length,
+            steps=self.steps * self.block_length // self.gen_length, temperature=self.temperature,
+            threshold=self.threshold if self.unmask == "threshold" else None, top_k=self.top_k, top_p=self.top_p,
+        )  # fmt: skip
+
+
 # ---------------------------------------------------------------- the registry
 
 
@@ -246,12 +313,18 @@ def register(sampler: Sampler) -> Sampler:
     return sampler
 
 
-def _run_llada(model: nn.Module, prompt_ids: torch.Tensor, options: LLaDAOptions, call: SamplerCall) -> torch.Tensor:
-    extras = {spec.name: getattr(call, spec.name) for spec in dataclasses.fields(call)}  # not asdict: no copies
+def _run_llada(
+    model: nn.Module, prompt_ids: torch.Tensor, options: LLaDAOptions, call: SamplerCall
+) -> torch.Tensor:
+    extras = {
+        spec.name: getattr(call, spec.name) for spec in dataclasses.fields(call)
+    }  # not asdict: no copies
     return generate(model, prompt_ids, **options.generate_kwargs(), **extras)
 
 
-def _run_dream(model: nn.Module, prompt_ids: torch.Tensor, options: DreamOptions, call: SamplerCall) -> torch.Tensor:
+def _run_dream(
+    model: nn.Module, prompt_ids: torch.Tensor, options: DreamOptions, call: SamplerCall
+) -> torch.Tensor:
     settings = {k: v for k, v in dataclasses.asdict(options.settings()).items() if v is not None}
     settings["mask_token_id"] = call.mask_token_id
     output = diffusion_generate(
@@ -284,10 +357,14 @@ def option_fields() -> dict[str, tuple[Any, dataclasses.Field]]:
 
 def readers(option_name: str) -> list[str]:
     """The samplers that read `option_name`."""
-    return [s.name for s in SAMPLERS.values() if option_name in {f.name for f in dataclasses.fields(s.options)}]
+    return [
+        s.name for s in SAMPLERS.values() if option_name in {f.name for f in dataclasses.fields(s.options)}
+    ]
 
 
-def build_options(sampler: str, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> SamplerOptions:
+def build_options(
+    sampler: str, values: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+) -> SamplerOptions:
     """`sampler`'s options from a flat mapping of option values (a command's config), validated.
 
     An option another sampler reads but this one does not is refused when it differs from its default
@@ -311,12 +388,16 @@ def build_options(sampler: str, values: Mapping[str, Any], defaults: Mapping[str
     return options
 
 
-def options_from(config: Any, sampler: str, overrides: Mapping[str, Any] | None = None) -> SamplerOptions:
-    """`sampler`'s options from a command's config dataclass (built on `sampler_arguments()`) and `overrides`,
-    the config's own defaults deciding what counts as set (a command may default an option differently)."""
+def options_from(
+    config: Any, sampler: str, presets: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None
+) -> SamplerOptions:
+    """`sampler`'s options from a command's config dataclass (built on `sampler_arguments()`), the config's own
+    defaults deciding what counts as set (a command may default an option differently). `presets` (a model
+    family's defaults) replace the options the config left at its default; `overrides` replace any."""
     defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
     values = {name: getattr(config, name) for name in option_fields() if hasattr(config, name)}
-    return build_options(sampler, {**values, **(overrides or {})}, defaults)
+    unset = {name: value for name, value in (presets or {}).items() if values.get(name) == defaults.get(name)}
+    return build_options(sampler, {**values, **unset, **(overrides or {})}, {**defaults, **unset})
 
 
 def with_default(name: str, default: Any, why: str) -> Any:
@@ -332,7 +413,9 @@ def sample(
     sampler = get_sampler(options.name)
     call = call or SamplerCall()
     unsupported = [
-        name for name in ("sync_done", "prefill") if getattr(call, name) is not None and name not in sampler.supports
+        name
+        for name in ("sync_done", "prefill")
+        if getattr(call, name) is not None and name not in sampler.supports
     ]
     if unsupported:
         raise ValueError(f"sampler {sampler.name!r} does not support {unsupported}; use sampler='llada'.")
@@ -373,6 +456,19 @@ def _run_fast_dream(
     )  # fmt: skip
 
 
+def _run_blocks(
+    model: nn.Module, prompt_ids: torch.Tensor, options: BlockDiffusionOptions, call: SamplerCall
+) -> torch.Tensor:
+    return generate_blocks(
+        model, prompt_ids, options.sampling(), mask_token_id=resolve_token_id(model, call.mask_token_id, "mask_token_id"),
+        eos_token_id=resolve_token_id(model, call.eos_token_id, "eos_token_id"), attention_mask=call.attention_mask,
+        generator=call.generator, trace=call.trace, stats=call.stats,
+    )  # fmt: skip
+
+
 register(Sampler(LLaDAOptions, _run_llada, frozenset({"sync_done", "prefill"})))
-register(Sampler(DreamOptions, _run_dream, frozenset({"sync_done"})))  # sync_done: its passes are fixed already
+register(
+    Sampler(DreamOptions, _run_dream, frozenset({"sync_done"}))
+)  # sync_done: its passes are fixed already
 register(Sampler(FastDreamOptions, _run_fast_dream, frozenset({"sync_done"})))  # schedule mode only
+register(Sampler(BlockDiffusionOptions, _run_blocks))

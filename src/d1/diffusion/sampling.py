@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d1.diffusion.block_diffusion import BlockDiffusionSampling, generate_blocks, is_block_diffusion
 from d1.diffusion.logits import _accepts, logits_are_shifted, predicting_logits
 from d1.diffusion.trace import Trace
 
@@ -504,7 +505,34 @@ def generate(
     threshold/factor unmasking and early stop equal on all processes, as sharded weights (ZeRO-3, FSDP)
     need: a process that finished runs forward passes that change nothing until every process has finished.
     Each process's tokens are those it would decode alone.
+
+    On a block-diffusion model (`config.block_diffusion`: LLaDA 2.x, SDAR) this runs the family's own sampler,
+    `d1.diffusion.block_diffusion.generate_blocks`, with `steps / (gen_length / block_length)` steps a block;
+    the options only LLaDA's sampler reads are refused.
     """
+    if is_block_diffusion(model):
+        unread = {
+            "remasking": (remasking, "low_confidence"), "cfg_scale": (cfg_scale, 0.0), "cache": (cache, None),
+            "logits_eos_inf": (logits_eos_inf, False), "confidence_eos_eot_inf": (confidence_eos_eot_inf, False),
+            "max_block_steps": (max_block_steps, None), "sync_done": (sync_done, None), "prefill": (prefill, None),
+        }  # fmt: skip
+        refused = [name for name, (value, default) in unread.items() if value is not default and value != default]
+        if refused or unmask not in ("schedule", "threshold"):
+            raise ValueError(
+                f"{refused or ['unmask=' + repr(unmask)]}: a block-diffusion model (LLaDA 2.x, SDAR) decodes with "
+                "its own sampler (d1.diffusion.block_diffusion), which does not read these; drop them "
+                "(its finished-block cache is always on and exact; unmask is schedule or threshold)."
+            )
+        check_block_schedule(gen_length, block_length, steps)
+        settings = BlockDiffusionSampling(
+            gen_length=gen_length, block_length=block_length, steps=steps * block_length // gen_length,
+            temperature=temperature, threshold=threshold if unmask == "threshold" else None,
+        )  # fmt: skip
+        return generate_blocks(
+            model, prompt_ids, settings, mask_token_id=resolve_token_id(model, mask_token_id, "mask_token_id"),
+            eos_token_id=resolve_token_id(model, eos_token_id, "eos_token_id"), attention_mask=attention_mask,
+            generator=generator, trace=trace, stats=stats,
+        )  # fmt: skip
     check_prompt(prompt_ids, attention_mask)
     check_settings(
         gen_length=gen_length, block_length=block_length, steps=steps, temperature=temperature,

@@ -73,7 +73,7 @@ def row_from_dict(data: dict[str, Any], where: str = "trace") -> RowTrace:
 def check_version(data: Any, where: str) -> None:
     """`data` must be a JSON object stamped with this module's format and version."""
     if not isinstance(data, dict) or data.get("format") != TRACE_FORMAT:
-        raise ValueError(f"{where} is not a d1 trace file (no \"format\": \"{TRACE_FORMAT}\" field).")
+        raise ValueError(f'{where} is not a d1 trace file (no "format": "{TRACE_FORMAT}" field).')
     if data.get("version") != TRACE_VERSION:
         raise ValueError(
             f"{where} is a d1 trace of version {data.get('version')!r}; this d1 reads version "
@@ -109,12 +109,33 @@ class Trace:
             self._stepped()
             return
         chosen = x0[transfer]
-        probs = F.softmax(logits[transfer].to(torch.float64), dim=-1).gather(-1, chosen[:, None])[:, 0]
+        confidences = torch.zeros(transfer.shape, dtype=torch.float64, device=transfer.device)
+        probs = F.softmax(logits[transfer].to(torch.float64), dim=-1)
+        confidences[transfer] = probs.gather(-1, chosen[:, None])[:, 0]
+        self.record_rows(block, torch.full((len(self.rows),), offset), transfer, x0, confidences)
+
+    def record_rows(
+        self,
+        block: int,
+        offsets: torch.Tensor,
+        transfer: torch.Tensor,
+        tokens: torch.Tensor,
+        confidences: torch.Tensor,
+    ) -> None:
+        """One step of `block` whose window starts `offsets[b]` columns after row b's first generated one:
+        `transfer` [B, W] marks the decided columns, `tokens` and `confidences` [B, W] what was decided."""
         rows, columns = transfer.nonzero(as_tuple=True)
+        positions = offsets.to(columns.device)[rows] + columns
         per_row = [TraceStep(block) for _ in self.rows]
-        decided = zip(rows.tolist(), columns.tolist(), chosen.tolist(), probs.tolist(), strict=True)
-        for b, c, token, p in decided:
-            per_row[b].positions.append(offset + c)
+        decided = zip(
+            rows.tolist(),
+            positions.tolist(),
+            tokens[transfer].tolist(),
+            confidences[transfer].tolist(),
+            strict=True,
+        )
+        for b, position, token, p in decided:
+            per_row[b].positions.append(position)
             per_row[b].tokens.append(token)
             per_row[b].confidences.append(p)
         for row, step in zip(self.rows, per_row, strict=True):

@@ -118,8 +118,9 @@ class EvalConfig(sampler_arguments()):
 
     def options(self) -> SamplerOptions:
         """The chosen sampler's options (the family's sampler when `sampler` is unset), validated."""
-        sampler = self.sampler or default_sampler(load_config(self.weights, self.trust_remote_code))
-        return options_from(self, sampler)
+        if self.sampler:
+            return options_from(self, self.sampler)
+        return options_from(self, *default_sampler(load_config(self.weights, self.trust_remote_code)))
 
     @property
     def weights(self) -> str:

@@ -49,6 +49,9 @@ class Family:
     """The sampler every command uses unless told otherwise (a name of `d1.diffusion.samplers.SAMPLERS`). Dream's
     is LLaDA's block sampler too: Fast-dLLM's cached Dream sampler ties with it in cells on the demo's Dream
     and is slower (docs/performance.md)."""
+    sampler_defaults: dict[str, Any] = field(default_factory=dict)
+    """Options of `sampler` that differ from the registry's defaults for this family (the settings its reports
+    evaluate with); a command's own setting wins."""
 
     @property
     def logits_shifted(self) -> bool:
@@ -194,10 +197,11 @@ def family_of(config: Any) -> Family | None:
     return next((f for f in FAMILIES.values() if f.model_type == model_type), None)
 
 
-def default_sampler(config: Any) -> str:
-    """The sampler of a loaded config's family; LLaDA's block sampler for models d1 has no native code for."""
+def default_sampler(config: Any) -> tuple[str, dict[str, Any]]:
+    """The sampler of a loaded config's family and its option defaults; LLaDA's block sampler for models d1
+    has no native code for."""
     found = family_of(config)
-    return found.sampler if found is not None else "llada"
+    return (found.sampler, found.sampler_defaults) if found is not None else ("llada", {})
 
 
 def unknown_model_type_error(name_or_path: str, model_type: str | None) -> ValueError:

@@ -419,7 +419,7 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
                     f"rollout_sampler={self.rollout_sampler!r} sets {preset}, but {', '.join(clash)} was given too; "
                     "drop rollout_sampler and pass the sampler options alone."
                 )
-        return options_from(self, self.sampler or "llada", preset)
+        return options_from(self, self.sampler or "llada", overrides=preset)
 
     def validation_options(self) -> SamplerOptions:
         """Validation's sampler options: the rollouts' sampler, length and steps, greedy and exact."""
