@@ -15,8 +15,10 @@ padding mask into a CAUSAL mask (transformers' `_prepare_4d_causal_attention_mas
 attention is causal even without a mask: a trap. Here a 2-D mask only hides padding keys; attention stays
 bidirectional.
 
-The routed experts run as a loop over experts on the tokens routed to each (gathered once, sorted by expert).
-MEASURED_MOE
+The routed experts run as a loop over experts on the tokens routed to each (gathered once, sorted by expert):
+on CPU it beat `torch.bmm` over padded per-expert groups in every cell of `benchmarks/moe.py` (1 thread, 64
+and 256 experts, 32-2048 tokens, forward and backward: bmm 1.0-3.5x slower with the weights pre-stacked,
+1.6-9.5x with the stacking); a GPU would use a grouped-GEMM kernel.
 """
 
 from __future__ import annotations
