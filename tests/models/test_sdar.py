@@ -57,6 +57,17 @@ def test_reproduces_official_block_causal_logits(sdar_tiny) -> None:
         assert (bidirectional - reference).abs().max().item() > 0.1  # the mask matters on this model
 
 
+def test_bfloat16_weights_stay_close_to_the_official_float32_logits(sdar_tiny) -> None:
+    _, fixture = sdar_tiny
+    model = d1.load_model(CHECKPOINT, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    for case in fixture["logits"]:
+        ids, reference = _official(case)
+        with torch.no_grad():
+            logits = model(ids, attention_mask=block_causal_mask(ids.shape[1], BLOCK)).logits[0].float()
+        assert (logits - reference).abs().max().item() < 0.05 * reference.abs().max().item()
+
+
 def test_cached_blocks_then_next_block_reproduce_official_logits(sdar_tiny) -> None:
     """The official decoding: finished blocks cached block-causally, the next block over the cache (no mask),
     a finished block appended to the cache (official `store_kv`), then the partial last block."""
