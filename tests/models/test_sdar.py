@@ -96,6 +96,25 @@ def test_left_padded_row_with_2d_mask_equals_unpadded_row(sdar_tiny) -> None:
     assert (with_padding - alone).abs().max().item() <= 1e-5
 
 
+def test_left_padded_batch_under_per_row_block_masks_reproduces_official_logits(sdar_tiny) -> None:
+    """A batch of two prompts, the shorter left-padded: each row's block grid starts at its first real token
+    (4-D boolean mask per row, explicit positions), so each row reproduces the official batch-1 logits."""
+    model, fixture = sdar_tiny
+    (short, short_ref), (long, long_ref) = (_official(case) for case in fixture["logits"])
+    pad = long.shape[1] - short.shape[1]
+    ids = torch.cat([torch.cat([torch.full((1, pad), 7), short], 1), long])
+    real = torch.ones(ids.shape, dtype=torch.bool)
+    real[0, :pad] = False
+    positions = (real.cumsum(-1) - 1).clamp(min=0)
+    blocks = positions // BLOCK
+    mask = (real[:, None, :] & (blocks[:, None, :] <= blocks[:, :, None]))[:, None]
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask, position_ids=positions).logits
+    assert torch.isfinite(logits).all()
+    assert _close_to_official(logits[0, pad:], short_ref)
+    assert _close_to_official(logits[1], long_ref)
+
+
 def test_logits_to_keep_returns_the_same_columns(sdar_tiny) -> None:
     model, fixture = sdar_tiny
     ids, _ = _official(fixture["logits"][1])
