@@ -86,18 +86,22 @@ class DreamConfig(PretrainedConfig):
 class DreamAttention(nn.Module):
     """Full (bidirectional) grouped-query attention with q/k/v biases and rotary embeddings."""
 
-    def __init__(self, config: DreamConfig):
+    def __init__(self, config: PretrainedConfig, qkv_bias: bool = True, out_bias: bool = False):
         super().__init__()
-        d, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
-        self.n_heads, self.n_kv_heads, self.head_dim = (
-            config.num_attention_heads,
-            config.num_key_value_heads,
-            config.head_dim,
-        )
-        self.q_proj = nn.Linear(d, d, bias=True)
-        self.k_proj = nn.Linear(d, kv, bias=True)
-        self.v_proj = nn.Linear(d, kv, bias=True)
-        self.o_proj = nn.Linear(d, d, bias=False)
+        d, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+        self.n_heads, self.n_kv_heads, self.head_dim = heads, kv_heads, config.head_dim
+        self.q_proj = nn.Linear(d, heads * config.head_dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, kv_heads * config.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, kv_heads * config.head_dim, bias=qkv_bias)
+        self.o_proj = nn.Linear(heads * config.head_dim, d, bias=out_bias)
+
+    def project(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values [B, heads, L, head_dim] before the rotary embedding."""
+        b, length, _ = h.shape
+        q = self.q_proj(h).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
 
     def forward(
         self,
@@ -111,9 +115,7 @@ class DreamAttention(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Attention output (at the query positions `keep`, when given) and the keys/values attended to."""
         b, length, _ = h.shape
-        q = self.q_proj(h).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(h)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past is not None:
             k, v = merge_cache(past, k, v, cache_position)
@@ -130,7 +132,7 @@ class DreamAttention(nn.Module):
 class DreamMLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, config: DreamConfig):
+    def __init__(self, config: PretrainedConfig):
         super().__init__()
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
@@ -143,10 +145,13 @@ class DreamMLP(nn.Module):
 class DreamDecoderLayer(GradientCheckpointingLayer):
     """Pre-norm Qwen2 block without the causal mask."""
 
-    def __init__(self, config: DreamConfig):
+    attention_class: ClassVar[type[DreamAttention]] = DreamAttention
+    """The attention module (SDAR's block adds q/k norms)."""
+
+    def __init__(self, config: PretrainedConfig):
         super().__init__()
         self.input_layernorm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = DreamAttention(config)
+        self.self_attn = self.attention_class(config)
         self.post_attention_layernorm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = DreamMLP(config)
 
@@ -182,8 +187,8 @@ def attention_bias(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The SDPA mask and the position ids for Dream's accepted masks: None or "full" (Dream's sampler's "no
     padding"), a 2-D 0/1 key mask (positions cumsum - 1 unless given), or a 4-D mask [B, 1, Lq, Lk]
-    (boolean: True attends; else additive). A boolean row with no key (a pad query) attends to itself,
-    so its output stays finite."""
+    (boolean: True attends; else additive). In a boolean mask every query also attends to its own key
+    (its slot `cache_position`, else the last Lq keys), so a row with no key (a pad query) stays finite."""
     if attention_mask is None or isinstance(attention_mask, str):
         if attention_mask not in (None, "full"):
             raise ValueError(
@@ -194,9 +199,9 @@ def attention_bias(
         if attention_mask.dtype != torch.bool:
             return attention_mask, position_ids
         lq, lk = attention_mask.shape[-2:]
-        if lq == lk:
-            attention_mask = attention_mask | torch.eye(lq, dtype=torch.bool, device=attention_mask.device)
-        return attention_mask, position_ids
+        keys = torch.arange(lk, device=attention_mask.device)
+        own = keys[lk - lq :] if cache_position is None else cache_position.to(keys.device)
+        return attention_mask | (own[:, None] == keys), position_ids
     if attention_mask.dim() != 2:
         raise ValueError(
             f"attention_mask must be [batch, length] (0/1) or [batch, 1, queries, keys], got shape "
@@ -213,10 +218,13 @@ def attention_bias(
 class DreamBaseModel(DreamPreTrainedModel):
     """The bare Dream transformer (official names: `embed_tokens`, `layers`, `norm`)."""
 
-    def __init__(self, config: DreamConfig):
+    layer_class: ClassVar[type[DreamDecoderLayer]] = DreamDecoderLayer
+    """The block (SDAR's bare model reuses this one with its own block)."""
+
+    def __init__(self, config: PretrainedConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList(DreamDecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(self.layer_class(config) for _ in range(config.num_hidden_layers))
         self.norm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
         self.gradient_checkpointing = False
         self.post_init()
