@@ -49,6 +49,13 @@ def tiny_dream_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_model("tiny", tmp_path_factory.mktemp("tiny-dream"), seed=0, family_name="dream")
 
 
+@pytest.fixture(scope="session")
+def tiny_llada2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from d1.models.presets import init_model
+
+    return init_model("tiny", tmp_path_factory.mktemp("tiny-llada2"), seed=0, family_name="llada2")
+
+
 @pytest.fixture(params=["llada", "dream"])
 def family_model_dir(request: pytest.FixtureRequest) -> Path:
     """The tiny model of each family in turn, for the family-generic SFT, GRPO and eval tests."""

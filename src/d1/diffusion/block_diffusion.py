@@ -124,6 +124,17 @@ def _canvas(
     return _Canvas(x, offset, gen_start, end, first_block, block)
 
 
+def _check_context(model: nn.Module, canvas: _Canvas) -> None:
+    """Refuse a canvas longer than the model's context (`max_position_embeddings`), before any forward pass."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    needed = int((canvas.end - canvas.offset).max())
+    if limit is not None and needed > limit:
+        raise ValueError(
+            f"The longest prompt plus gen_length, rounded up to whole blocks, takes {needed} positions, more than "
+            f"the model's context (max_position_embeddings={limit}); shorten the prompt or gen_length."
+        )
+
+
 def _block_causal(canvas: _Canvas, queries: slice, keys: int) -> torch.Tensor:
     """Boolean attention [B, 1, Q, K] of the query columns `queries` over columns 0..keys: a column sees every
     valid column of its own block and the blocks before (and itself, so padding stays finite)."""
@@ -246,6 +257,7 @@ def generate_blocks(
         )
     pad_id = eos_token_id if eos_token_id is not None else int(prompt_ids.min())
     canvas = _canvas(prompt_ids, attention_mask, settings, mask_token_id, pad_id)
+    _check_context(model, canvas)
     decoder = _Decoder(model, canvas, settings)
     length, quotas = settings.block_length, settings.quotas()
     if trace is not None:

@@ -14,6 +14,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from d1.models.dream import DreamConfig, DreamModel
 from d1.models.llada import LLaDAConfig, LLaDAModelLM
+from d1.models.llada2 import LLaDA2MoeConfig, LLaDA2MoeModelLM
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Family:
     mask_token_id: int
     lora_targets: tuple[str, ...]
     """`d1 grpo`'s default LoRA targets: every projection inside the blocks, not the output head."""
+    attention_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
+    """`d1 sft`'s default LoRA targets: the query/key/value projections (d1's SFT adapts q, k and v)."""
     tokenizer: TinyTokenizer
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     example: str = ""
@@ -82,8 +85,19 @@ QWEN2_CHAT = (
 )
 """Qwen2's chat format (Dream's), without Qwen2's default system prompt, which tiny models need not spell."""
 
+LLADA2_CHAT = (
+    "{% for message in messages %}"
+    "{{ '<role>' + ('HUMAN' if message['role'] == 'user' else message['role'] | upper) + '</role>' "
+    "+ message['content'] | trim + '<|role_end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<role>ASSISTANT</role>' }}{% endif %}"
+)
+"""LLaDA 2.x's chat format (Ling's: `<role>HUMAN</role>...<|role_end|><role>ASSISTANT</role>`), without the
+official template's default system turn."""
+
 LLADA_TOY = {"max_sequence_length": 4096, "rope_theta": 10000.0}
 DREAM_TOY = {"max_position_embeddings": 4096}
+LLADA2_TOY = {"max_position_embeddings": 4096, "rope_theta": 10000.0, "first_k_dense_replace": 1, "num_shared_experts": 1}
 
 FAMILIES: dict[str, Family] = {
     "llada": Family(
@@ -179,6 +193,42 @@ FAMILIES: dict[str, Family] = {
             },
         },  # fmt: skip
         example="Dream-org/Dream-v0-Instruct-7B",
+    ),
+    "llada2": Family(
+        name="llada2",
+        model_type="llada2_moe",
+        config_class=LLaDA2MoeConfig,
+        model_class=LLaDA2MoeModelLM,
+        mask_token="<|mask|>",
+        mask_token_id=156895,
+        # fused q/k/v and the attention output; the SwiGLU projections of the dense MLP, the shared expert and
+        # every routed expert (the router, `mlp.gate`, stays frozen)
+        lora_targets=("query_key_value", "dense", "gate_proj", "up_proj", "down_proj"),
+        attention_targets=("query_key_value",),
+        tokenizer=TinyTokenizer(
+            bos="<|startoftext|>",
+            eos="<|endoftext|>",
+            pad="<|endoftext|>",
+            mask="<|mask|>",
+            unk="<|unk|>",
+            chat_tokens=("<role>", "</role>", "<|role_end|>"),
+            chat_template=LLADA2_CHAT,
+        ),
+        presets={
+            "tiny": {
+                "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                "num_hidden_layers": 2, "intermediate_size": 128, "moe_intermediate_size": 32, "num_experts": 8,
+                "num_experts_per_tok": 2, "n_group": 2, "topk_group": 1, **LLADA2_TOY,
+            },
+            "small": {
+                "hidden_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+                "num_hidden_layers": 4, "intermediate_size": 256, "moe_intermediate_size": 64, "num_experts": 16,
+                "num_experts_per_tok": 2, "n_group": 4, "topk_group": 2, **LLADA2_TOY,
+            },
+        },  # fmt: skip
+        example="inclusionAI/LLaDA2.0-mini",
+        sampler="block_diffusion",
+        sampler_defaults={"unmask": "threshold", "threshold": 0.95},
     ),
 }
 """Every family d1 runs natively, by name."""

@@ -58,6 +58,8 @@ class LLaDA2MoeConfig(PretrainedConfig):
     model_type = "llada2_moe"
     logits_shifted: ClassVar[bool] = False
     """The output at position i predicts the token at position i (LLaDA's alignment)."""
+    block_diffusion: ClassVar[bool] = True
+    """Decoded block by block under block-causal attention (`d1.diffusion.block_diffusion`)."""
 
     vocab_size: int = 157184
     hidden_size: int = 2048

@@ -11,7 +11,7 @@ import re
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -256,7 +256,8 @@ def lora_target_pattern(target_modules: Sequence[str]) -> str:
 
 def modules_called_by_forward(model: nn.Module) -> set[str] | None:
     """Names of the Linear layers whose own `forward` runs in one two-token forward pass (works on the meta
-    device); None when the model cannot run that pass. A Linear used as a raw weight (LLaDA's head, computed
+    device), with the layers that differ from one of those only by their indices (experts.3 beside experts.5);
+    None when the model cannot run that pass. A Linear used as a raw weight (LLaDA's head, computed
     with `F.linear(x, ff_out.weight)`) is not called: an adapter on it would never train."""
     called: set[str] = set()
     hooks = [
@@ -273,7 +274,9 @@ def modules_called_by_forward(model: nn.Module) -> set[str] | None:
     finally:
         for hook in hooks:
             hook.remove()
-    return called
+    # a mixture of experts routes two tokens to a few experts: an expert counts as called when a sibling did
+    shapes = {_generalise([name]) for name in called}
+    return called | {name for name, module in model.named_modules() if _generalise([name]) in shapes}
 
 
 def _generalise(names: Sequence[str]) -> str:
@@ -331,6 +334,8 @@ class TrainableModelArgs(Protocol):
     lora_alpha: int
     lora_dropout: float
     lora_target_modules: list[str]
+    lora_scope: ClassVar[str]
+    """What an empty `lora_target_modules` adapts: "attention" (q/k/v, `d1 sft`) or "blocks" (`d1 grpo`)."""
     activation_checkpointing: bool
     deepspeed: Any
     fsdp: Any
@@ -363,7 +368,8 @@ def check_lora_before_loading(model_config: Any, args: TrainableModelArgs) -> No
 
 
 def lora_targets(model_config: Any, args: TrainableModelArgs) -> list[str]:
-    """`args.lora_target_modules`, or when it is empty the family's default (`Family.lora_targets`)."""
+    """`args.lora_target_modules`, or when it is empty the family's default for `args.lora_scope`
+    (`Family.attention_targets` or `Family.lora_targets`)."""
     if args.lora_target_modules:
         return list(args.lora_target_modules)
     known = family_of(model_config)
@@ -372,7 +378,7 @@ def lora_targets(model_config: Any, args: TrainableModelArgs) -> list[str]:
             f"lora_target_modules is empty and model_type={getattr(model_config, 'model_type', None)!r} is no d1 "
             "family, so there is no default: pass --lora_target_modules with some of its Linear layers."
         )
-    return list(known.lora_targets)
+    return list(known.attention_targets if getattr(args, "lora_scope", "blocks") == "attention" else known.lora_targets)
 
 
 def check_model_before_loading(model_config: Any, args: TrainableModelArgs) -> None:

@@ -68,7 +68,11 @@ class SFTConfig(TrainingArguments):
     lora_alpha: int = field(default=SFT_LORA["lora_alpha"], metadata={"help": "LoRA alpha."})
     lora_dropout: float = field(default=SFT_LORA["lora_dropout"], metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(
-        default_factory=lambda: list(SFT_LORA["target_modules"]), metadata={"help": LORA_TARGETS_HELP}
+        default_factory=list,
+        metadata={
+            "help": f"{LORA_TARGETS_HELP} Default (empty): the model family's query/key/value projections (d1's "
+            "SFT: q_proj, k_proj, v_proj; LLaDA 2.x: its fused query_key_value)."
+        },
     )
     mask_token_id: int | None = field(
         default=None, metadata={"help": "Mask token id when neither tokenizer nor config defines one."}
