@@ -12,7 +12,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import d1
-from d1.models.llada2 import LLaDA2MoeConfig, LLaDA2MoeModelLM, convert_fused_experts, route
+from d1.models.llada2 import (
+    LLaDA2MoeConfig,
+    LLaDA2MoeModelLM,
+    LLaDA2MoeVeomniModelLM,
+    convert_fused_experts,
+    route,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CHECKPOINT = FIXTURES / "llada2_tiny"
@@ -63,6 +69,21 @@ def test_reproduces_official_logits_with_and_without_block_mask(llada2, index: i
     assert (boolean - ref[f"block4_logits_{index}"]).abs().max().item() <= 1e-5
     assert (added - ref[f"block4_logits_{index}"]).abs().max().item() <= 1e-5
     assert (plain - boolean).abs().max().item() > 1.0  # the mask matters on this input
+
+
+def test_bfloat16_follows_the_official_rounding(llada2) -> None:
+    """Rotary in the activations' dtype and the router in float32, as the official: recorded bit-equal on the
+    fixture's machine; 0.5 leaves room for another CPU's bf16 kernels, not for a flipped expert choice
+    (a float32 rotation flips one token's experts here and moves its logits by 16)."""
+    _, ref = llada2
+    model = d1.load_model(CHECKPOINT, dtype="bfloat16").eval()
+    for index in (0, 1):
+        ids = ref[f"input_{index}"]
+        with torch.no_grad():
+            plain = model(ids).logits.float()
+            masked = model(ids, attention_mask=block_causal(ids.shape[1], 4)).logits.float()
+        assert (plain - ref[f"bf16_logits_{index}"]).abs().max().item() <= 0.5
+        assert (masked - ref[f"bf16_block4_logits_{index}"]).abs().max().item() <= 0.5
 
 
 def test_left_padded_row_equals_unpadded_row(llada2) -> None:
@@ -158,6 +179,8 @@ def test_fused_expert_tensor_of_the_wrong_rank_is_refused_naming_the_fix() -> No
         convert_fused_experts({"model.layers.3.mlp.experts.up_proj": torch.zeros(4, 8)})
     untouched = {"model.layers.3.mlp.experts.0.up_proj.weight": torch.zeros(2, 2)}
     assert convert_fused_experts(untouched) == untouched
+    with pytest.raises(ValueError, match=r"someone/llada2-veomni is a llada2_moe_veomni .*hf download"):
+        LLaDA2MoeVeomniModelLM.from_pretrained("someone/llada2-veomni")
 
 
 def test_lora_on_attention_shared_and_routed_experts_trains(tmp_path: Path) -> None:
