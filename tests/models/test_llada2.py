@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,26 @@ def test_loads_natively_with_the_official_names(llada2) -> None:
         "lm_head.weight",
     } <= names
     assert names == set(load_file(CHECKPOINT / "model.safetensors"))
+
+
+def test_hub_config_with_remote_code_fields_loads_natively(llada2, tmp_path: Path) -> None:
+    """The Hub's config.json names remote code (`auto_map`) and carries fields the model does not read."""
+    _, ref = llada2
+    config = json.loads((CHECKPOINT / "config.json").read_text())
+    hub_only = {
+        "auto_map": {"AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"},
+        "rotary_dim": 8,
+        "router_dtype": "fp32",
+        "moe_router_enable_expert_bias": True,
+        "using_split_qkv_in_self_attention": False,
+        "use_rmsnorm": True,
+    }
+    (tmp_path / "config.json").write_text(json.dumps({**config, **hub_only}))
+    shutil.copy(CHECKPOINT / "model.safetensors", tmp_path)
+    model = d1.load_model(tmp_path, dtype="float32")
+    assert type(model) is LLaDA2MoeModelLM
+    with torch.no_grad():
+        assert (model(ref["input_1"]).logits - ref["logits_1"]).abs().max().item() <= 1e-5
 
 
 @pytest.mark.parametrize("index", [0, 1])
