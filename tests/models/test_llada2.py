@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import d1
-from d1.models.llada2 import LLaDA2MoeConfig, LLaDA2MoeModelLM, convert_fused_experts, route
+from d1.models.llada2 import (
+    LLaDA2MoeConfig,
+    LLaDA2MoeModelLM,
+    LLaDA2MoeVeomniModelLM,
+    convert_fused_experts,
+    route,
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CHECKPOINT = FIXTURES / "llada2_tiny"
@@ -49,6 +56,26 @@ def test_loads_natively_with_the_official_names(llada2) -> None:
     assert names == set(load_file(CHECKPOINT / "model.safetensors"))
 
 
+def test_hub_config_with_remote_code_fields_loads_natively(llada2, tmp_path: Path) -> None:
+    """The Hub's config.json names remote code (`auto_map`) and carries fields the model does not read."""
+    _, ref = llada2
+    config = json.loads((CHECKPOINT / "config.json").read_text())
+    hub_only = {
+        "auto_map": {"AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"},
+        "rotary_dim": 8,
+        "router_dtype": "fp32",
+        "moe_router_enable_expert_bias": True,
+        "using_split_qkv_in_self_attention": False,
+        "use_rmsnorm": True,
+    }
+    (tmp_path / "config.json").write_text(json.dumps({**config, **hub_only}))
+    shutil.copy(CHECKPOINT / "model.safetensors", tmp_path)
+    model = d1.load_model(tmp_path, dtype="float32")
+    assert type(model) is LLaDA2MoeModelLM
+    with torch.no_grad():
+        assert (model(ref["input_1"]).logits - ref["logits_1"]).abs().max().item() <= 1e-5
+
+
 @pytest.mark.parametrize("index", [0, 1])
 def test_reproduces_official_logits_with_and_without_block_mask(llada2, index: int) -> None:
     model, ref = llada2
@@ -63,6 +90,21 @@ def test_reproduces_official_logits_with_and_without_block_mask(llada2, index: i
     assert (boolean - ref[f"block4_logits_{index}"]).abs().max().item() <= 1e-5
     assert (added - ref[f"block4_logits_{index}"]).abs().max().item() <= 1e-5
     assert (plain - boolean).abs().max().item() > 1.0  # the mask matters on this input
+
+
+def test_bfloat16_follows_the_official_rounding(llada2) -> None:
+    """Rotary in the activations' dtype and the router in float32, as the official: recorded bit-equal on the
+    fixture's machine; 0.5 leaves room for another CPU's bf16 kernels, not for a flipped expert choice
+    (a float32 rotation flips one token's experts here and moves its logits by 16)."""
+    _, ref = llada2
+    model = d1.load_model(CHECKPOINT, dtype="bfloat16").eval()
+    for index in (0, 1):
+        ids = ref[f"input_{index}"]
+        with torch.no_grad():
+            plain = model(ids).logits.float()
+            masked = model(ids, attention_mask=block_causal(ids.shape[1], 4)).logits.float()
+        assert (plain - ref[f"bf16_logits_{index}"]).abs().max().item() <= 0.5
+        assert (masked - ref[f"bf16_block4_logits_{index}"]).abs().max().item() <= 0.5
 
 
 def test_left_padded_row_equals_unpadded_row(llada2) -> None:
@@ -158,6 +200,8 @@ def test_fused_expert_tensor_of_the_wrong_rank_is_refused_naming_the_fix() -> No
         convert_fused_experts({"model.layers.3.mlp.experts.up_proj": torch.zeros(4, 8)})
     untouched = {"model.layers.3.mlp.experts.0.up_proj.weight": torch.zeros(2, 2)}
     assert convert_fused_experts(untouched) == untouched
+    with pytest.raises(ValueError, match=r"someone/llada2-veomni is a llada2_moe_veomni .*hf download"):
+        LLaDA2MoeVeomniModelLM.from_pretrained("someone/llada2-veomni")
 
 
 def test_lora_on_attention_shared_and_routed_experts_trains(tmp_path: Path) -> None:

@@ -37,13 +37,14 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from d1.models.dream import attention_bias
-from d1.models.llada import KVCache, LLaDAOutput, LLaDARMSNorm, apply_rotary, merge_cache, rotary_cos_sin
+from d1.models.llada import KVCache, LLaDAOutput, LLaDARMSNorm, merge_cache, rotary_cos_sin
 
 FUSED_EXPERTS_HELP = (
     "dFactory's training layout (model_type 'llada2_moe_veomni') keeps each layer's routed experts fused as "
     "mlp.experts.{gate,up,down}_proj [num_experts, out, in]; d1 splits them when loading a local folder "
-    "(convert_fused_experts). Elsewhere run dFactory's `python scripts/moe_convertor.py -i IN -o OUT -m "
-    "split` and set model_type 'llada2_moe' in OUT/config.json."
+    "(convert_fused_experts): download it first (hf download NAME --local-dir DIR), or run dFactory's "
+    "`python scripts/moe_convertor.py -i IN -o OUT -m split` and set model_type 'llada2_moe' in "
+    "OUT/config.json."
 )
 
 
@@ -170,9 +171,13 @@ class LLaDA2Output(LLaDAOutput):
 
 def rotate_partial(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate the first `cos.shape[-1]` dims of [B, H, L, D] queries or keys (rotate-half pairing within
-    them); the other dims pass through."""
+    them); the other dims pass through. In the input's dtype with cos/sin cast to it, as the official (in
+    bfloat16 a float32 rotation moves scores enough to flip router choices)."""
     dim = cos.shape[-1]
-    return torch.cat((apply_rotary(x[..., :dim], cos, sin), x[..., dim:]), dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    rot, rest = x[..., :dim], x[..., dim:]
+    first, second = rot.chunk(2, dim=-1)
+    return torch.cat((rot * cos + torch.cat((-second, first), dim=-1) * sin, rest), dim=-1)
 
 
 class LLaDA2MoeAttention(nn.Module):
@@ -465,8 +470,12 @@ class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
         """transformers' loading; a local folder in dFactory's fused-experts layout is split on the way
-        (`convert_fused_experts`) and loads as a plain `llada2_moe` model."""
+        (`convert_fused_experts`) and loads as a plain `llada2_moe` model; a Hub one is refused, naming the
+        fix (download it, or dFactory's converter)."""
         folder = Path(str(pretrained_model_name_or_path))
+        if cls.config_class is LLaDA2MoeVeomniConfig and not folder.is_dir():
+            name = pretrained_model_name_or_path
+            raise ValueError(f"{name} is a llada2_moe_veomni checkpoint on the Hub. {FUSED_EXPERTS_HELP}")
         if not fused_checkpoint(folder):
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         from safetensors.torch import load_file
