@@ -56,6 +56,19 @@ def tiny_llada2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_model("tiny", tmp_path_factory.mktemp("tiny-llada2"), seed=0, family_name="llada2")
 
 
+@pytest.fixture(scope="session")
+def tiny_sdar_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from d1.models.presets import init_model
+
+    return init_model("tiny", tmp_path_factory.mktemp("tiny-sdar"), seed=0, family_name="sdar")
+
+
+@pytest.fixture(params=["llada2", "sdar"])
+def block_family_dir(request: pytest.FixtureRequest) -> Path:
+    """The tiny model of each block-diffusion family in turn (LLaDA 2.x, SDAR)."""
+    return request.getfixturevalue(f"tiny_{request.param}_dir")
+
+
 @pytest.fixture(params=["llada", "dream"])
 def family_model_dir(request: pytest.FixtureRequest) -> Path:
     """The tiny model of each family in turn, for the family-generic SFT, GRPO and eval tests."""

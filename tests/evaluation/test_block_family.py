@@ -1,6 +1,7 @@
-"""A block-diffusion family (LLaDA 2.x) through every command, with no family flag: `d1 eval` (its sampler and
-its reports' threshold by default, traces and `d1 trace`), the harness (answers equal eval's), `d1 chat` live,
-LLaDA's sampler options refused before loading, and a 2-process LoRA SFT step."""
+"""The block-diffusion families (LLaDA 2.x, SDAR) through every command, with no family flag: `d1 eval` (their
+sampler and their reports' threshold by default, traces and `d1 trace`), the harness (answers equal eval's),
+LLaDA's sampler options refused before loading, `d1 grpo` refused; for LLaDA 2.x also `d1 chat` live and a
+2-process LoRA SFT step."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from d1.cli.main import main
 from d1.evaluation import runner
 from d1.evaluation.config import EvalConfig
 from d1.evaluation.runner import run_eval
+from d1.models.families import Family, family_of
+from d1.models.loading import load_config
 from d1.tasks.synthetic import make_dataset
 from tests.cli.test_chat import PROMPT, Terminal
 from tests.conftest import run_on_two_cpu_processes
@@ -27,20 +30,27 @@ def sudoku_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _eval_argv(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["eval", "--model_path", str(model_dir), "--dataset", "sudoku", "--data_path", str(data),
-            "--output_dir", str(out), "--gen_length", "16", "--block_length", "8", "--diffusion_steps", "8",
+            "--output_dir", str(out), "--gen_length", "16", "--block_length", "4", "--diffusion_steps", "8",
             "--batch_size", "2", *extra]  # fmt: skip
 
 
-def test_eval_uses_the_family_sampler_and_traces_replay(tiny_llada2_dir: Path, sudoku_csv: Path, tmp_path: Path) -> None:
+def _family(model_dir: Path) -> Family:
+    found = family_of(load_config(str(model_dir)))
+    assert found is not None
+    return found
+
+
+def test_eval_uses_the_family_sampler_and_traces_replay(block_family_dir: Path, sudoku_csv: Path, tmp_path: Path) -> None:
     from d1.diffusion.trace import row_from_dict
     from d1.evaluation.traces import read_traces, traces_path
     from d1.viz.html import write_trace_html
 
-    assert main(_eval_argv(tiny_llada2_dir, sudoku_csv, tmp_path, "--save_traces", "2")) == 0
+    assert main(_eval_argv(block_family_dir, sudoku_csv, tmp_path, "--save_traces", "2")) == 0
     (path,) = tmp_path.glob("*_generations.json")
     data = json.loads(path.read_text())
     settings = data["settings"]
-    assert (settings["sampler"], settings["unmask"], settings["threshold"]) == ("block_diffusion", "threshold", 0.95)
+    threshold = _family(block_family_dir).sampler_defaults["threshold"]
+    assert (settings["sampler"], settings["unmask"], settings["threshold"]) == ("block_diffusion", "threshold", threshold)
     assert not {"remasking", "cache", "alg"} & set(settings) and len(data["generations"]) == 3
     for item in read_traces(traces_path(path)):
         row = row_from_dict(item["trace"])
@@ -60,24 +70,25 @@ def test_eval_uses_the_family_sampler_and_traces_replay(tiny_llada2_dir: Path, s
     ],
 )
 def test_other_samplers_options_refused_before_loading(
-    tiny_llada2_dir: Path, sudoku_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra, message
+    block_family_dir: Path, sudoku_csv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra, message
 ) -> None:
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: pytest.fail("a model was loaded first"))
-    config = EvalConfig(model_path=str(tiny_llada2_dir), dataset="sudoku", data_path=str(sudoku_csv),
+    config = EvalConfig(model_path=str(block_family_dir), dataset="sudoku", data_path=str(sudoku_csv),
                         output_dir=str(tmp_path), gen_length=16, block_length=8,
                         **dict(zip([a.lstrip("-") for a in extra[::2]], extra[1::2], strict=True)))  # fmt: skip
     with pytest.raises(ValueError, match=message):
         run_eval(config)
 
 
-def test_harness_answers_as_eval(tiny_llada2_dir: Path) -> None:
+def test_harness_answers_as_eval(block_family_dir: Path) -> None:
     from d1.evaluation.generation import generate_answers
     from d1.evaluation.harness import D1HarnessLM
     from d1.tasks import get_task
 
-    lm = D1HarnessLM(pretrained=str(tiny_llada2_dir), device="cpu", batch_size=2, seed=3, gen_length="16",
-                     block_length="8", steps="8", temperature="0.7")  # fmt: skip
-    assert (lm.sampler.name, lm.sampler.threshold, lm.sampler.unmask) == ("block_diffusion", 0.95, "threshold")
+    lm = D1HarnessLM(pretrained=str(block_family_dir), device="cpu", batch_size=2, seed=3, gen_length="16",
+                     block_length="4", steps="8", temperature="0.7")  # fmt: skip
+    threshold = _family(block_family_dir).sampler_defaults["threshold"]
+    assert (lm.sampler.name, lm.sampler.threshold, lm.sampler.unmask) == ("block_diffusion", threshold, "threshold")
     items = [{"question": q, "ground_truth": 1.0} for q in ("2+2?", "a longer one, 3*3?", "7-1?")]
     records = generate_answers(
         lm.model, lm.tokenizer, get_task("gsm8k"), items, lm.sampler, batch_size=2, seed=3, system_prompt="",
@@ -89,6 +100,17 @@ def test_harness_answers_as_eval(tiny_llada2_dir: Path) -> None:
             self.args = (prompt, {"until": []})
 
     assert lm.generate_until([Request(r["prompt_input"]) for r in records]) == [r["generations"] for r in records]
+
+
+def test_grpo_refuses_a_block_diffusion_model(block_family_dir: Path, tmp_path: Path) -> None:
+    from d1.cli.args import parse_config
+    from d1.rl.config import DiffuGRPOConfig
+    from d1.rl.run import run_grpo
+
+    config = parse_config(DiffuGRPOConfig, ["--model_path", str(block_family_dir), "--dataset", "sudoku",
+                                            "--output_dir", str(tmp_path), "--report_to", "none"])  # fmt: skip
+    with pytest.raises(ValueError, match="block-diffusion model.*full attention"):
+        run_grpo(config)
 
 
 def test_chat_denoises_live(tiny_llada2_dir: Path) -> None:
@@ -108,7 +130,10 @@ def test_chat_denoises_live(tiny_llada2_dir: Path) -> None:
 def test_two_process_lora_sft_step(tiny_llada2_dir: Path, arithmetic_jsonl: Path, tmp_path: Path) -> None:
     argv = [a for a in sft_argv(tiny_llada2_dir, arithmetic_jsonl, tmp_path, "--max_steps", "1") if a != "--no-lora"]
     run_on_two_cpu_processes("sft", *argv, "--lora_r", "4", "--lora_alpha", "8", "--batch_size", "4")
-    adapter = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
-    assert set(adapter["target_modules"]) == {"query_key_value", "dense", "gate_proj", "up_proj", "down_proj"}
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "run" / "adapter_model.safetensors", "pt") as adapter:
+        adapted = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in adapter.keys()}
+    assert adapted == {"query_key_value"}  # d1 sft's default: the family's q/k/v (fused in LLaDA 2.x)
     state = json.loads((tmp_path / "run" / "checkpoint-1" / "trainer_state.json").read_text())
     assert state["global_step"] == 1 and state["log_history"][0]["loss"] > 0

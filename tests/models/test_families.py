@@ -15,8 +15,10 @@ from d1.cli.main import main
 from d1.models.dream import DreamModel
 from d1.models.families import FAMILIES, family
 from d1.models.llada import LLaDAModelLM
+from d1.models.llada2 import LLaDA2MoeModelLM
 from d1.models.loading import load_model
 from d1.models.presets import init_model
+from d1.models.sdar import SDARForCausalLM
 from tests.conftest import reference_path
 
 
@@ -24,13 +26,20 @@ def test_every_family_is_registered_and_flags_its_alignment() -> None:
     for spec in FAMILIES.values():
         assert type(AutoConfig.for_model(spec.model_type)) is spec.config_class
     assert FAMILIES["dream"].logits_shifted and not FAMILIES["llada"].logits_shifted
-    with pytest.raises(ValueError, match=r"--family 'sdar' is unknown; choose one of \['dream', 'llada'\]"):
-        family("sdar")
+    block = {name for name, spec in FAMILIES.items() if getattr(spec.config_class, "block_diffusion", False)}
+    assert block == {"llada2", "sdar"} and {FAMILIES[name].sampler for name in block} == {"block_diffusion"}
+    with pytest.raises(ValueError, match=r"--family 'rwkv' is unknown; choose one of \['dream', 'llada', 'llada2', 'sdar'\]"):
+        family("rwkv")
 
 
 @pytest.mark.parametrize(
     ("name", "cls", "chat"),
-    [("dream", DreamModel, "<|im_start|>"), ("llada", LLaDAModelLM, "<|start_header_id|>")],
+    [
+        ("dream", DreamModel, "<|im_start|>"),
+        ("llada", LLaDAModelLM, "<|start_header_id|>"),
+        ("llada2", LLaDA2MoeModelLM, "<role>"),
+        ("sdar", SDARForCausalLM, "<|im_start|>"),
+    ],
 )
 def test_init_model_cli_writes_a_loadable_tiny_model(
     tmp_path: Path, capsys, name: str, cls: type, chat: str
@@ -61,13 +70,13 @@ def test_tiny_llada_config_is_unchanged_by_the_family_table(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("auto_map", [False, True])
 def test_unknown_model_type_lists_families_and_remote_code(tmp_path: Path, auto_map: bool) -> None:
-    config = {"model_type": "sdar", "hidden_size": 8}
+    config = {"model_type": "rwkv7", "hidden_size": 8}
     if auto_map:
-        config["auto_map"] = {"AutoConfig": "configuration_sdar.SDARConfig"}
+        config["auto_map"] = {"AutoConfig": "configuration_rwkv7.RWKV7Config"}
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(
         ValueError,
-        match=r"model_type='sdar'.*llada \(model_type 'llada'.*dream \(model_type 'Dream'.*trust_remote_code=True",
+        match=r"model_type='rwkv7'.*llada \(model_type 'llada'.*dream \(model_type 'Dream'.*trust_remote_code=True",
     ):
         load_model(tmp_path)
 

@@ -15,6 +15,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from d1.models.dream import DreamConfig, DreamModel
 from d1.models.llada import LLaDAConfig, LLaDAModelLM
 from d1.models.llada2 import LLaDA2MoeConfig, LLaDA2MoeModelLM
+from d1.models.sdar import SDARConfig, SDARForCausalLM
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,9 @@ class Family:
     mask_token_id: int
     lora_targets: tuple[str, ...]
     """`d1 grpo`'s default LoRA targets: every projection inside the blocks, not the output head."""
+    tokenizer: TinyTokenizer
     attention_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
     """`d1 sft`'s default LoRA targets: the query/key/value projections (d1's SFT adapts q, k and v)."""
-    tokenizer: TinyTokenizer
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     example: str = ""
     sampler: str = "llada"
@@ -97,6 +98,7 @@ official template's default system turn."""
 
 LLADA_TOY = {"max_sequence_length": 4096, "rope_theta": 10000.0}
 DREAM_TOY = {"max_position_embeddings": 4096}
+SDAR_TOY = {"max_position_embeddings": 4096, "block_size": 4, "rope_theta": 10000.0, "tie_word_embeddings": False}
 LLADA2_TOY = {"max_position_embeddings": 4096, "rope_theta": 10000.0, "first_k_dense_replace": 1, "num_shared_experts": 1}
 
 FAMILIES: dict[str, Family] = {
@@ -229,6 +231,38 @@ FAMILIES: dict[str, Family] = {
         example="inclusionAI/LLaDA2.0-mini",
         sampler="block_diffusion",
         sampler_defaults={"unmask": "threshold", "threshold": 0.95},
+    ),
+    "sdar": Family(
+        name="sdar",
+        model_type="sdar",
+        config_class=SDARConfig,
+        model_class=SDARForCausalLM,
+        mask_token="<|MASK|>",
+        mask_token_id=151669,
+        lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+        tokenizer=TinyTokenizer(
+            bos="<|beginoftext|>",
+            eos="<|endoftext|>",
+            pad="<|endoftext|>",
+            mask="<|MASK|>",
+            unk="<|unk|>",
+            chat_tokens=("<|im_start|>", "<|im_end|>"),
+            chat_template=QWEN2_CHAT,
+        ),
+        presets={
+            "tiny": {
+                "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                "num_hidden_layers": 2, "intermediate_size": 192, **SDAR_TOY,
+            },
+            "small": {
+                "hidden_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
+                "num_hidden_layers": 4, "intermediate_size": 384, **SDAR_TOY,
+            },
+        },  # fmt: skip
+        example="JetLM/SDAR-1.7B-Chat",
+        sampler="block_diffusion",
+        # SDAR's blocks of 4 and its generate.py's dynamic threshold
+        sampler_defaults={"block_length": 4, "unmask": "threshold", "threshold": 0.85},
     ),
 }
 """Every family d1 runs natively, by name."""

@@ -44,6 +44,8 @@ class SDARConfig(PretrainedConfig):
     model_type = "sdar"
     logits_shifted: ClassVar[bool] = False
     """The output at position i predicts the token at position i."""
+    block_diffusion: ClassVar[bool] = True
+    """Decoded block by block under block-causal attention (`d1.diffusion.block_diffusion`)."""
 
     vocab_size: int = 151936
     hidden_size: int = 2048

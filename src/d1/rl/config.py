@@ -57,6 +57,8 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
         "--rollout_threshold": "--threshold",
     }
     """Older spellings that still work: d1's `max_completion_length` (TRL's name), `--steps`, `rollout_threshold`."""
+    lora_scope: ClassVar[str] = "blocks"
+    """An empty `lora_target_modules` adapts every projection in the family's blocks (`Family.lora_targets`)."""
 
     # model
     model_path: str = field(

@@ -117,6 +117,13 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
     check_references(config, task)
     tokenizer = load_tokenizer(config.model_path, trust_remote_code=config.trust_remote_code)
     model_config = load_config(config.model_path, config.trust_remote_code)
+    if getattr(model_config, "block_diffusion", False):
+        raise ValueError(
+            f"model_path={config.model_path!r} is a block-diffusion model (model_type "
+            f"{model_config.model_type!r}): its likelihood is block-causal, and d1 grpo's log-probability "
+            "estimators assume full attention, so they would train it on the wrong likelihood. Block-diffusion RL "
+            "is not in d1 yet; evaluate or fine-tune this model with d1 eval / d1 sft."
+        )
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
     train, validation = training_rows(config, task)
     check_references(config, task, train)

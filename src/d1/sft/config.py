@@ -25,6 +25,8 @@ class SFTConfig(TrainingArguments):
     """
 
     ALIASES: ClassVar[dict[str, str]] = {"--model_name": "--model_path"}
+    lora_scope: ClassVar[str] = "attention"
+    """An empty `lora_target_modules` adapts the family's query/key/value projections (d1's SFT)."""
     """Older spellings that still work: d1's `--model_name`."""
 
     model_path: str = field(

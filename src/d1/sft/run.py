@@ -79,6 +79,11 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
             f"warning: {report.truncated} of {report.rows} rows are longer than max_length={config.max_length} and "
             "lose their end, so the model never sees where answers stop; raise --max_length (or --truncation drop)"
         )
+    if getattr(model_config, "block_diffusion", False):
+        say(
+            f"warning: {model_config.model_type} is a block-diffusion model; d1 sft trains it with LLaDA's "
+            "full-attention masked objective, not its own block-diffusion SFT (not in d1 yet)"
+        )
     if eval_set is None and config.eval_strategy != "no":
         config.eval_strategy = "no"
     check_model_before_loading(model_config, config)
