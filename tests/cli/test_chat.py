@@ -168,7 +168,7 @@ def test_prompt_text_plain_turns_without_template() -> None:
     [
         (["--sampler", "llada", "--gen_length", "30"], "gen_length=30 must be a multiple of block_length=16"),
         (["--sampler", "llada", "--temperature", "-1"], "temperature=-1.0 must be a finite number >= 0"),
-        (["--sampler", "dream", "--block_length", "8"], "block_length=8: option(s) of sampler(s) ['fastdllm_dream', 'llada']"),
+        (["--sampler", "dream", "--block_length", "8"], "block_length=8: option(s) of sampler(s) ['block_diffusion', 'fastdllm_dream', 'llada']"),
         ([], "absent-model': no such file or folder"),
     ],
 )

@@ -167,7 +167,14 @@ def test_strip_steps_run_from_nothing_decided_to_everything_decided() -> None:
     assert strip_steps(item, 3) == [0, 2, 4]
 
 
-def test_unknown_family_is_named_before_anything_runs(tmp_path) -> None:
-    with pytest.raises(ValueError, match=r"--family 'sdar' is unknown; choose one of \['dream', 'llada'\]"):
-        DemoConfig(quick=True, family="sdar", output_dir=str(tmp_path / "demo"))
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("rwkv", r"--family 'rwkv' is unknown; choose one of \['dream', 'llada', 'llada2', 'sdar'\]"),
+        ("llada2", r"family='llada2' is a block-diffusion family.*Use --family llada or dream"),
+    ],
+)
+def test_unknown_or_block_family_is_named_before_anything_runs(tmp_path, name, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        DemoConfig(quick=True, family=name, output_dir=str(tmp_path / "demo"))
     assert not (tmp_path / "demo").exists()

@@ -128,12 +128,32 @@ def test_chat_denoises_live(tiny_llada2_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_two_process_lora_sft_step(tiny_llada2_dir: Path, arithmetic_jsonl: Path, tmp_path: Path) -> None:
-    argv = [a for a in sft_argv(tiny_llada2_dir, arithmetic_jsonl, tmp_path, "--max_steps", "1") if a != "--no-lora"]
-    run_on_two_cpu_processes("sft", *argv, "--lora_r", "4", "--lora_alpha", "8", "--batch_size", "4")
+    """LoRA on every projection d1 grpo adapts by default (attention, dense MLP, shared and routed experts),
+    through `d1 sft` on two processes: routed experts a short pass does not reach still count as called."""
     from safetensors import safe_open
 
+    from d1.models.families import FAMILIES
+
+    targets = FAMILIES["llada2"].lora_targets
+    argv = [a for a in sft_argv(tiny_llada2_dir, arithmetic_jsonl, tmp_path, "--max_steps", "1") if a != "--no-lora"]
+    run_on_two_cpu_processes("sft", *argv, "--lora_r", "4", "--lora_alpha", "8", "--batch_size", "4",
+                             "--lora_target_modules", *targets)  # fmt: skip
     with safe_open(tmp_path / "run" / "adapter_model.safetensors", "pt") as adapter:
-        adapted = {name.split(".lora_")[0].rsplit(".", 1)[-1] for name in adapter.keys()}
-    assert adapted == {"query_key_value"}  # d1 sft's default: the family's q/k/v (fused in LLaDA 2.x)
+        names = {name.split(".lora_")[0] for name in adapter.keys()}
+    assert {name.rsplit(".", 1)[-1] for name in names} == set(targets)
+    assert any(".mlp.experts.7." in name for name in names) and any(".shared_experts." in name for name in names)
     state = json.loads((tmp_path / "run" / "checkpoint-1" / "trainer_state.json").read_text())
     assert state["global_step"] == 1 and state["log_history"][0]["loss"] > 0
+
+
+def test_sft_default_lora_targets_are_the_family_attention(tiny_llada2_dir: Path) -> None:
+    from types import SimpleNamespace
+
+    from d1.models.loading import lora_targets
+    from d1.rl.config import DiffuGRPOConfig
+    from d1.sft.config import SFTConfig
+
+    config = load_config(str(tiny_llada2_dir))
+    for cls, expected in ((SFTConfig, ["query_key_value"]), (DiffuGRPOConfig, ["query_key_value", "dense"])):
+        args = SimpleNamespace(lora_target_modules=[], lora_scope=cls.lora_scope)
+        assert lora_targets(config, args)[: len(expected)] == expected

@@ -54,15 +54,15 @@ def test_llada_file_records_only_its_sampler(tiny_model_dir: Path, sudoku_csv: P
     [
         (
             {"sampler": "dream", "block_length": 4},
-            r"block_length=4: option\(s\) of sampler\(s\) \['fastdllm_dream', 'llada'\], which sampler='dream' does not read",
+            r"block_length=4: option\(s\) of sampler\(s\) \['block_diffusion', 'fastdllm_dream', 'llada'\], which sampler='dream' does not read",
         ),
         ({"sampler": "dream", "remasking": "random"}, r"remasking='random': option\(s\) of sampler\(s\) \['llada'\]"),
         ({"sampler": "dream", "cache": "dual"}, r"cache='dual': option\(s\) of sampler\(s\) \['fastdllm_dream', 'llada'\]"),
         ({"alg": "maskgit_plus"}, r"alg='maskgit_plus': option\(s\) of sampler\(s\) \['dream', 'fastdllm_dream'\].*choose one"),
-        ({"top_p": 0.9, "top_k": 5}, r"top_p=0.9, top_k=5: option\(s\) of sampler\(s\) \['dream', 'fastdllm_dream'\]"),
+        ({"top_p": 0.9, "top_k": 5}, r"top_p=0.9, top_k=5: option\(s\) of sampler\(s\) \['block_diffusion', 'dream', 'fastdllm_dream'\]"),
         ({"sampler": "dream", "alg": "low_confidence"}, "alg='low_confidence' is unknown"),
         ({"sampler": "dream", "top_p": 0.0}, r"top_p=0.0 must be in \(0, 1\]"),
-        ({"sampler": "fast"}, r"sampler='fast' is unknown; use one of \['dream', 'fastdllm_dream', 'llada'\]"),
+        ({"sampler": "fast"}, r"sampler='fast' is unknown; use one of \['block_diffusion', 'dream', 'fastdllm_dream', 'llada'\]"),
     ],
 )
 def test_sampler_option_mismatch_refused_before_loading(

@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import socket
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -143,6 +144,10 @@ def _ddp_worker(rank: int, model_dir: str, port: int) -> None:
     ids = torch.randint(0, 20, (2, 6), generator=torch.Generator().manual_seed(rank))
     for _ in range(2):
         ddp(ids).logits.float().square().mean().backward()
+    # release DDP's reducer (it holds the process group) while the other rank is still there: tearing it down
+    # after destroy_process_group once hung in ProcessGroupGloo's destructor after the peer had exited
+    del ddp
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
@@ -153,7 +158,13 @@ def test_kbit_lora_with_checkpointing_trains_under_ddp(tiny_model_dir) -> None:
     with socket.socket() as probe:  # a port free now (a fixed one may be held by another run)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(str(tiny_model_dir), port), nprocs=2)
+    context = torch.multiprocessing.spawn(_ddp_worker, args=(str(tiny_model_dir), port), nprocs=2, join=False)
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=5):  # raises if a rank failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-rank DDP run did not finish within 300 s")
 
 
 def test_kbit_preparation_keeps_dtypes_and_checkpoints_only_when_asked(tiny_model_dir, monkeypatch) -> None:

@@ -34,7 +34,7 @@ class DemoConfig:
     quick: bool = _option(
         False, "Small budgets and the tiny preset (200 SFT/RL items, 48 test puzzles): about 2 minutes."
     )
-    family: str = _option("llada", "Model architecture: llada or dream (models/families.py).")
+    family: str = _option("llada", "Model architecture: llada or dream (models/families.py; not yet the block-diffusion ones).")
     preset: str = _option("small", "Model size preset: tiny or small (`--quick` uses tiny).")
     trace: str = _option(
         "none",
@@ -102,7 +102,11 @@ class DemoConfig:
             )
         from d1.models.families import family
 
-        family(self.family)
+        if getattr(family(self.family).config_class, "block_diffusion", False):
+            raise ValueError(
+                f"family={self.family!r} is a block-diffusion family: the demo's diffu-GRPO stages need "
+                "block-diffusion RL, which d1 does not have yet. Use --family llada or dream."
+            )
         from transformers import SchedulerType
 
         schedulers = [kind.value for kind in SchedulerType]
