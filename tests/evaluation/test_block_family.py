@@ -129,7 +129,7 @@ def test_chat_denoises_live(tiny_llada2_dir: Path) -> None:
 @pytest.mark.slow
 def test_two_process_lora_sft_step(tiny_llada2_dir: Path, arithmetic_jsonl: Path, tmp_path: Path) -> None:
     argv = [a for a in sft_argv(tiny_llada2_dir, arithmetic_jsonl, tmp_path, "--max_steps", "1") if a != "--no-lora"]
-    run_on_two_cpu_processes("sft", *argv, "--lora_r", "4", "--lora_alpha", "8", "--batch_size", "4")
+    run_on_two_cpu_processes("sft", *argv, "--lora_r", "4", "--lora_alpha", "8", "--batch_size", "4", "--block_length", "16")
     from safetensors import safe_open
 
     with safe_open(tmp_path / "run" / "adapter_model.safetensors", "pt") as adapter:
