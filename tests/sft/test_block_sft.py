@@ -97,6 +97,11 @@ def test_block_sft_with_lora_lowers_loss(tiny_llada2_dir, arithmetic_jsonl, tmp_
     assert (tmp_path / "run" / "adapter_model.safetensors").exists()
 
 
-def test_sdar_trains_with_its_own_blocks(tiny_sdar_dir, arithmetic_jsonl, tmp_path) -> None:
-    trainer = run_sft(config_of(*sft_argv(tiny_sdar_dir, arithmetic_jsonl, tmp_path, "--max_steps", "2")))
+def test_sdar_trains_with_its_own_blocks_and_a_resume_keeps_the_block_settings(
+    tiny_sdar_dir, arithmetic_jsonl, tmp_path
+) -> None:
+    argv = sft_argv(tiny_sdar_dir, arithmetic_jsonl, tmp_path, "--max_steps", "2", "--save_steps", "2")
+    trainer = run_sft(config_of(*argv))
     assert trainer.block_size == 4 and trainer.state.log_history[0]["loss"] > 0
+    with pytest.raises(ValueError, match=r"other settings: noise_range_high 0.8 -> 0.7\. "):
+        run_sft(config_of(*argv, "--resume_from_checkpoint", "auto", "--noise_range_high", "0.7"))
