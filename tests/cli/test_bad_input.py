@@ -55,6 +55,8 @@ def test_every_subcommand_help_exits_0(command: str, capsys: pytest.CaptureFixtu
         (["--eval_fraction", "1"], "eval_fraction=1.0 must be in [0, 1)"),
         (["--eval_fraction", "-0.5"], "eval_fraction=-0.5 must be in [0, 1)"),
         (["--mask_token_id", "100000"], "mask token id 100000 (from --mask_token_id) is outside"),
+        (["--noise_range_high", "1.5"], "noise_range_low=0.3, noise_range_high=1.5: need 0 <= low <= high <= 1"),
+        (["--block_length", "8"], "block_length=8: llada is a full-attention model"),
     ],
 )
 def test_sft_settings_refused_before_loading(

@@ -92,3 +92,17 @@ def test_code_coupled_configs_are_diffucoders_recipe(model: str) -> None:
     assert (config.temperature, config.beta, config.epsilon, config.learning_rate) == (1.0, 0.01, 0.5, 1e-6)
     assert (config.num_iterations, config.p_mask_prompt, config.scale_rewards, config.lora) == (2, 0.0, "none", False)
     assert config.reward_funcs is None  # the acecode task's defaults: code x 2.0, code_format x 0.5
+
+
+def test_llada2_numina_lean_sft_config_is_dfactorys_recipe() -> None:
+    from d1.models.loading import load_config
+    from d1.sft.config import SFTConfig
+
+    root = Path(__file__).resolve().parents[2]
+    sft = parse_config(SFTConfig, ["--config", str(root / "configs" / "sft" / "llada2-numina-lean.yaml")])
+    assert (sft.model_path, sft.preset, sft.max_length, sft.learning_rate) == (
+        "inclusionAI/LLaDA2.0-mini", "numina-lean", 2048, 1e-5
+    )
+    assert (sft.noise_range_low, sft.noise_range_high, sft.num_train_epochs, sft.warmup_steps) == (0.3, 0.8, 1, 0.03)
+    assert sft.per_device_train_batch_size * sft.gradient_accumulation_steps == 8  # dFactory's global batch
+    assert sft.block_size_for(load_config(str(root / "tests" / "fixtures" / "llada2_tiny"))) == 32

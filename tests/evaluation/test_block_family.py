@@ -1,7 +1,7 @@
 """The block-diffusion families (LLaDA 2.x, SDAR) through every command, with no family flag: `d1 eval` (their
 sampler and their reports' threshold by default, traces and `d1 trace`), the harness (answers equal eval's),
 LLaDA's sampler options refused before loading, `d1 grpo` refused; for LLaDA 2.x also `d1 chat` live and a
-2-process LoRA SFT step."""
+2-process block-diffusion LoRA SFT step."""
 
 from __future__ import annotations
 
@@ -137,7 +137,7 @@ def test_two_process_lora_sft_step(tiny_llada2_dir: Path, arithmetic_jsonl: Path
     targets = FAMILIES["llada2"].lora_targets
     argv = [a for a in sft_argv(tiny_llada2_dir, arithmetic_jsonl, tmp_path, "--max_steps", "1") if a != "--no-lora"]
     run_on_two_cpu_processes("sft", *argv, "--lora_r", "4", "--lora_alpha", "8", "--batch_size", "4",
-                             "--lora_target_modules", *targets)  # fmt: skip
+                             "--block_length", "16", "--lora_target_modules", *targets)  # fmt: skip
     with safe_open(tmp_path / "run" / "adapter_model.safetensors", "pt") as adapter:
         names = {name.split(".lora_")[0] for name in adapter.keys()}
     assert {name.rsplit(".", 1)[-1] for name in names} == set(targets)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from transformers import TrainingArguments
 
+from d1.diffusion.block_losses import BLOCK_LENGTH, NOISE_RANGE
 from d1.models.loading import LORA_TARGETS_HELP, SFT_LORA, non_reentrant
 from d1.utils import check_counts, cpu_only_launch
 
@@ -56,6 +57,24 @@ class SFTConfig(TrainingArguments):
     dataset_split: str = field(default="train", metadata={"help": "Split of a Hub dataset."})
     max_length: int = field(
         default=4096, metadata={"help": "Sequence length; rows are padded with EOS to it."}
+    )
+    block_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Block-diffusion models (LLaDA 2.x, SDAR) only: the block size of their SFT; it must divide "
+            f"max_length. Default: the model config's block_size (SDAR), else {BLOCK_LENGTH} (dFactory's "
+            "LLaDA2.0-mini/flash SFT)."
+        },
+    )
+    noise_range_low: float = field(
+        default=NOISE_RANGE[0],
+        metadata={
+            "help": "Block-diffusion SFT: each row's masking ratio is uniform in [noise_range_low, "
+            "noise_range_high] (dFactory's 0.3-0.8; LLaDA's objective draws t from U(0, 1) instead)."
+        },
+    )
+    noise_range_high: float = field(
+        default=NOISE_RANGE[1], metadata={"help": "Block-diffusion SFT: the top of the masking-ratio range."}
     )
     truncation: str = field(
         default="truncate", metadata={"help": "truncate: cut rows longer than max_length; drop: skip them."}
@@ -158,8 +177,44 @@ class SFTConfig(TrainingArguments):
             )
         if self.eval_fraction == 0:
             self.eval_strategy = "no"
+        if not 0 <= self.noise_range_low <= self.noise_range_high <= 1 or self.noise_range_high == 0:
+            raise ValueError(
+                f"noise_range_low={self.noise_range_low}, noise_range_high={self.noise_range_high}: need "
+                "0 <= low <= high <= 1 and high > 0 (masking ratios; dFactory: 0.3 and 0.8)."
+            )
+        if self.block_length is not None and self.block_length < 1:
+            raise ValueError(f"block_length={self.block_length} must be at least 1 (dFactory: {BLOCK_LENGTH}).")
         self.use_cpu = self.use_cpu or cpu_only_launch()
         super().__post_init__()
         # checkpointing is always non-reentrant (under either name of the option)
         self.activation_checkpointing_kwargs = non_reentrant(self.activation_checkpointing_kwargs)
         self.gradient_checkpointing_kwargs = self.activation_checkpointing_kwargs
+
+    def block_size_for(self, model_config: Any) -> int | None:
+        """The block size of block-diffusion SFT for this model (None for a full-attention one): the config's
+        `block_size` (SDAR), else `block_length` (default dFactory's 32). Refuses, before any weights load, a
+        `block_length` the model cannot use and a block size that does not divide `max_length`."""
+        name = getattr(model_config, "model_type", "this model")
+        if not getattr(model_config, "block_diffusion", False):
+            if self.block_length is not None:
+                raise ValueError(
+                    f"block_length={self.block_length}: {name} is a full-attention model trained with LLaDA's "
+                    "masked objective, which has no blocks; drop --block_length."
+                )
+            return None
+        own = getattr(model_config, "block_size", None)
+        if own is not None and self.block_length not in (None, own):
+            raise ValueError(
+                f"block_length={self.block_length}: {name} was trained with blocks of {own} (its config's "
+                "block_size), which its sampler uses too; drop --block_length or pass "
+                f"--block_length {own}."
+            )
+        size = own or self.block_length or BLOCK_LENGTH
+        if self.max_length % size:
+            fitting = -(-self.max_length // size) * size
+            raise ValueError(
+                f"max_length={self.max_length} is not a multiple of the block size {size} ({name}): the block grid "
+                f"must tile the sequence; pass --max_length {fitting}"
+                + ("." if own else f" or a --block_length that divides {self.max_length}.")
+            )
+        return size

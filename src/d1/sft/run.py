@@ -1,5 +1,6 @@
-"""`run_sft`: validate everything cheap first (output dir, tokenizer, mask token, data, LoRA targets), then
-load the model and train with `MaskedSFTTrainer`."""
+"""`run_sft`: validate everything cheap first (output dir, tokenizer, mask token, data, block size, LoRA
+targets), then load the model and train with `MaskedSFTTrainer` (the model family picks the objective: LLaDA's
+masked loss, or block diffusion's for LLaDA 2.x and SDAR)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from d1.models.loading import (
     load_trainable_model,
     resolve_mask_token_id,
 )
-from d1.sft.collator import MaskedDiffusionCollator
+from d1.sft.collator import BlockDiffusionCollator, MaskedDiffusionCollator
 from d1.sft.config import SFTConfig
 from d1.sft.trainer import MaskedSFTTrainer
 from d1.utils import (
@@ -69,6 +70,7 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
     tokenizer = load_tokenizer(config.model_path, trust_remote_code=config.trust_remote_code)
     model_config = load_config(config.model_path, config.trust_remote_code)
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
+    block_size = config.block_size_for(model_config)
     train_set, eval_set, report = prepare_sft_data(config, tokenizer)
     say(
         f"SFT data {config.train_data}: {report.summary()}; {len(train_set)} train, "
@@ -79,10 +81,10 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
             f"warning: {report.truncated} of {report.rows} rows are longer than max_length={config.max_length} and "
             "lose their end, so the model never sees where answers stop; raise --max_length (or --truncation drop)"
         )
-    if getattr(model_config, "block_diffusion", False):
+    if block_size is not None:
         say(
-            f"warning: {model_config.model_type} is a block-diffusion model; d1 sft trains it with LLaDA's "
-            "full-attention masked objective, not its own block-diffusion SFT (not in d1 yet)"
+            f"{model_config.model_type} is a block-diffusion model: block-diffusion SFT (dFactory's), blocks of "
+            f"{block_size}, masking ratios in [{config.noise_range_low}, {config.noise_range_high}]"
         )
     if eval_set is None and config.eval_strategy != "no":
         config.eval_strategy = "no"
@@ -90,9 +92,14 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
     claim_output_dir(config, settings)
 
     model = load_trainable_model(config.model_path, config, mask_token_id)
-    collator = MaskedDiffusionCollator(
-        tokenizer.eos_token_id, mask_token_id, config.max_length, seed=config.seed
-    )
+    collator = (
+        MaskedDiffusionCollator(tokenizer.eos_token_id, mask_token_id, config.max_length, seed=config.seed)
+        if block_size is None
+        else BlockDiffusionCollator(
+            tokenizer.eos_token_id, mask_token_id, config.max_length, seed=config.seed,
+            noise_range=(config.noise_range_low, config.noise_range_high),
+        )
+    )  # fmt: skip
     trainer = MaskedSFTTrainer(
         model=model,
         args=config,
@@ -101,6 +108,7 @@ def run_sft(config: SFTConfig) -> MaskedSFTTrainer:
         data_collator=collator,
         processing_class=tokenizer,
         callbacks=[PreemptionCallback()],
+        block_size=block_size,
     )
     train_and_save(trainer, checkpoint)
     return trainer
