@@ -36,7 +36,12 @@ SHAPES: dict[str, dict] = {
 
 def build_model(shape: str, device: torch.device, sharpen: float) -> torch.nn.Module:
     """A random LLaDA 2.x of `shape` (float32 on the CPU, bfloat16 on a GPU) with its head scaled by `sharpen`."""
-    config = LLaDA2MoeConfig(**SHAPES[shape], max_position_embeddings=4096, rope_theta=10000.0)
+    sizes = SHAPES[shape]
+    ids = {}
+    if "vocab_size" in sizes:  # the toy shapes: special ids at the end of their vocabulary
+        vocab = sizes["vocab_size"]
+        ids = {"mask_token_id": vocab - 1, "eos_token_id": vocab - 2, "pad_token_id": vocab - 2}
+    config = LLaDA2MoeConfig(**sizes, **ids, max_position_embeddings=4096, rope_theta=10000.0)
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     with device:
@@ -119,7 +124,7 @@ def main() -> None:
     prompts = torch.zeros(args.batch, args.prompt_length, dtype=torch.long)
     mask = torch.zeros_like(prompts)
     for row, length in enumerate(lengths):
-        prompts[row, -length:] = torch.randint(0, model.config.vocab_size - 2, (length,), generator=generator)
+        prompts[row, -length:] = torch.randint(0, model.config.vocab_size - 3, (length,), generator=generator)
         mask[row, -length:] = 1
     prompts, mask = prompts.to(device), mask.to(device)
     active = sum(p.numel() for p in model.parameters()) / 1e6
