@@ -1,0 +1,107 @@
+"""`d1 grpo` on a block-diffusion model (the tiny LLaDA 2.x): the family's sampler for rollouts, the block estimators
+(`block_elbo` with grpo_clip, espo and spg; `trajectory` with the rollout's recorded steps), the full-attention
+estimators refused before loading, and the configs of configs/grpo/llada2/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from d1.cli.args import parse_config
+from d1.models.loading import load_config
+from d1.rl.config import DiffuGRPOConfig
+from d1.rl.run import run_grpo
+from tests.rl.test_grpo_run import config_of, grpo_argv
+
+LLADA2_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "grpo" / "llada2").glob("*.yaml"))
+
+
+def block_argv(model_dir: Path, out: Path, *extra: str) -> list[str]:
+    """The GRPO test recipe with two steps and the block sampler's grid of 8 (2 passes a block)."""
+    return grpo_argv(model_dir, out, "--max_steps", "2", *extra)
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        ("block_elbo", "grpo_clip"),
+        ("block_elbo", "espo", "--epsilon", "0.2", "--beta", "0.01"),
+        ("block_elbo", "spg", "--beta", "0"),
+        ("trajectory", "grpo_clip", "--shrinkage", "2"),
+    ],
+    ids=lambda m: "-".join(m[:2]),
+)
+def test_two_steps_on_the_tiny_llada2(tiny_llada2_dir, tmp_path, method) -> None:
+    estimator, objective, *extra = method
+    config = config_of(*block_argv(tiny_llada2_dir, tmp_path, "--logp_estimator", estimator, "--objective", objective,
+                                   *extra))  # fmt: skip
+    trainer = run_grpo(config)
+    assert trainer.state.global_step == 2
+    logged = trainer.state.log_history[0]
+    assert "reward" in logged and torch.isfinite(torch.tensor(logged["loss"]))
+    assert trainer.rollout_options.name == "block_diffusion" and trainer.rollout_options.threshold == 0.95
+    batch = trainer.rollout_buffer[0]
+    if estimator == "trajectory":  # every completion token was committed by a step (or filled after EOS: -1)
+        steps = batch["steps"]
+        assert steps.shape == batch["completion_mask"].shape and bool((steps[batch["completion_mask"].bool()] >= 0).all())
+    else:
+        assert "steps" not in batch
+
+
+@pytest.mark.parametrize("estimator", ["one_step", "coupled", "mc_elbo", "left_to_right"])
+def test_full_attention_estimators_are_refused_before_loading(tiny_llada2_dir, tmp_path, estimator) -> None:
+    extra = ["--rollout_order", "left_to_right"] if estimator == "left_to_right" else []
+    config = config_of(*block_argv(tiny_llada2_dir, tmp_path, "--logp_estimator", estimator, *extra))
+    with pytest.raises(ValueError, match=f"logp_estimator='{estimator}' assumes full attention"):
+        config.validate(1, load_config(tiny_llada2_dir))
+
+
+def test_block_estimators_are_refused_for_a_full_attention_model(tiny_model_dir, tmp_path) -> None:
+    config = config_of(*block_argv(tiny_model_dir, tmp_path, "--logp_estimator", "block_elbo"))
+    with pytest.raises(ValueError, match="'block_elbo' needs a block-diffusion model"):
+        run_grpo(config)
+    assert not (tmp_path / "checkpoint-2").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--logp_estimator", "trajectory", "--objective", "espo", "--beta", "0.01"], "defined on ELBO estimates"),
+        (["--logp_estimator", "block_elbo", "--shrinkage", "2"], "shrinkage=2 would be ignored"),
+        (["--logp_estimator", "block_elbo", "--mc_blockwise", "true"], "mc_blockwise=True would be ignored"),
+        (["--logp_estimator", "trajectory", "--mc_samples", "4"], "mc_samples=4 would be ignored"),
+        (["--logp_estimator", "trajectory", "--shrinkage", "0"], "shrinkage=0 must be >= 1"),
+        (["--logp_estimator", "block_elbo", "--sampler", "llada"], "scores the block_diffusion sampler's blocks"),
+    ],
+)
+def test_block_estimator_options_are_checked(tiny_llada2_dir, tmp_path, flags, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        config_of(*block_argv(tiny_llada2_dir, tmp_path, *flags)).validate(1, load_config(tiny_llada2_dir))
+
+
+def test_rollouts_use_the_family_sampler_when_none_is_set(tiny_llada2_dir, tiny_sdar_dir, tmp_path) -> None:
+    config = config_of(*block_argv(tiny_llada2_dir, tmp_path, "--logp_estimator", "block_elbo"))
+    llada2 = config.rollout_options(load_config(tiny_llada2_dir))
+    assert (llada2.name, llada2.unmask, llada2.threshold, llada2.block_length) == ("block_diffusion", "threshold", 0.95, 8)
+    sdar = parse_config(DiffuGRPOConfig, ["--model_path", str(tiny_sdar_dir), "--gen_length", "16"])
+    options = sdar.rollout_options(load_config(tiny_sdar_dir))
+    assert (options.name, options.block_length, options.threshold) == ("block_diffusion", 4, 0.85)
+    assert config.rollout_options().name == "llada"  # no model config: the checks made before any model exists
+
+
+@pytest.mark.parametrize("path", LLADA2_CONFIGS, ids=[p.stem for p in LLADA2_CONFIGS])
+def test_llada2_configs_are_block_elbo_grpo_on_the_family_sampler(path, tiny_llada2_dir) -> None:
+    config = parse_config(DiffuGRPOConfig, ["--config", str(path)])
+    config.validate(1, load_config(tiny_llada2_dir))  # the tiny model's config stands in for LLaDA2.0-mini's
+    assert (config.model_path, config.logp_estimator, config.objective) == (
+        "inclusionAI/LLaDA2.0-mini", "block_elbo", "grpo_clip"
+    )
+    assert config.dataset == path.stem and config.sampler is None
+    options = config.rollout_options(load_config(tiny_llada2_dir))
+    assert (options.name, options.block_length, options.sampling().steps) == ("block_diffusion", 32, 32)
+
+
+def test_all_four_tasks_have_a_llada2_config() -> None:
+    assert {p.stem for p in LLADA2_CONFIGS} == {"gsm8k", "math", "countdown", "sudoku"}
