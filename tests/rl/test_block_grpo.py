@@ -74,11 +74,19 @@ def test_block_estimators_are_refused_for_a_full_attention_model(tiny_model_dir,
         (["--logp_estimator", "trajectory", "--mc_samples", "4"], "mc_samples=4 would be ignored"),
         (["--logp_estimator", "trajectory", "--shrinkage", "0"], "shrinkage=0 must be >= 1"),
         (["--logp_estimator", "block_elbo", "--sampler", "llada"], "scores the block_diffusion sampler's blocks"),
+        (["--logp_estimator", "trajectory", "--p_mask_prompt", "0.3"], "p_mask_prompt=0.3 would be ignored"),
     ],
 )
 def test_block_estimator_options_are_checked(tiny_llada2_dir, tmp_path, flags, message) -> None:
     with pytest.raises(ValueError, match=message):
         config_of(*block_argv(tiny_llada2_dir, tmp_path, *flags)).validate(1, load_config(tiny_llada2_dir))
+
+
+def test_sharded_weights_are_refused_for_the_block_sampler(tiny_llada2_dir, tmp_path, monkeypatch) -> None:
+    config = config_of(*block_argv(tiny_llada2_dir, tmp_path, "--logp_estimator", "block_elbo", "--beta", "0"))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match="sampler='block_diffusion' under fsdp.*Launch with DDP"):
+        config.validate(1, load_config(tiny_llada2_dir))
 
 
 def test_rollouts_use_the_family_sampler_when_none_is_set(tiny_llada2_dir, tiny_sdar_dir, tmp_path) -> None:

@@ -442,7 +442,8 @@ def trajectory_logps(
     `shrinkage` s, each block's distinct steps go in groups of s (`step_groups`), the group's tokens all
     scored given the canvas before its first step (fewer passes, an approximation for s > 1). Round r scores
     the r-th group of every block at once (block-causal attention hides later blocks), so a sequence takes as
-    many rows of [clean | noisy] (`clean_noisy_mask`) as its blocks have groups at most; the rows go
+    many rows of [clean | noisy] (`clean_noisy_mask`) as its blocks have groups at most; the rows (round-major,
+    those scoring nothing left out) go
     `chunk_rows` per forward pass, each checkpointed when gradients are on. Exact for the sampler's canvas
     when the completion ends on a block boundary; else the sampler also decoded the grid positions past the
     answer in its last block, which are not in `input_ids` (TraceRL's own grid starts at the response)."""
@@ -457,9 +458,8 @@ def trajectory_logps(
     mask_id = resolve_token_id(model, mask_token_id, "mask_token_id")
     position, block, real, local = _completion_blocks(input_ids, attention_mask, t, block_length)
     groups = step_groups(steps.to(input_ids.device), local, shrinkage)
-    rounds = int(groups.max()) + 1
-    round_of_row = torch.arange(rounds, device=input_ids.device).repeat_interleave(len(input_ids))
-    sequence = torch.arange(len(input_ids), device=input_ids.device).repeat(rounds)
+    rounds = torch.arange(int(groups.max()) + 1, device=input_ids.device)
+    round_of_row, sequence = (groups[None] == rounds[:, None, None]).any(dim=-1).nonzero(as_tuple=True)
     mask = clean_noisy_mask(block, real, t)
     total = torch.zeros(input_ids.shape[0], t, device=input_ids.device)
     for lo in range(0, len(sequence), chunk_rows):

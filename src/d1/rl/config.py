@@ -13,6 +13,7 @@ from d1.diffusion.samplers import (
     LLaDAOptions,
     SamplerOptions,
     default_steps,
+    get_sampler,
     options_from,
     sampler_arguments,
     with_default,
@@ -376,6 +377,8 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
             self._refuse_ignored(mc_names[1:3], "logp_estimator=block_elbo masks every block of the model's grid")
         else:
             self._refuse_ignored(mc_names, f"they set the mc_elbo estimator, not logp_estimator={self.logp_estimator!r}")
+        if self.logp_estimator in BLOCK_ESTIMATORS:
+            self._refuse_ignored(("p_mask_prompt",), f"logp_estimator={self.logp_estimator!r} never masks the prompt")
         if self.logp_estimator == "trajectory":
             if self.shrinkage < 1:
                 raise ValueError(f"shrinkage={self.shrinkage} must be >= 1 (1: every decoding step scored).")
@@ -398,10 +401,17 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
                 f"logp_estimator={self.logp_estimator!r} needs a block-diffusion model (LLaDA 2.x, SDAR); "
                 f"model_path={self.model_path!r} attends fully. Use one_step, coupled, mc_elbo or left_to_right."
             )
-        if self.logp_estimator in BLOCK_ESTIMATORS and self.rollout_options(model_config).name != "block_diffusion":
+        sampler = self.rollout_options(model_config).name
+        if self.logp_estimator in BLOCK_ESTIMATORS and sampler != "block_diffusion":
             raise ValueError(
                 f"logp_estimator={self.logp_estimator!r} scores the block_diffusion sampler's blocks, not "
                 f"sampler={self.sampler!r}'s; drop --sampler (the family's) or pass --sampler block_diffusion."
+            )
+        sharded = sharded_launch(self)
+        if sharded in ("deepspeed-zero3", "fsdp") and "sync_done" not in get_sampler(sampler).supports:
+            raise ValueError(
+                f"Rollouts with sampler={sampler!r} under {sharded}: sharded weights need the same forward passes on "
+                "every process, which this sampler does not keep in step. Launch with DDP (weights not sharded)."
             )
 
     def _check_sampler(self, model_config: Any = None) -> None:

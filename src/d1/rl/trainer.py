@@ -183,6 +183,13 @@ class DiffuGRPOTrainer(Trainer):
             **self._estimate_inputs(batch, iteration),
         )
 
+    def _every_iteration(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """Log-prob estimates [mu, B, T] under every iteration's masks; the trajectory's draw none, so they are
+        computed once and shared."""
+        if self.args.logp_estimator == "trajectory":
+            return self._logps(model, batch, 0).expand(self.args.num_iterations, -1, -1)
+        return torch.stack([self._logps(model, batch, i) for i in range(self.args.num_iterations)])
+
     def _elbo_terms(self, model: Any, batch: dict[str, Any], iteration: int) -> ElboTerms:
         """The mc_elbo (or block_elbo) samples themselves, for SPG's lower and upper bounds."""
         inputs = self._estimate_inputs(batch, iteration)
@@ -256,12 +263,11 @@ class DiffuGRPOTrainer(Trainer):
             keep = learning_rows(batch["advantages"])
             batch = {k: v[keep] if torch.is_tensor(v) else v for k, v in batch.items()}
             batch["normalizer"] = float(full)
-        iterations = range(args.num_iterations)
         if args.num_iterations > 1 and needs.needs_old_logps:
-            batch["old_logps"] = torch.stack([self._logps(unwrapped, batch, i) for i in iterations])
+            batch["old_logps"] = self._every_iteration(unwrapped, batch)
         if args.beta > 0:
             with self._reference(unwrapped) as ref:
-                batch["ref_logps"] = torch.stack([self._logps(ref, batch, i) for i in iterations])
+                batch["ref_logps"] = self._every_iteration(ref, batch)
         self._metrics["time/old_logps"].append(time.perf_counter() - start)
         return batch
 
