@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from d1.diffusion.block_diffusion import BlockDiffusionSampling, generate_blocks
-from d1.diffusion.likelihood import MCOptions, block_elbo_terms, per_token_logps
+from d1.diffusion.likelihood import ElboTerms, MCOptions, block_elbo_terms, per_token_logps
 from d1.diffusion.trace import Trace
 from tests.diffusion.test_estimators import assert_mean_within
 
@@ -104,6 +104,7 @@ def test_block_elbo_terms_equal_one_block_at_a_time_forwards():
                 assert math.isclose(float(terms.logps[s, row, i]), expected[2 + i], abs_tol=1e-5)
                 count = int(masked[members].sum())
                 assert math.isclose(float(terms.weight[s, row, i]), (len(members) + 1) / max(count, 1), rel_tol=1e-6)
+                assert math.isclose(float(terms.level[s, row, i]), count / len(members), rel_tol=1e-6)
     assert torch.equal(terms.masked[2:], ~terms.masked[:2])  # antithetic: the complement in every block
 
 
@@ -196,3 +197,13 @@ def test_block_estimators_refuse_a_missing_grid_or_steps():
     with pytest.raises(ValueError, match="shrinkage=0"):
         per_token_logps(model, ids, completion_length=4, estimator="trajectory", block_length=BLOCK,
                         steps=torch.zeros(1, 4, dtype=torch.long), shrinkage=0)  # fmt: skip
+
+
+def test_spg_upper_bound_divides_by_each_tokens_block_level():
+    """By hand: one sample, blocks {0, 1} and {2, 3, 4}; tokens 0 (block level 1/2) and 2, 3 (level 2/3) masked."""
+    p = torch.tensor([[[0.5, 0.9, 0.2, 0.4, 0.9]]])
+    masked = torch.tensor([[[1, 0, 1, 1, 0]]], dtype=torch.bool)
+    level = torch.tensor([[[0.5, 0.5, 2 / 3, 2 / 3, 2 / 3]]])
+    terms = ElboTerms(logps=p.log(), masked=masked, scored=masked, weight=torch.ones(1, 1, 5), level=level)
+    expected = (math.log(0.5 / 0.5) + math.log(0.2 * 1.5) + math.log(0.4 * 1.5)) / 3  # beta 1
+    torch.testing.assert_close(terms.eubo(1.0, torch.ones(1, 5)), torch.tensor([expected]))

@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from d1.cli.args import parse_config
 from d1.models.loading import load_config
 from d1.rl.config import DiffuGRPOConfig
 from d1.rl.run import run_grpo
-from tests.rl.test_grpo_run import config_of, grpo_argv
+from d1.tasks import register_task, unregister_task
+from d1.tasks.synthetic import make_dataset
+from tests.rl.test_grpo_run import DigitsTask, config_of, grpo_argv
 
 LLADA2_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "grpo" / "llada2").glob("*.yaml"))
 
@@ -21,6 +24,27 @@ LLADA2_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "grpo
 def block_argv(model_dir: Path, out: Path, *extra: str) -> list[str]:
     """The GRPO test recipe with two steps and the block sampler's grid of 8 (2 passes a block)."""
     return grpo_argv(model_dir, out, "--max_steps", "2", *extra)
+
+
+@pytest.fixture
+def digits(tmp_path: Path):
+    """Flags for the digits task (a reward a random model earns unevenly, so advantages and gradients are nonzero)."""
+    data = make_dataset("sudoku", 16, seed=0, output_path=tmp_path / "train.csv", split="train")
+    register_task(DigitsTask())
+    yield ["--dataset", "digits", "--data_path", str(data), "--train_holdout", "0", "--lr_scheduler_type", "constant"]
+    unregister_task("digits")
+
+
+def digits_argv(model_dir: Path, out: Path, digits: list[str], *extra: str) -> list[str]:
+    argv = block_argv(model_dir, out, *extra)
+    del argv[argv.index("--synthetic_train_size") : argv.index("--synthetic_train_size") + 2]
+    return [*argv, *digits]
+
+
+def weights_moved(trainer, model_dir: Path) -> bool:
+    before = load_file(model_dir / "model.safetensors")
+    after = trainer.model.state_dict()
+    return any(not torch.equal(before[name], after[name].cpu()) for name in before)
 
 
 @pytest.mark.parametrize(
@@ -33,14 +57,15 @@ def block_argv(model_dir: Path, out: Path, *extra: str) -> list[str]:
     ],
     ids=lambda m: "-".join(m[:2]),
 )
-def test_two_steps_on_the_tiny_llada2(tiny_llada2_dir, tmp_path, method) -> None:
+def test_two_steps_on_the_tiny_llada2(tiny_llada2_dir, tmp_path, digits, method) -> None:
     estimator, objective, *extra = method
-    config = config_of(*block_argv(tiny_llada2_dir, tmp_path, "--logp_estimator", estimator, "--objective", objective,
-                                   *extra))  # fmt: skip
-    trainer = run_grpo(config)
+    argv = digits_argv(tiny_llada2_dir, tmp_path / "out", digits, "--logp_estimator", estimator, "--objective",
+                       objective, *extra)  # fmt: skip
+    trainer = run_grpo(config_of(*argv))
     assert trainer.state.global_step == 2
     logged = trainer.state.log_history[0]
-    assert "reward" in logged and torch.isfinite(torch.tensor(logged["loss"]))
+    assert logged["reward_std"] > 0 and torch.isfinite(torch.tensor(logged["loss"]))
+    assert weights_moved(trainer, tiny_llada2_dir)  # gradients flowed through the estimator
     assert trainer.rollout_options.name == "block_diffusion" and trainer.rollout_options.threshold == 0.95
     batch = trainer.rollout_buffer[0]
     if estimator == "trajectory":  # every completion token was committed by a step (or filled after EOS: -1)
@@ -48,6 +73,17 @@ def test_two_steps_on_the_tiny_llada2(tiny_llada2_dir, tmp_path, method) -> None
         assert steps.shape == batch["completion_mask"].shape and bool((steps[batch["completion_mask"].bool()] >= 0).all())
     else:
         assert "steps" not in batch
+
+
+def test_trajectory_two_steps_on_the_tiny_sdar_with_its_blocks_of_4(tiny_sdar_dir, tmp_path, digits) -> None:
+    argv = digits_argv(tiny_sdar_dir, tmp_path / "out", digits, "--logp_estimator", "trajectory")
+    at = argv.index("--block_length")
+    del argv[at : at + 2]  # the family's blocks of 4 (its sampler defaults)
+    trainer = run_grpo(config_of(*argv))
+    assert trainer.state.global_step == 2 and trainer.rollout_options.block_length == 4
+    steps = trainer.rollout_buffer[0]["steps"]
+    assert int(steps.max()) >= 3  # 16 tokens in blocks of 4: at least one step a block
+    assert weights_moved(trainer, tiny_sdar_dir)
 
 
 @pytest.mark.parametrize("estimator", ["one_step", "coupled", "mc_elbo", "left_to_right"])

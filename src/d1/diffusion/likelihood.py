@@ -170,12 +170,15 @@ class ElboTerms:
     every completion token in each sample's input, `masked` [S, B, T] the completion positions masked in that
     input, `scored` [S, B, T] those that enter the ELBO (= `masked` without blocks; block-wise, only the
     chosen block's masked tokens, later blocks being masked context), `weight` [S, B] each sample's
-    importance weight (cells / masked count, see `elbo_terms`)."""
+    importance weight (cells / masked count, see `elbo_terms`). `block_elbo_terms` noises each block at its own
+    level: its `weight` is per token [S, B, T] and `level` [S, B, T] is each token's block's masked fraction,
+    the t of SPG's upper bound (None: the row's masked fraction of the completion)."""
 
     logps: torch.Tensor
     masked: torch.Tensor
     scored: torch.Tensor
     weight: torch.Tensor
+    level: torch.Tensor | None = None
 
     def elbo(self) -> torch.Tensor:
         """Per-token contributions [B, T]: the mean over samples of weight * log p on scored tokens; their
@@ -206,10 +209,11 @@ class ElboTerms:
 
     def eubo(self, beta: float, completion_mask: torch.Tensor) -> torch.Tensor:
         """SPG's upper bound per sequence [B] (`_get_per_seq_logps`, logp_estimation "eubo"): per token, the mean
-        over samples of p^beta * masked / t (t: the row's masked fraction of the completion); the log of that,
-        averaged over the completion tokens where it is > 0, divided by beta."""
+        over samples of p^beta * masked / t (t: the row's masked fraction of the completion, or the token's
+        block's `level`); the log of that, averaged over the completion tokens where it is > 0, divided by beta."""
         chosen, fraction, nonempty = self._per_row(completion_mask)
-        powered = torch.where(chosen, (beta * self.logps).exp(), 0.0) / fraction.clamp(min=1e-8)[..., None]
+        t = fraction[..., None] if self.level is None else self.level
+        powered = torch.where(chosen, (beta * self.logps).exp(), 0.0) / t.clamp(min=1e-8)
         per_token = (powered * nonempty[..., None]).sum(dim=0) / nonempty.sum(dim=0).clamp(min=1)[:, None]
         kept = per_token > 0
         logs = torch.where(kept, per_token.clamp(min=1e-30).log(), 0.0)
@@ -382,7 +386,7 @@ def block_elbo_terms(
     unbiased for sum_j ELBO_j, ELBO_j = sum over nonempty S in block j of (|S|-1)!(n_j-|S|)!/n_j! sum_{i in S}
     log p(x_i | prompt, blocks < j clean, block j with S masked): block-causal attention (`clean_noisy_mask`)
     hides every later block, so all blocks are scored at once. Rows s = j * B + b; draws from `generator`;
-    the prompt is never masked."""
+    the prompt is never masked. SPG's reductions read `masked` and, for the upper bound's t, `level`."""
     _check_inputs(input_ids, completion_length, attention_mask)
     _check_block_model(model, block_length)
     mc = mc or MCOptions()
@@ -403,8 +407,10 @@ def block_elbo_terms(
     noisy = torch.where(masked, mask_id, input_ids[:, -t:]).flatten(0, 1)
     mask = clean_noisy_mask(block, real, t).repeat(rows, 1, 1, 1)
     logps = _noisy_logps(model, input_ids.repeat(rows, 1), noisy, position.repeat(rows, 1), mask)
-    weight = (token_size.repeat(rows // k, 1, 1) + 1) / counts.clamp(min=1).to(torch.float32)
-    return ElboTerms(logps=logps.view_as(masked), masked=masked, scored=masked, weight=weight)
+    sizes = token_size.repeat(rows // k, 1, 1)
+    weight = (sizes + 1) / counts.clamp(min=1).to(torch.float32)
+    level = counts / sizes.clamp(min=1).to(torch.float32)
+    return ElboTerms(logps=logps.view_as(masked), masked=masked, scored=masked, weight=weight, level=level)
 
 
 def step_groups(steps: torch.Tensor, local: torch.Tensor, shrinkage: int) -> torch.Tensor:
