@@ -29,7 +29,7 @@ def block_argv(model_dir: Path, out: Path, *extra: str) -> list[str]:
 @pytest.fixture
 def digits(tmp_path: Path):
     """Flags for the digits task (a reward a random model earns unevenly, so advantages and gradients are nonzero)."""
-    data = make_dataset("sudoku", 16, seed=0, output_path=tmp_path / "train.csv", split="train")
+    data = make_dataset("sudoku", 64, seed=0, output_path=tmp_path / "train.csv", split="train")
     register_task(DigitsTask())
     yield ["--dataset", "digits", "--data_path", str(data), "--train_holdout", "0", "--lr_scheduler_type", "constant"]
     unregister_task("digits")
@@ -149,3 +149,17 @@ def test_llada2_configs_are_block_elbo_grpo_on_the_family_sampler(path, tiny_lla
 
 def test_all_four_tasks_have_a_llada2_config() -> None:
     assert {p.stem for p in LLADA2_CONFIGS} == {"gsm8k", "math", "countdown", "sudoku"}
+
+
+@pytest.mark.parametrize("estimator", ["block_elbo", "trajectory"])
+def test_block_estimators_raise_a_learnable_reward(tiny_llada2_dir, tmp_path, digits, estimator) -> None:
+    """The digits reward (about 0.08 for the random tiny LLaDA 2.x) climbs within 6 steps of 64 completions at lr
+    3e-3, as for LLaDA in test_grpo_run.py; 16 steps reached 0.79 (block_elbo) and 0.77 (trajectory) on
+    2026-12-02."""
+    argv = digits_argv(tiny_llada2_dir, tmp_path / "out", digits, "--logp_estimator", estimator)
+    argv += ["--num_generations", "4", "--per_device_train_batch_size", "64", "--gradient_accumulation_steps", "1",
+             "--generation_batch_size", "64", "--max_completion_length", "8", "--learning_rate", "3e-3", "--beta", "0",
+             "--max_steps", "6"]  # fmt: skip
+    trainer = run_grpo(config_of(*argv))
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    assert len(rewards) == 3 and rewards[0] < 0.15 and rewards[-1] > 0.25, rewards

@@ -158,7 +158,8 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
         },
     )
     mc_samples: int = field(
-        default=2, metadata={"help": "logp_estimator=mc_elbo: Monte-Carlo samples k of (t, mask) (SPG/ESPO: 2)."}
+        default=2,
+        metadata={"help": "logp_estimator=mc_elbo or block_elbo: Monte-Carlo samples k of (t, mask) (SPG/ESPO: 2)."},
     )
     shrinkage: int = field(
         default=1,
@@ -183,7 +184,10 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
     )
     mc_antithetic: bool = field(
         default=True,
-        metadata={"help": "logp_estimator=mc_elbo: also score each sample's complementary mask (ESPO's reduce_var)."},
+        metadata={
+            "help": "logp_estimator=mc_elbo or block_elbo: also score each sample's complementary mask (ESPO's "
+            "reduce_var; block_elbo: the complement in every block)."
+        },
     )
     objective: str = field(
         default="grpo_clip",
