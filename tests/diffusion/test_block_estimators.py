@@ -207,3 +207,57 @@ def test_spg_upper_bound_divides_by_each_tokens_block_level():
     terms = ElboTerms(logps=p.log(), masked=masked, scored=masked, weight=torch.ones(1, 1, 5), level=level)
     expected = (math.log(0.5 / 0.5) + math.log(0.2 * 1.5) + math.log(0.4 * 1.5)) / 3  # beta 1
     torch.testing.assert_close(terms.eubo(1.0, torch.ones(1, 5)), torch.tensor([expected]))
+
+
+@pytest.mark.parametrize("prompt_length", [5, 8])
+def test_trajectory_equals_the_tiny_llada2s_own_step_probabilities(tiny_llada2_dir, prompt_length):
+    """The same on the tiny LLaDA 2.x (2 layers: a prompt token of the first answer block must see that block as
+    the sampler showed it, masked, in every layer), blocks of 4, 2 steps a block; answers of 3 or 8 tokens end
+    on a block boundary."""
+    from d1.models.loading import load_model
+
+    model = load_model(str(tiny_llada2_dir), dtype="float32").eval()
+    gen_length = 8 if prompt_length % BLOCK == 0 else BLOCK - prompt_length % BLOCK + BLOCK
+    prompts = torch.randint(5, 40, (2, prompt_length), generator=torch.Generator().manual_seed(11))
+    trace = Trace()
+    settings = BlockDiffusionSampling(gen_length=gen_length, block_length=BLOCK, steps=2, temperature=1.0)
+    with torch.no_grad():
+        output = generate_blocks(model, prompts, settings, mask_token_id=model.config.mask_token_id,
+                                 generator=torch.Generator().manual_seed(12), trace=trace)  # fmt: skip
+        steps, _ = trace.committed()
+        got = per_token_logps(model, output, completion_length=gen_length, estimator="trajectory",
+                              block_length=BLOCK, steps=steps)  # fmt: skip
+    expected = torch.zeros(2, gen_length, dtype=torch.float64)
+    for b, row in enumerate(trace.rows):
+        for step in row.steps:
+            for position, p in zip(step.positions, step.confidences, strict=True):
+                expected[b, position] = math.log(p)
+    decided = steps >= 0
+    torch.testing.assert_close(got.double()[decided], expected[decided], atol=1e-4, rtol=1e-4)
+
+
+def test_block_elbo_on_the_tiny_llada2_equals_one_block_at_a_time_forwards(tiny_llada2_dir):
+    """Each sample's log-probs from the one [clean | noisy] pass equal, block by block, a plain block-causal
+    forward of the 2-layer model with the earlier blocks clean and that block noised as drawn (a prompt of 6:
+    the first answer block holds 2 prompt tokens)."""
+    from d1.models.loading import load_model
+
+    model = load_model(str(tiny_llada2_dir), dtype="float32").eval()
+    mask_id = model.config.mask_token_id
+    ids = torch.randint(5, 40, (2, 6 + 10), generator=torch.Generator().manual_seed(13))
+    with torch.no_grad():
+        terms = block_elbo_terms(model, ids, completion_length=10, block_length=BLOCK, mc=MCOptions(samples=1),
+                                 generator=torch.Generator().manual_seed(14))  # fmt: skip
+        blocks = torch.arange(16) // BLOCK
+        see = (blocks[None, :] <= blocks[:, None])[None, None]
+        for s, row in itertools.product(range(2), range(2)):
+            for j in (1, 2, 3):  # grid blocks 1 (prompt 4-5, answer 0-1), 2, 3 (answer 2-5, 6-9)
+                noisy = ids[row].clone()
+                chosen = (blocks == j) & (torch.arange(16) >= 6) & torch.cat([torch.zeros(6, dtype=torch.bool),
+                                                                               terms.masked[s, row]])  # fmt: skip
+                noisy[chosen] = mask_id
+                noisy[blocks > j] = mask_id
+                logps = model(noisy[None], attention_mask=see).logits[0].log_softmax(-1)
+                columns = ((blocks == j) & (torch.arange(16) >= 6)).nonzero().flatten()
+                expected = logps[columns, ids[row, columns]]
+                torch.testing.assert_close(terms.logps[s, row, columns - 6], expected, atol=1e-5, rtol=1e-5)

@@ -320,32 +320,41 @@ def _grid(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple
     return (real.long().cumsum(dim=1) - 1).clamp(min=0), real
 
 
-def clean_noisy_mask(block: torch.Tensor, real: torch.Tensor, completion_length: int) -> torch.Tensor:
-    """Boolean attention [B, 1, N + T, N + T] over the clean sequence (N columns, grid blocks `block` [B, N],
-    `real` [B, N] marking padding) followed by a noisy copy of its last T (completion) columns: a clean column
-    sees the real clean columns of its block and the blocks before (block-causal); a noisy column sees the
-    noisy columns of its own block, the clean blocks before it and the clean prompt columns of its own block
-    (what the sampler shows a block it decodes); padding sees only itself. The training mask of dFactory's
-    block-diffusion SFT (noisy block: its own noisy block and the clean earlier blocks), written here."""
-    n, t = block.shape[1], completion_length
-    is_prompt = torch.arange(n, device=block.device) < n - t
-    keys, noisy_blocks = block[:, None, :], block[:, -t:, None]
+def noisy_width(length: int, completion_length: int, block_length: int) -> int:
+    """Columns of the noisy copy: the completion and the block_length - 1 before it, enough for the prompt
+    tokens that share a grid block with the completion's start (the sampler decodes them with that block)."""
+    return min(length, completion_length + block_length - 1)
+
+
+def clean_noisy_mask(block: torch.Tensor, real: torch.Tensor, width: int) -> torch.Tensor:
+    """Boolean attention [B, 1, N + W, N + W] over the clean sequence (N columns, grid blocks `block` [B, N],
+    `real` [B, N] marking padding) followed by a noisy copy of its last W columns (`noisy_width`): a clean
+    column sees the real clean columns of its block and the blocks before (block-causal); a noisy column sees
+    the real noisy columns of its own block and the real clean columns of the blocks before; padding sees only
+    itself. dFactory's block-diffusion training mask (inclusionAI/dFactory 92b6890,
+    tasks/train_llada2_bd.py `block_diffusion_mask`: block diagonal within the noisy copy, offset block-causal
+    from it to the clean one, block-causal within the clean one), written here with a noisy copy of the
+    completion's blocks only and per-row grids (left padding). A prompt token in the completion's first block
+    sits in the noisy copy too, so in every layer it sees that block as the sampler shows it (noisy)."""
+    w = width
+    keys, noisy_blocks = block[:, None, :], block[:, -w:, None]
     clean = (keys <= block[:, :, None]) & real[:, None, :]
-    noisy_clean = ((keys < noisy_blocks) | ((keys == noisy_blocks) & is_prompt)) & real[:, None, :]
-    noisy_noisy = block[:, None, -t:] == noisy_blocks
+    noisy_clean = (keys < noisy_blocks) & real[:, None, :]
+    noisy_noisy = (block[:, None, -w:] == noisy_blocks) & real[:, None, -w:]
     top = torch.cat([clean, torch.zeros_like(noisy_clean.transpose(1, 2))], dim=2)
     mask = torch.cat([top, torch.cat([noisy_clean, noisy_noisy], dim=2)], dim=1)
-    return (mask | torch.eye(n + t, dtype=torch.bool, device=block.device))[:, None]
+    return (mask | torch.eye(block.shape[1] + w, dtype=torch.bool, device=block.device))[:, None]
 
 
 def _noisy_logps(
     model: nn.Module, ids: torch.Tensor, noisy: torch.Tensor, position: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """log p [R, T] of each clean completion token at its column of the noisy copy `noisy` [R, T], from one
-    forward over [clean | noisy] under `mask` (`clean_noisy_mask`), the copy at its clean columns' positions."""
-    t = noisy.shape[1]
-    full = torch.cat([ids, noisy], dim=1)
-    positions = torch.cat([position, position[:, -t:]], dim=1)
+    """log p [R, T] of each clean completion token at its column of the noisy completion `noisy` [R, T], from
+    one forward over [clean | noisy copy] under `mask` (`clean_noisy_mask`): the copy is the last W columns
+    (the prompt's among them clean), at its clean columns' positions."""
+    t, w = noisy.shape[1], mask.shape[-1] - ids.shape[1]
+    full = torch.cat([ids, ids[:, -w:-t], noisy], dim=1) if w > t else torch.cat([ids, noisy], dim=1)
+    positions = torch.cat([position, position[:, -w:]], dim=1)
     logits, _ = predicting_logits(model, full, t, mask, position_ids=positions)
     return -_nll(logits, ids[:, -t:])
 
@@ -405,7 +414,7 @@ def block_elbo_terms(
     masked, counts = torch.cat(masked), torch.cat(counts)
     rows = len(masked)
     noisy = torch.where(masked, mask_id, input_ids[:, -t:]).flatten(0, 1)
-    mask = clean_noisy_mask(block, real, t).repeat(rows, 1, 1, 1)
+    mask = clean_noisy_mask(block, real, noisy_width(input_ids.shape[1], t, block_length)).repeat(rows, 1, 1, 1)
     logps = _noisy_logps(model, input_ids.repeat(rows, 1), noisy, position.repeat(rows, 1), mask)
     sizes = token_size.repeat(rows // k, 1, 1)
     weight = (sizes + 1) / counts.clamp(min=1).to(torch.float32)
@@ -466,7 +475,7 @@ def trajectory_logps(
     groups = step_groups(steps.to(input_ids.device), local, shrinkage)
     rounds = torch.arange(int(groups.max()) + 1, device=input_ids.device)
     round_of_row, sequence = (groups[None] == rounds[:, None, None]).any(dim=-1).nonzero(as_tuple=True)
-    mask = clean_noisy_mask(block, real, t)
+    mask = clean_noisy_mask(block, real, noisy_width(input_ids.shape[1], t, block_length))
     total = torch.zeros(input_ids.shape[0], t, device=input_ids.device)
     for lo in range(0, len(sequence), chunk_rows):
         seq, r = sequence[lo : lo + chunk_rows], round_of_row[lo : lo + chunk_rows, None]
