@@ -420,10 +420,6 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
 
     def _check_sampler(self, model_config: Any = None) -> None:
         """The rollout sampler's options, and the rollout features only LLaDA's block sampler has."""
-        if self.rollout_sampler is not None and self.rollout_sampler not in ROLLOUT_SAMPLERS:
-            raise ValueError(
-                f"rollout_sampler={self.rollout_sampler!r} is unknown; use one of {list(ROLLOUT_SAMPLERS)}."
-            )
         options = self.rollout_options(model_config)
         needs = {"rollout_order": self.rollout_order != "diffusion", "zero_signal_groups": self.zero_signal_groups != "skip"}
         for name, used in needs.items():
@@ -468,6 +464,10 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
         explicitly set option is refused): `sampler`, else the family's sampler and its defaults for the model
         of `model_config` (`default_sampler`), else (no config: checks before any model exists) LLaDA's."""
         preset: dict[str, object] = {}
+        if self.rollout_sampler is not None and self.rollout_sampler not in ROLLOUT_SAMPLERS:
+            raise ValueError(
+                f"rollout_sampler={self.rollout_sampler!r} is unknown; use one of {list(ROLLOUT_SAMPLERS)}."
+            )
         if self.rollout_sampler is not None:
             preset = dict(ROLLOUT_SAMPLERS[self.rollout_sampler])
             if self.rollout_sampler == "parallel":
