@@ -4,6 +4,7 @@ estimators refused before loading, and the configs of configs/grpo/llada2/."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,22 @@ def test_block_estimators_raise_a_learnable_reward(tiny_llada2_dir, tmp_path, di
     trainer = run_grpo(config_of(*argv))
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     assert len(rewards) == 3 and rewards[0] < 0.15 and rewards[-1] > 0.25, rewards
+
+
+@pytest.mark.parametrize("estimator", ["block_elbo", "trajectory"])
+def test_resume_between_inner_updates_matches_uninterrupted(tiny_llada2_dir, tmp_path, digits, estimator) -> None:
+    """The rollout buffer (with the trajectory's steps and committed tokens) carries a resume mid-rollout to the
+    same weights; a resume with another block_length is refused like any changed setting."""
+    extra = ("--logp_estimator", estimator, "--save_steps", "1", "--beta", "0", "--max_steps", "4")
+    run_grpo(config_of(*digits_argv(tiny_llada2_dir, tmp_path / "a", digits, *extra)))
+    (tmp_path / "b").mkdir()
+    shutil.copytree(tmp_path / "a" / "checkpoint-3", tmp_path / "b" / "checkpoint-3")  # 3 % 2: mid-rollout
+    resume = ("--resume_from_checkpoint", "auto")
+    trainer = run_grpo(config_of(*digits_argv(tiny_llada2_dir, tmp_path / "b", digits, *extra, *resume)))
+    assert trainer.state.global_step == 4
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    argv = digits_argv(tiny_llada2_dir, tmp_path / "b", digits, *extra, *resume)
+    argv[argv.index("--block_length") + 1] = "4"
+    with pytest.raises(ValueError, match="other settings: block_length 8 -> 4"):
+        run_grpo(config_of(*argv))
