@@ -1,7 +1,7 @@
 """The block-diffusion families (LLaDA 2.x, SDAR) through every command, with no family flag: `d1 eval` (their
 sampler and their reports' threshold by default, traces and `d1 trace`), the harness (answers equal eval's),
-LLaDA's sampler options refused before loading, `d1 grpo` refused; for LLaDA 2.x also `d1 chat` live and a
-2-process block-diffusion LoRA SFT step."""
+LLaDA's sampler options refused before loading, `d1 grpo`'s full-attention estimators refused; for LLaDA 2.x
+also `d1 chat` live and a 2-process block-diffusion LoRA SFT step."""
 
 from __future__ import annotations
 
@@ -102,14 +102,14 @@ def test_harness_answers_as_eval(block_family_dir: Path) -> None:
     assert lm.generate_until([Request(r["prompt_input"]) for r in records]) == [r["generations"] for r in records]
 
 
-def test_grpo_refuses_a_block_diffusion_model(block_family_dir: Path, tmp_path: Path) -> None:
+def test_grpo_refuses_full_attention_estimators_on_a_block_diffusion_model(block_family_dir: Path, tmp_path: Path) -> None:
     from d1.cli.args import parse_config
     from d1.rl.config import DiffuGRPOConfig
     from d1.rl.run import run_grpo
 
     config = parse_config(DiffuGRPOConfig, ["--model_path", str(block_family_dir), "--dataset", "sudoku",
                                             "--output_dir", str(tmp_path), "--report_to", "none"])  # fmt: skip
-    with pytest.raises(ValueError, match="block-diffusion model.*full attention"):
+    with pytest.raises(ValueError, match="'one_step' assumes full attention.*block-diffusion model.*block_elbo"):
         run_grpo(config)
 
 

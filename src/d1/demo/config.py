@@ -104,8 +104,8 @@ class DemoConfig:
 
         if getattr(family(self.family).config_class, "block_diffusion", False):
             raise ValueError(
-                f"family={self.family!r} is a block-diffusion family: the demo's diffu-GRPO stages need "
-                "block-diffusion RL, which d1 does not have yet. Use --family llada or dream."
+                f"family={self.family!r} is a block-diffusion family: the demo's stages and recipe are built for "
+                "the full-attention families and have no block-diffusion version yet. Use --family llada or dream."
             )
         from transformers import SchedulerType
 

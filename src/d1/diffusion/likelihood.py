@@ -8,6 +8,9 @@ objective also trains the conditionals that iterative decoding uses.
 `mc_elbo` is the masked-diffusion ELBO of the completion estimated with k Monte-Carlo masks in one batched
 call (ESPO, SPG; `MCOptions`, `elbo_terms`), optionally block-wise (the semi-autoregressive sampler's bound).
 `left_to_right` is JustGRPO's exact likelihood of a left-to-right decode (T passes, batched as rows).
+`block_elbo` and `trajectory` are for block-diffusion models (LLaDA 2.x, SDAR: block-causal attention on a grid of
+`block_length` from each row's first token): the block-wise ELBO from one forward over the clean sequence and a
+noisy copy of the completion (EBPO), and the likelihood of the recorded decoding order (TraceRL).
 `elbo_loglikelihood` is LLaDA's evaluation likelihood: a Monte-Carlo estimate of the masked-diffusion ELBO of
 a continuation (random masking ratio, masked tokens' log-probs reweighted by 1/ratio).
 """
@@ -22,11 +25,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from d1.diffusion.logits import predicting_logits
+from d1.diffusion.logits import logits_are_shifted, predicting_logits
 from d1.diffusion.masking import _uniform, mask_prompt
 from d1.diffusion.sampling import resolve_token_id
 
-ESTIMATORS = ("one_step", "coupled", "mc_elbo", "left_to_right")
+FULL_ATTENTION_ESTIMATORS = ("one_step", "coupled", "mc_elbo", "left_to_right")
+BLOCK_ESTIMATORS = ("block_elbo", "trajectory")
+ESTIMATORS = FULL_ATTENTION_ESTIMATORS + BLOCK_ESTIMATORS
 T_SAMPLINGS = ("random", "stratified")
 
 
@@ -64,10 +69,13 @@ def per_token_logps(
     p_mask_prompt: float = 0.15,
     generator: torch.Generator | None = None,
     attention_mask: torch.Tensor | None = None,
-    estimator: Literal["one_step", "coupled", "mc_elbo", "left_to_right"] = "one_step",
+    estimator: Literal["one_step", "coupled", "mc_elbo", "left_to_right", "block_elbo", "trajectory"] = "one_step",
     mc: MCOptions | None = None,
     temperature: float = 1.0,
     chunk_rows: int = 64,
+    block_length: int = 0,
+    steps: torch.Tensor | None = None,
+    shrinkage: int = 1,
 ) -> torch.Tensor:
     """Float32 log-probabilities [B, completion_length] of the last `completion_length` tokens of `input_ids`
     given the masked input (`one_step`: d1's `_get_per_token_logps`; `coupled`: see the module docstring);
@@ -76,10 +84,23 @@ def per_token_logps(
     `mc_elbo` (options `mc`, default `MCOptions()`): per-token ELBO contributions whose sum over the completion
     is the ELBO estimate of log p(completion | prompt) (`elbo_terms(...).elbo()`). `left_to_right`: token k's
     log-prob with the completion's tokens < k visible and >= k masked, under softmax(logits / `temperature`);
-    `chunk_rows` rows per forward pass."""
+    `chunk_rows` rows per forward pass. `block_elbo` (block-diffusion models, `block_length` their grid; `mc`'s
+    samples and antithetic): see `block_elbo_terms`. `trajectory`: see `trajectory_logps` (`steps`, `shrinkage`)."""
     _check_inputs(input_ids, completion_length, attention_mask)
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator={estimator!r} is unknown; use one of {list(ESTIMATORS)}.")
+    if estimator == "block_elbo":
+        return block_elbo_terms(
+            model, input_ids, completion_length=completion_length, block_length=block_length, mc=mc,
+            mask_token_id=mask_token_id, generator=generator, attention_mask=attention_mask,
+        ).elbo()  # fmt: skip
+    if estimator == "trajectory":
+        if steps is None:
+            raise ValueError("estimator='trajectory' needs `steps`, the sampler step that committed each token.")
+        return trajectory_logps(
+            model, input_ids, steps, completion_length=completion_length, block_length=block_length,
+            shrinkage=shrinkage, mask_token_id=mask_token_id, attention_mask=attention_mask, chunk_rows=chunk_rows,
+        )  # fmt: skip
     if estimator == "mc_elbo":
         return elbo_terms(
             model,
@@ -149,17 +170,21 @@ class ElboTerms:
     every completion token in each sample's input, `masked` [S, B, T] the completion positions masked in that
     input, `scored` [S, B, T] those that enter the ELBO (= `masked` without blocks; block-wise, only the
     chosen block's masked tokens, later blocks being masked context), `weight` [S, B] each sample's
-    importance weight (cells / masked count, see `elbo_terms`)."""
+    importance weight (cells / masked count, see `elbo_terms`). `block_elbo_terms` noises each block at its own
+    level: its `weight` is per token [S, B, T] and `level` [S, B, T] is each token's block's masked fraction,
+    the t of SPG's upper bound (None: the row's masked fraction of the completion)."""
 
     logps: torch.Tensor
     masked: torch.Tensor
     scored: torch.Tensor
     weight: torch.Tensor
+    level: torch.Tensor | None = None
 
     def elbo(self) -> torch.Tensor:
         """Per-token contributions [B, T]: the mean over samples of weight * log p on scored tokens; their
         sum over T is the unbiased ELBO estimate (what `per_token_logps(estimator="mc_elbo")` returns)."""
-        terms = torch.where(self.scored, self.logps * self.weight[..., None], 0.0)
+        weight = self.weight if self.weight.dim() == self.logps.dim() else self.weight[..., None]
+        terms = torch.where(self.scored, self.logps * weight, 0.0)
         return terms.mean(dim=0)
 
     def _per_row(self, completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -184,10 +209,11 @@ class ElboTerms:
 
     def eubo(self, beta: float, completion_mask: torch.Tensor) -> torch.Tensor:
         """SPG's upper bound per sequence [B] (`_get_per_seq_logps`, logp_estimation "eubo"): per token, the mean
-        over samples of p^beta * masked / t (t: the row's masked fraction of the completion); the log of that,
-        averaged over the completion tokens where it is > 0, divided by beta."""
+        over samples of p^beta * masked / t (t: the row's masked fraction of the completion, or the token's
+        block's `level`); the log of that, averaged over the completion tokens where it is > 0, divided by beta."""
         chosen, fraction, nonempty = self._per_row(completion_mask)
-        powered = torch.where(chosen, (beta * self.logps).exp(), 0.0) / fraction.clamp(min=1e-8)[..., None]
+        t = fraction[..., None] if self.level is None else self.level
+        powered = torch.where(chosen, (beta * self.logps).exp(), 0.0) / t.clamp(min=1e-8)
         per_token = (powered * nonempty[..., None]).sum(dim=0) / nonempty.sum(dim=0).clamp(min=1)[:, None]
         kept = per_token > 0
         logs = torch.where(kept, per_token.clamp(min=1e-30).log(), 0.0)
@@ -271,6 +297,194 @@ def _draw_cells(
         offset = _uniform((1, b), like, generator).double()
         points = (torch.arange(k, device=like.device, dtype=torch.float64)[:, None] + offset) / k
     return (points * cells).floor().long().clamp(max=cells - 1)
+
+
+def _check_block_model(model: nn.Module, block_length: int) -> None:
+    """The block estimators need the block grid and an unshifted model (LLaDA 2.x, SDAR), before any pass."""
+    if block_length < 1:
+        raise ValueError(
+            f"block_length={block_length}: the block estimators need the model's block grid (the sampler's "
+            "block_length, e.g. 32 for LLaDA 2.x, 4 for SDAR)."
+        )
+    if logits_are_shifted(model):
+        raise ValueError(
+            "The block estimators score the noisy copy's own columns, so they need an unshifted model (LLaDA 2.x, "
+            "SDAR); this model's logits are shifted (Dream-style)."
+        )
+
+
+def _grid(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's position [B, L] (counted from the row's first real token, as `block_diffusion._canvas`
+    lays rows out) and whether it is real [B, L]."""
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    return (real.long().cumsum(dim=1) - 1).clamp(min=0), real
+
+
+def noisy_width(length: int, completion_length: int, block_length: int) -> int:
+    """Columns of the noisy copy: the completion and the block_length - 1 before it, enough for the prompt
+    tokens that share a grid block with the completion's start (the sampler decodes them with that block)."""
+    return min(length, completion_length + block_length - 1)
+
+
+def clean_noisy_mask(block: torch.Tensor, real: torch.Tensor, width: int) -> torch.Tensor:
+    """Boolean attention [B, 1, N + W, N + W] over the clean sequence (N columns, grid blocks `block` [B, N],
+    `real` [B, N] marking padding) followed by a noisy copy of its last W columns (`noisy_width`): a clean
+    column sees the real clean columns of its block and the blocks before (block-causal); a noisy column sees
+    the real noisy columns of its own block and the real clean columns of the blocks before; padding sees only
+    itself. dFactory's block-diffusion training mask (inclusionAI/dFactory 92b6890,
+    tasks/train_llada2_bd.py `block_diffusion_mask`: block diagonal within the noisy copy, offset block-causal
+    from it to the clean one, block-causal within the clean one), written here with a noisy copy of the
+    completion's blocks only and per-row grids (left padding). A prompt token in the completion's first block
+    sits in the noisy copy too, so in every layer it sees that block as the sampler shows it (noisy)."""
+    w = width
+    keys, noisy_blocks = block[:, None, :], block[:, -w:, None]
+    clean = (keys <= block[:, :, None]) & real[:, None, :]
+    noisy_clean = (keys < noisy_blocks) & real[:, None, :]
+    noisy_noisy = (block[:, None, -w:] == noisy_blocks) & real[:, None, -w:]
+    top = torch.cat([clean, torch.zeros_like(noisy_clean.transpose(1, 2))], dim=2)
+    mask = torch.cat([top, torch.cat([noisy_clean, noisy_noisy], dim=2)], dim=1)
+    return (mask | torch.eye(block.shape[1] + w, dtype=torch.bool, device=block.device))[:, None]
+
+
+def _noisy_logps(
+    model: nn.Module, ids: torch.Tensor, noisy: torch.Tensor, position: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """log p [R, T] of each clean completion token at its column of the noisy completion `noisy` [R, T], from
+    one forward over [clean | noisy copy] under `mask` (`clean_noisy_mask`): the copy is the last W columns
+    (the prompt's among them clean), at its clean columns' positions."""
+    t, w = noisy.shape[1], mask.shape[-1] - ids.shape[1]
+    full = torch.cat([ids, ids[:, -w:-t], noisy], dim=1) if w > t else torch.cat([ids, noisy], dim=1)
+    positions = torch.cat([position, position[:, -w:]], dim=1)
+    logits, _ = predicting_logits(model, full, t, mask, position_ids=positions)
+    return -_nll(logits, ids[:, -t:])
+
+
+def _completion_blocks(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor | None, completion_length: int, block_length: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Positions [B, N], grid blocks [B, N], real columns [B, N] and each completion token's block counted
+    from the completion's first [B, T] (the first may be shared with the prompt's end, the last cut short)."""
+    position, real = _grid(input_ids, attention_mask)
+    block = position // block_length
+    local = block[:, -completion_length:] - block[:, -completion_length:][:, :1]
+    return position, block, real, local
+
+
+def block_elbo_terms(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    completion_length: int,
+    block_length: int,
+    mc: MCOptions | None = None,
+    mask_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+    attention_mask: torch.Tensor | None = None,
+) -> ElboTerms:
+    """The block-wise ELBO of the last `completion_length` (T) tokens under a block-diffusion model (EBPO,
+    LLaDA2.1 report arXiv 2602.08676, section on ELBO-based block-level policy optimization: block-level ELBO
+    terms from one block-causal forward over noisy and clean sequences). `mc.samples` samples, all in one
+    batched pass; `mc.antithetic` adds each sample's complement within every block. Only `samples` and
+    `antithetic` of `mc` are read.
+
+    Per sample, every completion block j (n_j tokens on the grid, `_completion_blocks`) is noised at its own
+    level: a count x_j uniform on {0..n_j}, then a uniform x_j-subset masked. That is exactly the law of masking
+    each token with probability t_j, t_j ~ U(0, 1) (P(x) = C(n, x) B(x + 1, n - x + 1) = 1 / (n + 1)), and
+    the weight (n_j + 1) / x_j of its masked tokens is E[1 / t_j | the mask]: the 1/t ELBO weight of dFactory's
+    and EBPO's form with t integrated out (same expectation, finite variance). The sum over tokens is
+    unbiased for sum_j ELBO_j, ELBO_j = sum over nonempty S in block j of (|S|-1)!(n_j-|S|)!/n_j! sum_{i in S}
+    log p(x_i | prompt, blocks < j clean, block j with S masked): block-causal attention (`clean_noisy_mask`)
+    hides every later block, so all blocks are scored at once. Rows s = j * B + b; draws from `generator`;
+    the prompt is never masked. SPG's reductions read `masked` and, for the upper bound's t, `level`."""
+    _check_inputs(input_ids, completion_length, attention_mask)
+    _check_block_model(model, block_length)
+    mc = mc or MCOptions()
+    mask_id = resolve_token_id(model, mask_token_id, "mask_token_id")
+    b, t, k = input_ids.shape[0], completion_length, mc.samples
+    position, block, real, local = _completion_blocks(input_ids, attention_mask, t, block_length)
+    sizes = F.one_hot(local, int(local.max()) + 1).sum(dim=1)  # [B, blocks] completion tokens per block
+    count = (_uniform((k, *sizes.shape), input_ids, generator) * (sizes + 1)).floor().long().clamp(max=sizes)
+    scores = _uniform((k, b, t), input_ids, generator).double() + local  # each block's scores in [j, j + 1)
+    rank = scores.argsort(dim=-1).argsort(dim=-1) - (sizes.cumsum(dim=1) - sizes).gather(1, local)
+    token_count = count.gather(2, local.expand(k, b, t))
+    token_size = sizes.gather(1, local).expand(k, b, t)
+    masked, counts = [rank < token_count], [token_count]
+    if mc.antithetic:
+        masked, counts = [masked[0], ~masked[0]], [token_count, token_size - token_count]
+    masked, counts = torch.cat(masked), torch.cat(counts)
+    rows = len(masked)
+    noisy = torch.where(masked, mask_id, input_ids[:, -t:]).flatten(0, 1)
+    mask = clean_noisy_mask(block, real, noisy_width(input_ids.shape[1], t, block_length)).repeat(rows, 1, 1, 1)
+    logps = _noisy_logps(model, input_ids.repeat(rows, 1), noisy, position.repeat(rows, 1), mask)
+    sizes = token_size.repeat(rows // k, 1, 1)
+    weight = (sizes + 1) / counts.clamp(min=1).to(torch.float32)
+    level = counts / sizes.clamp(min=1).to(torch.float32)
+    return ElboTerms(logps=logps.view_as(masked), masked=masked, scored=masked, weight=weight, level=level)
+
+
+def step_groups(steps: torch.Tensor, local: torch.Tensor, shrinkage: int) -> torch.Tensor:
+    """Each token's group [B, T] within its block: the block's distinct steps in order, `shrinkage` of them a
+    group (TraceRL's `collapse_k_unique`, Gen-Verse/dLLM-RL 10b4fd1 train/rl_sdar.py); -1 where no step
+    committed the token (`steps` < 0)."""
+    groups = torch.full_like(steps, -1)
+    for row in range(len(steps)):
+        for j in local[row].unique().tolist():
+            where = (local[row] == j) & (steps[row] >= 0)
+            _, order = steps[row][where].unique(sorted=True, return_inverse=True)
+            groups[row, where] = order // shrinkage
+    return groups
+
+
+def trajectory_logps(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    steps: torch.Tensor,
+    *,
+    completion_length: int,
+    block_length: int,
+    shrinkage: int = 1,
+    mask_token_id: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    chunk_rows: int = 64,
+) -> torch.Tensor:
+    """TraceRL's likelihood of a block-diffusion rollout's decoding order, [B, T] float32 (Wang et al., "Revolutionizing
+    Reinforcement Learning Framework for Diffusion Large Language Models", arXiv 2509.06949; Gen-Verse/dLLM-RL
+    10b4fd1 train/rl_sdar.py `one_round_vectorized`, TraceRL branch of `collect_training_data`).
+
+    `steps` [B, T] is the sampler step that committed each completion token (`Trace.committed`; < 0: none, the
+    token is never shown nor scored). A token committed at step k is scored given the canvas before step k:
+    the prompt, the earlier blocks clean, its block's tokens of steps < k shown and the rest masked. With
+    `shrinkage` s, each block's distinct steps go in groups of s (`step_groups`), the group's tokens all
+    scored given the canvas before its first step (fewer passes, an approximation for s > 1). Round r scores
+    the r-th group of every block at once (block-causal attention hides later blocks), so a sequence takes as
+    many rows of [clean | noisy] (`clean_noisy_mask`) as its blocks have groups at most; the rows (round-major,
+    those scoring nothing left out) go
+    `chunk_rows` per forward pass, each checkpointed when gradients are on. Exact for the sampler's canvas
+    when the completion ends on a block boundary; else the sampler also decoded the grid positions past the
+    answer in its last block, which are not in `input_ids` (TraceRL's own grid starts at the response)."""
+    _check_inputs(input_ids, completion_length, attention_mask)
+    _check_block_model(model, block_length)
+    t = completion_length
+    if steps.shape != (input_ids.shape[0], t) or shrinkage < 1 or chunk_rows < 1:
+        raise ValueError(
+            f"steps must be [batch, completion_length] = {(input_ids.shape[0], t)} (got {tuple(steps.shape)}), "
+            f"shrinkage={shrinkage} >= 1 and chunk_rows={chunk_rows} >= 1."
+        )
+    mask_id = resolve_token_id(model, mask_token_id, "mask_token_id")
+    position, block, real, local = _completion_blocks(input_ids, attention_mask, t, block_length)
+    groups = step_groups(steps.to(input_ids.device), local, shrinkage)
+    rounds = torch.arange(int(groups.max()) + 1, device=input_ids.device)
+    round_of_row, sequence = (groups[None] == rounds[:, None, None]).any(dim=-1).nonzero(as_tuple=True)
+    mask = clean_noisy_mask(block, real, noisy_width(input_ids.shape[1], t, block_length))
+    total = torch.zeros(input_ids.shape[0], t, device=input_ids.device)
+    for lo in range(0, len(sequence), chunk_rows):
+        seq, r = sequence[lo : lo + chunk_rows], round_of_row[lo : lo + chunk_rows, None]
+        hidden = (groups[seq] >= r) | (groups[seq] < 0)
+        noisy = torch.where(hidden, mask_id, input_ids[seq, -t:])
+        chunk = (model, input_ids[seq], noisy, position[seq], mask[seq])
+        logps = checkpoint(_noisy_logps, *chunk, use_reentrant=False) if torch.is_grad_enabled() else _noisy_logps(*chunk)
+        total = total.index_add(0, seq, torch.where(groups[seq] == r, logps, 0.0))
+    return total
 
 
 def left_to_right_logps(

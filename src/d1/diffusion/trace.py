@@ -146,6 +146,18 @@ class Trace:
         if self.on_step is not None:
             self.on_step(self)
 
+    def committed(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step that committed each answer position and the token it committed, [B, gen_length] each (-1
+        where no step did: early-stop fills): the decoding order that TraceRL's likelihood scores."""
+        gen_length = self.rows[0].gen_length if self.rows else 0
+        steps = torch.full((len(self.rows), gen_length), -1, dtype=torch.long)
+        tokens = torch.full_like(steps, -1)
+        for b, row in enumerate(self.rows):
+            for index, step in enumerate(row.steps):
+                steps[b, step.positions] = index
+                tokens[b, step.positions] = torch.tensor(step.tokens, dtype=torch.long)
+        return steps, tokens
+
     def fill(self, masked: torch.Tensor, offset: int, token: int) -> None:
         """Early stop wrote `token` over the masked columns `masked` [B, W] (window starts at `offset`)."""
         for b, c in masked.nonzero().tolist():

@@ -7,17 +7,18 @@ from typing import Any, ClassVar
 
 from transformers import TrainingArguments
 
-from d1.diffusion.likelihood import ESTIMATORS, MCOptions
+from d1.diffusion.likelihood import BLOCK_ESTIMATORS, ESTIMATORS, FULL_ATTENTION_ESTIMATORS, MCOptions
 from d1.diffusion.losses import OBJECTIVE_NEEDS, OBJECTIVES
 from d1.diffusion.samplers import (
     LLaDAOptions,
     SamplerOptions,
     default_steps,
+    get_sampler,
     options_from,
     sampler_arguments,
     with_default,
 )
-from d1.models.families import FAMILIES
+from d1.models.families import FAMILIES, default_sampler
 from d1.models.loading import LORA_TARGETS_HELP, non_reentrant
 from d1.sft.config import bf16_available
 from d1.utils import check_counts, cpu_only_launch, sharded_launch
@@ -149,12 +150,23 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
             "help": "How a completion's log-likelihood is estimated (docs/rl-methods.md): one_step (d1: completion "
             "fully masked, one pass), coupled (DiffuCoder: two complementary random masks, each token scored once; "
             "2 passes), mc_elbo (the masked-diffusion ELBO from mc_samples random masks, SPG/ESPO; 2 x mc_samples "
-            "passes with mc_antithetic) or left_to_right (JustGRPO: the exact likelihood of a left-to-right decode, "
-            "one pass per token; needs rollout_order=left_to_right)."
+            "passes with mc_antithetic), left_to_right (JustGRPO: the exact likelihood of a left-to-right decode, "
+            "one pass per token; needs rollout_order=left_to_right); for block-diffusion models (LLaDA 2.x, SDAR), "
+            "which refuse the four above: block_elbo (EBPO: the block-wise ELBO, every block noised at its own level, "
+            "one block-causal pass over clean + noisy per sample; mc_samples, mc_antithetic) or trajectory "
+            "(TraceRL: each rollout step's committed tokens given the canvas before that step; shrinkage)."
         },
     )
     mc_samples: int = field(
-        default=2, metadata={"help": "logp_estimator=mc_elbo: Monte-Carlo samples k of (t, mask) (SPG/ESPO: 2)."}
+        default=2,
+        metadata={"help": "logp_estimator=mc_elbo or block_elbo: Monte-Carlo samples k of (t, mask) (SPG/ESPO: 2)."},
+    )
+    shrinkage: int = field(
+        default=1,
+        metadata={
+            "help": "logp_estimator=trajectory: merge this many neighbouring decoding steps of a block into one "
+            "scored step (TraceRL's shrinkage; 1 = every step, exact; s: about 1/s of the passes)."
+        },
     )
     mc_blockwise: bool = field(
         default=False,
@@ -172,7 +184,10 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
     )
     mc_antithetic: bool = field(
         default=True,
-        metadata={"help": "logp_estimator=mc_elbo: also score each sample's complementary mask (ESPO's reduce_var)."},
+        metadata={
+            "help": "logp_estimator=mc_elbo or block_elbo: also score each sample's complementary mask (ESPO's "
+            "reduce_var; block_elbo: the complement in every block)."
+        },
     )
     objective: str = field(
         default="grpo_clip",
@@ -323,18 +338,12 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
                 f"rollout_order={self.rollout_order!r} with logp_estimator={self.logp_estimator!r}: JustGRPO's exact "
                 "likelihood is that of a left-to-right decode. Set both to left_to_right, or neither."
             )
-        if self.logp_estimator == "mc_elbo":
-            self.mc_options()  # its own checks name mc_samples and mc_t_sampling
-        else:
-            self._refuse_ignored(
-                ("mc_samples", "mc_blockwise", "mc_t_sampling", "mc_antithetic"),
-                f"they set the mc_elbo estimator, not logp_estimator={self.logp_estimator!r}",
-            )
+        self._check_estimator_options()
         needs = OBJECTIVE_NEEDS[self.objective]
-        if needs.reference_estimator == "mc_elbo" and self.logp_estimator != "mc_elbo":
+        if needs.reference_estimator == "mc_elbo" and self.logp_estimator not in ("mc_elbo", "block_elbo"):
             raise ValueError(
-                f"objective={self.objective!r} is defined on ELBO estimates; set logp_estimator=mc_elbo "
-                f"(not {self.logp_estimator!r})."
+                f"objective={self.objective!r} is defined on ELBO estimates; set logp_estimator=mc_elbo (block_elbo "
+                f"for a block-diffusion model), not {self.logp_estimator!r}."
             )
         if not needs.uses_epsilon:
             self._refuse_ignored(("epsilon", "epsilon_high"), f"objective={self.objective!r} has no ratio to clip")
@@ -361,13 +370,57 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
         else:
             self._refuse_ignored(("spg_eubo_beta", "spg_mix_weight"), "they are objective=spg's")
 
-    def _check_sampler(self) -> None:
-        """The rollout sampler's options, and the rollout features only LLaDA's block sampler has."""
-        if self.rollout_sampler is not None and self.rollout_sampler not in ROLLOUT_SAMPLERS:
+    def _check_estimator_options(self) -> None:
+        """The Monte-Carlo and trajectory options apply to their estimators only (block_elbo reads mc_samples and
+        mc_antithetic: its blocks are the model's and each block draws its own level)."""
+        mc_names = ("mc_samples", "mc_blockwise", "mc_t_sampling", "mc_antithetic")
+        if self.logp_estimator == "mc_elbo":
+            self.mc_options()  # its own checks name mc_samples and mc_t_sampling
+        elif self.logp_estimator == "block_elbo":
+            self.mc_options()
+            self._refuse_ignored(mc_names[1:3], "logp_estimator=block_elbo masks every block of the model's grid")
+        else:
+            self._refuse_ignored(mc_names, f"they set the mc_elbo estimator, not logp_estimator={self.logp_estimator!r}")
+        if self.logp_estimator in BLOCK_ESTIMATORS:
+            self._refuse_ignored(("p_mask_prompt",), f"logp_estimator={self.logp_estimator!r} never masks the prompt")
+        if self.logp_estimator == "trajectory":
+            if self.shrinkage < 1:
+                raise ValueError(f"shrinkage={self.shrinkage} must be >= 1 (1: every decoding step scored).")
+        else:
+            self._refuse_ignored(("shrinkage",), "it sets logp_estimator=trajectory")
+
+    def check_model(self, model_config: Any) -> None:
+        """The estimator against the model's attention, from its config (before any weights load): a
+        block-diffusion model (`block_diffusion`) trains with the block estimators only, others without them."""
+        block = bool(getattr(model_config, "block_diffusion", False))
+        if block and self.logp_estimator in FULL_ATTENTION_ESTIMATORS:
             raise ValueError(
-                f"rollout_sampler={self.rollout_sampler!r} is unknown; use one of {list(ROLLOUT_SAMPLERS)}."
+                f"logp_estimator={self.logp_estimator!r} assumes full attention, but model_path={self.model_path!r} "
+                f"is a block-diffusion model (model_type {model_config.model_type!r}): its likelihood is "
+                "block-causal, so that estimate would train it on the wrong likelihood. Use logp_estimator=block_elbo "
+                "(EBPO) or trajectory (TraceRL)."
             )
-        options = self.rollout_options()
+        if not block and self.logp_estimator in BLOCK_ESTIMATORS:
+            raise ValueError(
+                f"logp_estimator={self.logp_estimator!r} needs a block-diffusion model (LLaDA 2.x, SDAR); "
+                f"model_path={self.model_path!r} attends fully. Use one_step, coupled, mc_elbo or left_to_right."
+            )
+        sampler = self.rollout_options(model_config).name
+        if self.logp_estimator in BLOCK_ESTIMATORS and sampler != "block_diffusion":
+            raise ValueError(
+                f"logp_estimator={self.logp_estimator!r} scores the block_diffusion sampler's blocks, not "
+                f"sampler={self.sampler!r}'s; drop --sampler (the family's) or pass --sampler block_diffusion."
+            )
+        sharded = sharded_launch(self)
+        if sharded in ("deepspeed-zero3", "fsdp") and "sync_done" not in get_sampler(sampler).supports:
+            raise ValueError(
+                f"Rollouts with sampler={sampler!r} under {sharded}: sharded weights need the same forward passes on "
+                "every process, which this sampler does not keep in step. Launch with DDP (weights not sharded)."
+            )
+
+    def _check_sampler(self, model_config: Any = None) -> None:
+        """The rollout sampler's options, and the rollout features only LLaDA's block sampler has."""
+        options = self.rollout_options(model_config)
         needs = {"rollout_order": self.rollout_order != "diffusion", "zero_signal_groups": self.zero_signal_groups != "skip"}
         for name, used in needs.items():
             if used and not isinstance(options, LLaDAOptions):
@@ -406,10 +459,15 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
             antithetic=self.mc_antithetic,
         )
 
-    def rollout_options(self) -> SamplerOptions:
-        """The rollouts' sampler options (LLaDA's block sampler unless `sampler` is set), with `rollout_sampler`'s
-        shorthand applied; a shorthand contradicting an explicitly set option is refused."""
+    def rollout_options(self, model_config: Any = None) -> SamplerOptions:
+        """The rollouts' sampler options, with `rollout_sampler`'s shorthand applied (a shorthand contradicting an
+        explicitly set option is refused): `sampler`, else the family's sampler and its defaults for the model
+        of `model_config` (`default_sampler`), else (no config: checks before any model exists) LLaDA's."""
         preset: dict[str, object] = {}
+        if self.rollout_sampler is not None and self.rollout_sampler not in ROLLOUT_SAMPLERS:
+            raise ValueError(
+                f"rollout_sampler={self.rollout_sampler!r} is unknown; use one of {list(ROLLOUT_SAMPLERS)}."
+            )
         if self.rollout_sampler is not None:
             preset = dict(ROLLOUT_SAMPLERS[self.rollout_sampler])
             if self.rollout_sampler == "parallel":
@@ -421,16 +479,20 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
                     f"rollout_sampler={self.rollout_sampler!r} sets {preset}, but {', '.join(clash)} was given too; "
                     "drop rollout_sampler and pass the sampler options alone."
                 )
-        return options_from(self, self.sampler or "llada", overrides=preset)
+        if self.sampler:
+            return options_from(self, self.sampler, overrides=preset)
+        family = default_sampler(model_config) if model_config is not None else ("llada", {})
+        return options_from(self, *family, overrides=preset)
 
-    def validation_options(self) -> SamplerOptions:
+    def validation_options(self, model_config: Any = None) -> SamplerOptions:
         """Validation's sampler options: the rollouts' sampler, length and steps, greedy and exact."""
-        rollout = self.rollout_options()
+        rollout = self.rollout_options(model_config)
         kept = ("gen_length", "block_length", "diffusion_steps")
         return type(rollout)(**{name: getattr(rollout, name) for name in kept if hasattr(rollout, name)})
 
-    def validate(self, world_size: int) -> None:
-        """Cheap checks that need no model; each error names the option, the value and a fix."""
+    def validate(self, world_size: int, model_config: Any = None) -> None:
+        """Cheap checks that need no weights; each error names the option, the value and a fix. With the model's
+        config (`load_config`), the sampler is the family's and the estimator is checked against its attention."""
         check_counts(
             {
                 "per_device_train_batch_size": self.per_device_train_batch_size,
@@ -445,7 +507,9 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
                 f" x processes = {self.per_device_train_batch_size} x {world_size} = {global_batch}. Values that "
                 f"work: {working}; or change per_device_train_batch_size."
             )
-        self._check_sampler()
+        if model_config is not None:
+            self.check_model(model_config)
+        self._check_sampler(model_config)
         if self.generation_batch_size < 1 or self.num_iterations < 1:
             raise ValueError("generation_batch_size and num_iterations must be >= 1.")
         for name, known in (

@@ -111,23 +111,16 @@ def run_grpo(config: DiffuGRPOConfig) -> DiffuGRPOTrainer:
     check_training_length(config)
     settings = run_settings(config)
     checkpoint = check_output_dir(config, settings)
-    config.validate(distributed_state().num_processes)
+    model_config = load_config(config.model_path, config.trust_remote_code)
+    config.validate(distributed_state().num_processes, model_config)  # the family's sampler, the estimator
     task = get_task(config.dataset)
     reward_funcs, reward_weights = resolve_rewards(task, config.reward_funcs, config.reward_weights)
     check_references(config, task)
     tokenizer = load_tokenizer(config.model_path, trust_remote_code=config.trust_remote_code)
-    model_config = load_config(config.model_path, config.trust_remote_code)
-    if getattr(model_config, "block_diffusion", False):
-        raise ValueError(
-            f"model_path={config.model_path!r} is a block-diffusion model (model_type "
-            f"{model_config.model_type!r}): its likelihood is block-causal, and d1 grpo's log-probability "
-            "estimators assume full attention, so they would train it on the wrong likelihood. Block-diffusion RL "
-            "is not in d1 yet; evaluate or fine-tune this model with d1 eval / d1 sft."
-        )
     mask_token_id = resolve_mask_token_id(tokenizer, model_config, config.mask_token_id)
     train, validation = training_rows(config, task)
     check_references(config, task, train)
-    if getattr(config.rollout_options(), "unmask", "schedule") != "schedule":
+    if getattr(config.rollout_options(model_config), "unmask", "schedule") != "schedule":
         say(
             "warning: parallel (confidence-threshold) rollouts have destabilised GRPO after a few hundred steps "
             "in published runs; watch the logged reward trend"

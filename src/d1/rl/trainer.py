@@ -26,9 +26,10 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from d1.cluster import CompleteCheckpointsCallback
-from d1.diffusion.likelihood import ElboTerms, elbo_terms, per_token_logps
+from d1.diffusion.likelihood import ElboTerms, block_elbo_terms, elbo_terms, per_token_logps
 from d1.diffusion.losses import OBJECTIVE_NEEDS, espo_loss, grpo_loss, spg_loss, spg_negative_value, wd1_loss
 from d1.diffusion.samplers import SamplerCall, sample
+from d1.diffusion.trace import Trace
 from d1.evaluation.generation import generate_answers
 from d1.rl.advantages import combine_rewards, group_advantages, learning_rows
 from d1.rl.config import DiffuGRPOConfig
@@ -99,7 +100,8 @@ class DiffuGRPOTrainer(Trainer):
         self.mask_token_id = int(config.mask_token_id)
         self.eos_token_id = int(processing_class.eos_token_id)
         self.sync_done = all_ranks_done if sharding_kind(self.accelerator) else None
-        self.rollout_options = args.rollout_options()
+        self.rollout_options = args.rollout_options(config)
+        self.validation_options = args.validation_options(config)
         if args.rollout_order == "left_to_right":  # JustGRPO: one token a step, in order
             self.rollout_options = replace(self.rollout_options, block_length=1, diffusion_steps=args.gen_length)
         self.ref_model = None
@@ -168,18 +170,35 @@ class DiffuGRPOTrainer(Trainer):
 
     def _logps(self, model: Any, batch: dict[str, Any], iteration: int) -> torch.Tensor:
         """Per-token log-likelihood estimates [B, T] with `logp_estimator` (left_to_right: at the rollout
-        temperature, as JustGRPO scores its samples)."""
+        temperature, as JustGRPO scores its samples; the block estimators on the rollout sampler's blocks,
+        trajectory on the rollout's recorded steps)."""
         return per_token_logps(
             model,
             batch["input_ids"],
             estimator=self.args.logp_estimator,
             temperature=self.args.temperature if self.args.logp_estimator == "left_to_right" else 1.0,
+            block_length=getattr(self.rollout_options, "block_length", 0),
+            steps=batch.get("steps"),
+            shrinkage=self.args.shrinkage,
             **self._estimate_inputs(batch, iteration),
         )
 
+    def _every_iteration(self, model: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """Log-prob estimates [mu, B, T] under every iteration's masks; the trajectory's draw none, so they are
+        computed once and shared."""
+        if self.args.logp_estimator == "trajectory":
+            return self._logps(model, batch, 0).expand(self.args.num_iterations, -1, -1)
+        return torch.stack([self._logps(model, batch, i) for i in range(self.args.num_iterations)])
+
     def _elbo_terms(self, model: Any, batch: dict[str, Any], iteration: int) -> ElboTerms:
-        """The mc_elbo samples themselves, for SPG's lower and upper bounds."""
-        return elbo_terms(model, batch["input_ids"], **self._estimate_inputs(batch, iteration))
+        """The mc_elbo (or block_elbo) samples themselves, for SPG's lower and upper bounds."""
+        inputs = self._estimate_inputs(batch, iteration)
+        if self.args.logp_estimator == "block_elbo":
+            del inputs["p_mask_prompt"]  # the block ELBO never masks the prompt
+            return block_elbo_terms(
+                model, batch["input_ids"], block_length=self.rollout_options.block_length, **inputs
+            )
+        return elbo_terms(model, batch["input_ids"], **inputs)
 
     @torch.no_grad()
     def _rollout(self, unwrapped: Any, rows: list[dict[str, Any]], micro: int) -> dict[str, Any]:
@@ -201,7 +220,8 @@ class DiffuGRPOTrainer(Trainer):
         self._metrics["prompts_truncated"].append(prompts.truncated)
         prompt_ids, prompt_mask = prompts.input_ids.to(device), prompts.attention_mask.to(device)
         generator = self._generator(device, "rollout", rollout_step, micro, self.accelerator.process_index)
-        completion_ids = self._sample(unwrapped, prompt_ids, prompt_mask, generator)
+        traces: list[Trace] | None = [] if args.logp_estimator == "trajectory" else None
+        completion_ids = self._sample(unwrapped, prompt_ids, prompt_mask, generator, traces=traces)
         completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         per_func = self._score(rows, completions, rollout_step)
         rewards = combine_rewards(per_func, self.reward_weights)
@@ -235,20 +255,34 @@ class DiffuGRPOTrainer(Trainer):
             "rollout_step": rollout_step,
             "micro": micro,
         }
+        if traces is not None:
+            self._add_trajectory(batch, traces, prompt_ids.shape[1])
         needs = OBJECTIVE_NEEDS[args.objective]
         if args.beta == 0 and needs.row_separable:  # rows with advantage 0 cannot move the loss: skip them
             full = self._normalizer(mask)
             keep = learning_rows(batch["advantages"])
             batch = {k: v[keep] if torch.is_tensor(v) else v for k, v in batch.items()}
             batch["normalizer"] = float(full)
-        iterations = range(args.num_iterations)
         if args.num_iterations > 1 and needs.needs_old_logps:
-            batch["old_logps"] = torch.stack([self._logps(unwrapped, batch, i) for i in iterations])
+            batch["old_logps"] = self._every_iteration(unwrapped, batch)
         if args.beta > 0:
             with self._reference(unwrapped) as ref:
-                batch["ref_logps"] = torch.stack([self._logps(ref, batch, i) for i in iterations])
+                batch["ref_logps"] = self._every_iteration(ref, batch)
         self._metrics["time/old_logps"].append(time.perf_counter() - start)
         return batch
+
+    @staticmethod
+    def _add_trajectory(batch: dict[str, Any], traces: list[Trace], prompt_length: int) -> None:
+        """TraceRL's inputs from the rollout's traces: `steps` [N, T], the step that committed each completion
+        token (-1: none, early-stop fills), and the completion as committed (the sampler writes EOS over what it
+        committed after the first EOS; those tokens were the canvas the later steps saw, so the trajectory's
+        likelihood needs them; the completion mask, ending at the first EOS, is unchanged)."""
+        steps, tokens = (torch.cat(parts) for parts in zip(*(trace.committed() for trace in traces), strict=True))
+        device = batch["input_ids"].device
+        completion = batch["input_ids"][:, prompt_length:]
+        tokens = tokens.to(device)
+        batch["input_ids"][:, prompt_length:] = torch.where(tokens >= 0, tokens, completion)
+        batch["steps"] = steps.to(device)
 
     def _sample(
         self,
@@ -257,9 +291,11 @@ class DiffuGRPOTrainer(Trainer):
         prompt_mask: torch.Tensor,
         generator: torch.Generator,
         prefill: torch.Tensor | None = None,
+        traces: list[Trace] | None = None,
     ) -> torch.Tensor:
         """Completion ids [N, gen_length] in batches of generation_batch_size, with the rollout sampler's options
-        (left_to_right: one token per step, in order) and `prefill`'s tokens fixed."""
+        (left_to_right: one token per step, in order) and `prefill`'s tokens fixed; each batch's `Trace` appended
+        to `traces` when given."""
         args = self.args
         outputs = []
         for lo in range(0, len(prompt_ids), args.generation_batch_size):
@@ -270,7 +306,10 @@ class DiffuGRPOTrainer(Trainer):
                 mask_token_id=self.mask_token_id,
                 sync_done=self.sync_done,
                 prefill=None if prefill is None else prefill[lo:hi],
+                trace=None if traces is None else Trace(),
             )
+            if traces is not None:
+                traces.append(call.trace)
             outputs.append(sample(unwrapped, prompt_ids[lo:hi], self.rollout_options, call))
         return torch.cat(outputs)[:, prompt_ids.shape[1] :]
 
@@ -493,7 +532,7 @@ class DiffuGRPOTrainer(Trainer):
                     self.processing_class,
                     self.task,
                     shard,
-                    args.validation_options(),
+                    self.validation_options,
                     batch_size=args.generation_batch_size,
                     system_prompt=args.system_prompt,
                     mask_token_id=self.mask_token_id,
