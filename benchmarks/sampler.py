@@ -5,6 +5,7 @@ parallel modes, in one process on the same model and prompts (interleaved repeat
 
     python benchmarks/sampler.py [--quick] [--repeats N] [--model DIR --task sudoku|countdown]
     python benchmarks/sampler.py --device cuda --shape llada-8b   # on a GPU: LLaDA-8B's shape in bfloat16
+    python benchmarks/sampler.py --overhead --repeats 30            # per-pass overhead and host syncs
     python benchmarks/sampler.py --family dream --model runs/demo/models/sft \
         --test-file runs/demo/data/test.csv --accuracy-items 200 \
         --gen-length 56 --block-length 28 --steps 28 14      # the Dream demo's eval settings
@@ -17,6 +18,12 @@ parameters, the tiny tokenizer's vocabulary; `--shape llada-8b`: LLaDA-8B-Instru
 vocabulary). On the CPU times are this process's CPU seconds; on CUDA, synchronised wall time. Accuracy
 needs a trained model of the family (`--model DIR`, e.g. from `d1 sft` on synthetic data); without one the
 column says so.
+
+`--overhead` measures the overhead-bound regime instead: a 1-layer model of tiny width, batch 1, a short
+canvas, one thread; per mode of both families, CPU time per forward pass against LLaDA's loop on the same
+model, and the host synchronisations per pass (also counted on a 32-layer model of the same width) (calls that make the host wait for the device: `.item()`,
+`int()`/`bool()` of a tensor, `.tolist()`, `nonzero`, boolean-mask indexing), counted by a torch function
+mode during one decode.
 """
 
 from __future__ import annotations
@@ -25,11 +32,13 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from d1.diffusion.dream_block_sampling import generate_dream_blocks
 from d1.diffusion.sampling import generate
@@ -108,6 +117,8 @@ def llada_reference(model, prompt, attention_mask, *, steps, gen_length, block_l
 
 
 SHAPES: dict[str, dict] = {
+    "overhead": dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=1, mlp_hidden_size=64),
+    "overhead-32": dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=32, mlp_hidden_size=64),
     "quick": dict(d_model=256, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=768),
     "20m": dict(d_model=512, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=1536),
     "llada-8b": dict(
@@ -267,6 +278,81 @@ def table_rows(steps: int, results: dict, scores: dict[str, dict] | None, batch:
     return "\n".join(lines)
 
 
+SYNCS = frozenset({"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "argwhere"})
+"""Tensor calls that copy a device value to the host (a device->host synchronisation on a GPU)."""
+MASK_INDEXING = frozenset({"__getitem__", "__setitem__", "index_put", "index_put_", "masked_select"})
+"""Indexing calls that synchronise when an index is a boolean mask (the result's shape depends on data)."""
+
+
+def _has_mask(index: object) -> bool:
+    """Whether an indexing argument is, or holds, a boolean tensor."""
+    items = index if isinstance(index, tuple | list) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+class SyncCounter(TorchFunctionMode):
+    """Counts, by kind, the host synchronisations of the torch calls made while it is active (`SYNCS`, and
+    `MASK_INDEXING` with a boolean index) without a device: the same calls synchronise on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in SYNCS:
+            self.counts[name] += 1
+        elif name in MASK_INDEXING and _has_mask(args[1:]):
+            self.counts["mask indexing"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def overhead_rows(family: str, repeats: int) -> str:
+    """Markdown rows for `family`: per mode (LLaDA's loop first), forward passes, CPU microseconds a pass,
+    the ratio to the loop's, and host syncs a pass (with their kinds) on a 1-layer model, batch 1."""
+    tokenizer = build_tokenizer(family)
+    model = speed_model("overhead", tokenizer, torch.device("cpu"), family)
+    prompt = torch.randint(4, len(tokenizer) - 4, (1, 16), generator=torch.Generator().manual_seed(0))
+    settings = dict(steps=32, gen_length=32, block_length=8)
+    modes = {"reference (LLaDA loop)": {}, **MODES[family]}
+    measure(model, prompt, None, settings, 2, modes)
+    results = measure(model, prompt, None, settings, repeats, modes)
+    ref = results["reference (LLaDA loop)"]
+    ref_pass = statistics.median(ref["times"]) / ref["passes"]
+    deep = speed_model("overhead-32", tokenizer, torch.device("cpu"), family)
+    lines = []
+    for mode, options in modes.items():
+        counts = []
+        for counted in (model, deep):
+            with SyncCounter() as counter:
+                _, passes = runner(counted, prompt, None, mode, settings, options)()
+            counts.append((counter.counts, passes))
+        (kinds, passes), (deep_kinds, deep_passes) = counts
+        per_pass = statistics.median(results[mode]["times"]) / passes
+        by_kind = ", ".join(f"{k} {v / passes:.2g}" for k, v in sorted(kinds.items()))
+        lines.append(
+            f"| {family} | {mode} | {passes} | {1e6 * per_pass:.0f} | {per_pass / ref_pass:.2f} | "
+            f"{sum(kinds.values()) / passes:.2f} | {by_kind} | {sum(deep_kinds.values()) / deep_passes:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def overhead(repeats: int) -> None:
+    """Print the overhead table (`--overhead`) of both families."""
+    torch.set_num_threads(1)
+    print(
+        f"overhead-bound regime: random-init 1-layer models ({SHAPES['overhead']}), batch 1, prompt 16, "
+        f"gen_length 32, block_length 8, steps 32; torch {torch.__version__}, CPU, 1 thread; median of "
+        f"{repeats} interleaved repeat(s) of process CPU time"
+    )
+    print(
+        "| family | mode | forward passes | us / pass | / LLaDA loop's | host syncs / pass | by kind "
+        "| host syncs / pass, 32 layers |\n|---|---|---|---|---|---|---|---|"
+    )
+    for family in MODES:
+        print(overhead_rows(family, repeats), flush=True)
+
+
 def where(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -291,7 +377,15 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, nargs="+", help="step settings, one table part each (default: gen_length, half)"
     )
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="only the per-pass overhead and host syncs of every mode on 1-layer models (both families)",
+    )
     args = parser.parse_args()
+    if args.overhead:
+        overhead(args.repeats)
+        return
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(2)
