@@ -389,7 +389,10 @@ def main() -> None:
     parser.add_argument("--task", default="sudoku", choices=["sudoku", "countdown"])
     parser.add_argument("--accuracy-items", type=int, default=32)
     parser.add_argument("--test-file", help="the task's test file of the accuracy items (default: synthetic)")
-    parser.add_argument("--device", default="cpu", help="cpu (2 threads) or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="CPU threads (1 keeps CPU times steady on a shared machine)"
+    )
     parser.add_argument(
         "--shape", choices=sorted(SHAPES), help="model shape (default 20m; quick with --quick)"
     )
@@ -409,7 +412,7 @@ def main() -> None:
         return
     device = torch.device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
     modes = MODES[args.family]
     tokenizer = build_tokenizer(args.family)
     batch, prompt_length = (4, 32) if args.quick else (8, 64)
