@@ -402,7 +402,7 @@ class _Decoder:
         (early stop): nothing left to decode. With `sync_done`, a process with nothing left runs
         `join_forward` until every process is done. Each step is recorded in `trace` when there is one."""
         masked = x[:, start:end] == self.mask_id
-        most = int(masked.sum(dim=1).max())  # the block's one host sync under LLaDA's schedule
+        most = int(masked.sum(dim=1).max())  # one host sync a block
         prefilled = most == 0  # every position fixed by `prefill`: skipped, as IGPO does
         limit = self.step_limit(steps, end - start)
         schedule = num_transfer_tokens(masked, limit)  # read by unmask="schedule" only (limit = steps)
