@@ -3,20 +3,29 @@ parallel modes, in one process on the same model and prompts (interleaved repeat
 `--family dream`: d1.generate's exact and fast modes against Fast-dLLM's cached Dream sampler
 (`generate_dream_blocks`) on a Dream, the exact mode being the reference.
 
-    python benchmarks/sampler.py [--quick] [--repeats N] [--model DIR --task sudoku|countdown]
+    python benchmarks/sampler.py [--quick] [--repeats N] [--model DIR ... --task sudoku|countdown]
     python benchmarks/sampler.py --device cuda --shape llada-8b   # on a GPU: LLaDA-8B's shape in bfloat16
-    python benchmarks/sampler.py --family dream --model runs/demo/models/sft \
-        --test-file runs/demo/data/test.csv --accuracy-items 200 \
-        --gen-length 56 --block-length 28 --steps 28 14      # the Dream demo's eval settings
+    python benchmarks/sampler.py --overhead --repeats 30            # per-pass overhead and host syncs
+    python benchmarks/sampler.py --family dream --trained-only \
+        --model runs/demo/models/sft runs/demo/models/d1 --test-file runs/demo/data/test.csv \
+        --accuracy-items 200 --gen-length 56 --block-length 28 --steps 28 14   # the demo's eval settings
 
 Threshold decoding is measured two ways: as Fast-dLLM decodes (each block until it is done, however many
 passes that takes; d1's `unmask="threshold"`) and capped at `steps / number of blocks` passes a block
 (`max_block_steps`, each step then committing at least the block's masks left / steps left: d1's parallel
-decoding before it followed Fast-dLLM). Speed is measured on a random-init native model of the family (default shape: d_model 512, 6 layers, ~20M
-parameters, the tiny tokenizer's vocabulary; `--shape llada-8b`: LLaDA-8B-Instruct's layer sizes and
-vocabulary). On the CPU times are this process's CPU seconds; on CUDA, synchronised wall time. Accuracy
-needs a trained model of the family (`--model DIR`, e.g. from `d1 sft` on synthetic data); without one the
-column says so.
+decoding before it followed Fast-dLLM). Speed is measured on a random-init native model of the family
+(default shape: d_model 512, 6 layers, ~20M parameters, the tiny tokenizer's vocabulary; `--shape
+llada-8b`: LLaDA-8B-Instruct's layer sizes and vocabulary), where the threshold almost never fires, and on
+trained models of the family (`--model DIR ...`, e.g. the demo's SFT and d1 models) on the task's test
+items in one batch: tokens/s, speed-up, forward passes, agreement with exact decoding's tokens and task
+accuracy (`--trained-only` skips the random model). On the CPU times are this process's CPU seconds; on
+CUDA, synchronised wall time.
+
+`--overhead` measures the overhead-bound regime instead: a 1-layer model of tiny width, batch 1, a short
+canvas, one thread; per mode of both families, CPU time per forward pass against LLaDA's loop on the same
+model, and the host synchronisations per pass (calls that make the host wait for the device: `.item()`,
+`int()`/`bool()` of a tensor, `.tolist()`, `nonzero`, boolean-mask indexing), counted by a torch function
+mode during one decode, also on a 32-layer model of the same width.
 """
 
 from __future__ import annotations
@@ -25,11 +34,13 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from d1.diffusion.dream_block_sampling import generate_dream_blocks
 from d1.diffusion.sampling import generate
@@ -108,6 +119,8 @@ def llada_reference(model, prompt, attention_mask, *, steps, gen_length, block_l
 
 
 SHAPES: dict[str, dict] = {
+    "overhead": dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=1, mlp_hidden_size=64),
+    "overhead-32": dict(d_model=32, n_heads=2, n_kv_heads=2, n_layers=32, mlp_hidden_size=64),
     "quick": dict(d_model=256, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=768),
     "20m": dict(d_model=512, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=1536),
     "llada-8b": dict(
@@ -218,7 +231,8 @@ def accuracy(
     repeats: int = 1,
 ) -> dict[str, dict]:
     """Per mode, on n test items in one batch: task accuracy (d1's units: questions, or cells for Sudoku),
-    forward passes and median seconds (see `clock`; modes interleaved per repeat) of the trained model."""
+    agreement % of the generated tokens with the exact mode's, forward passes and median seconds (see
+    `clock`; modes interleaved per repeat) of the trained model."""
     from d1.tasks import get_task
 
     task = get_task(task_name)
@@ -226,6 +240,7 @@ def accuracy(
     device = next(model.parameters()).device
     prompt, attention_mask = prompt.to(device), attention_mask.to(device)
     results = measure(model, prompt, attention_mask, settings, repeats, modes)
+    exact = results["exact"]["tokens"]
     scores = {}
     for mode, r in results.items():
         texts = tokenizer.batch_decode(r["tokens"], skip_special_tokens=True)
@@ -234,37 +249,124 @@ def accuracy(
             for t, item in zip(texts, items, strict=True)
         ]
         correct = 100 * sum(p.n_correct for p in parsed) / max(1, sum(p.n_total for p in parsed))
-        scores[mode] = {"accuracy": correct, "passes": r["passes"], "seconds": statistics.median(r["times"])}
+        scores[mode] = {
+            "accuracy": correct,
+            "agreement": 100 * (r["tokens"] == exact).float().mean().item(),
+            "passes": r["passes"],
+            "seconds": statistics.median(r["times"]),
+        }
     return scores
 
 
-HEADER = (
-    "| steps | mode | tokens/s | speed-up | forward passes | agreement % | accuracy % | trained: passes "
-    "| trained: s | trained: speed-up |\n|---|---|---|---|---|---|---|---|---|---|"
+HEADER = "| steps | mode | tokens/s | speed-up | forward passes | agreement % |\n|---|---|---|---|---|---|"
+"""Speed on the random model against the reference (the family's first mode)."""
+TRAINED_HEADER = (
+    "| model | steps | mode | tokens/s | speed-up | forward passes | agreement with exact % | accuracy % |\n"
+    "|---|---|---|---|---|---|---|---|"
 )
-"""Speed on the random model, then accuracy and speed of the trained model (`--model`) on the test items."""
+"""Speed, passes, agreement with the exact mode's tokens and task accuracy of a trained model (`--model`)."""
 
 
-def table_rows(steps: int, results: dict, scores: dict[str, dict] | None, batch: int, gen_length: int) -> str:
-    """Markdown rows of one `steps` setting: speed against the reference (the first mode), passes,
-    agreement; then the trained model's accuracy, passes, seconds and speed-up."""
+def table_rows(steps: int, results: dict, batch: int, gen_length: int) -> str:
+    """Markdown rows of one `steps` setting on the random model: speed against the reference (the first
+    mode), forward passes, agreement of the tokens with the reference's."""
     ref = next(iter(results.values()))
     ref_time = statistics.median(ref["times"])
-    ref_trained = None if scores is None else next(iter(scores.values()))["seconds"]
     lines = []
     for mode, r in results.items():
         seconds = statistics.median(r["times"])
         agree = 100 * (r["tokens"] == ref["tokens"]).float().mean().item()
-        trained = "n/a (pass --model) | | |"
-        if scores is not None:
-            t = scores[mode]
-            speed_up = ref_trained / t["seconds"]
-            trained = f"{t['accuracy']:.1f} | {t['passes']} | {t['seconds']:.2f} | {speed_up:.2f}x |"
         lines.append(
             f"| {steps} | {mode} | {batch * gen_length / seconds:.1f} | {ref_time / seconds:.2f}x | "
-            f"{r['passes']} | {agree:.1f} | {trained}"
+            f"{r['passes']} | {agree:.1f} |"
         )
     return "\n".join(lines)
+
+
+def trained_rows(name: str, steps: int, scores: dict[str, dict], items: int, gen_length: int) -> str:
+    """Markdown rows of one trained model and `steps` setting: tokens/s and speed-up against the family's
+    first mode, forward passes, agreement with exact decoding, accuracy."""
+    ref_seconds = next(iter(scores.values()))["seconds"]
+    return "\n".join(
+        f"| {name} | {steps} | {mode} | {items * gen_length / t['seconds']:.0f} | "
+        f"{ref_seconds / t['seconds']:.2f}x | {t['passes']} | {t['agreement']:.1f} | {t['accuracy']:.1f} |"
+        for mode, t in scores.items()
+    )
+
+
+SYNCS = frozenset({"__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero", "argwhere"})
+"""Tensor calls that copy a device value to the host (a device->host synchronisation on a GPU)."""
+MASK_INDEXING = frozenset({"__getitem__", "__setitem__", "index_put", "index_put_", "masked_select"})
+"""Indexing calls that synchronise when an index is a boolean mask (the result's shape depends on data)."""
+
+
+def _has_mask(index: object) -> bool:
+    """Whether an indexing argument is, or holds, a boolean tensor."""
+    items = index if isinstance(index, tuple | list) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+class SyncCounter(TorchFunctionMode):
+    """Counts, by kind, the host synchronisations of the torch calls made while it is active (`SYNCS`, and
+    `MASK_INDEXING` with a boolean index) without a device: the same calls synchronise on a GPU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in SYNCS:
+            self.counts[name] += 1
+        elif name in MASK_INDEXING and _has_mask(args[1:]):
+            self.counts["mask indexing"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def overhead_rows(family: str, repeats: int) -> str:
+    """Markdown rows for `family`: per mode (LLaDA's loop first), forward passes, CPU microseconds a pass,
+    the ratio to the loop's, and host syncs a pass (with their kinds) on a 1-layer model, batch 1."""
+    tokenizer = build_tokenizer(family)
+    model = speed_model("overhead", tokenizer, torch.device("cpu"), family)
+    prompt = torch.randint(4, len(tokenizer) - 4, (1, 16), generator=torch.Generator().manual_seed(0))
+    settings = dict(steps=32, gen_length=32, block_length=8)
+    modes = {"reference (LLaDA loop)": {}, **MODES[family]}
+    measure(model, prompt, None, settings, 2, modes)
+    results = measure(model, prompt, None, settings, repeats, modes)
+    ref = results["reference (LLaDA loop)"]
+    ref_pass = statistics.median(ref["times"]) / ref["passes"]
+    deep = speed_model("overhead-32", tokenizer, torch.device("cpu"), family)
+    lines = []
+    for mode, options in modes.items():
+        counts = []
+        for counted in (model, deep):
+            with SyncCounter() as counter:
+                _, passes = runner(counted, prompt, None, mode, settings, options)()
+            counts.append((counter.counts, passes))
+        (kinds, passes), (deep_kinds, deep_passes) = counts
+        per_pass = statistics.median(results[mode]["times"]) / passes
+        by_kind = ", ".join(f"{k} {v / passes:.2g}" for k, v in sorted(kinds.items()))
+        lines.append(
+            f"| {family} | {mode} | {passes} | {1e6 * per_pass:.0f} | {per_pass / ref_pass:.2f} | "
+            f"{sum(kinds.values()) / passes:.2f} | {by_kind} | {sum(deep_kinds.values()) / deep_passes:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def overhead(repeats: int) -> None:
+    """Print the overhead table (`--overhead`) of both families."""
+    torch.set_num_threads(1)
+    print(
+        f"overhead-bound regime: random-init 1-layer models ({SHAPES['overhead']}), batch 1, prompt 16, "
+        f"gen_length 32, block_length 8, steps 32; torch {torch.__version__}, CPU, 1 thread; median of "
+        f"{repeats} interleaved repeat(s) of process CPU time"
+    )
+    print(
+        "| family | mode | forward passes | us / pass | / LLaDA loop's | host syncs / pass | by kind "
+        "| host syncs / pass, 32 layers |\n|---|---|---|---|---|---|---|---|"
+    )
+    for family in MODES:
+        print(overhead_rows(family, repeats), flush=True)
 
 
 def where(device: torch.device) -> str:
@@ -278,11 +380,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small model and lengths (a smoke run)")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved timing repeats (median)")
     parser.add_argument("--family", default="llada", choices=sorted(MODES), help="model family and its modes")
-    parser.add_argument("--model", help="a trained model folder of --family for the accuracy column")
+    parser.add_argument(
+        "--model", nargs="+", default=[], help="trained model folders of --family, each timed in every mode"
+    )
+    parser.add_argument(
+        "--trained-only", action="store_true", help="skip the random-init model's table (needs --model)"
+    )
     parser.add_argument("--task", default="sudoku", choices=["sudoku", "countdown"])
     parser.add_argument("--accuracy-items", type=int, default=32)
     parser.add_argument("--test-file", help="the task's test file of the accuracy items (default: synthetic)")
-    parser.add_argument("--device", default="cpu", help="cpu (2 threads) or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="CPU threads (1 keeps CPU times steady on a shared machine)"
+    )
     parser.add_argument(
         "--shape", choices=sorted(SHAPES), help="model shape (default 20m; quick with --quick)"
     )
@@ -291,52 +401,79 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, nargs="+", help="step settings, one table part each (default: gen_length, half)"
     )
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="only the per-pass overhead and host syncs of every mode on 1-layer models (both families)",
+    )
     args = parser.parse_args()
+    if args.overhead:
+        overhead(args.repeats)
+        return
     device = torch.device(args.device)
     if device.type == "cpu":
-        torch.set_num_threads(2)
+        torch.set_num_threads(args.threads)
     modes = MODES[args.family]
     tokenizer = build_tokenizer(args.family)
     batch, prompt_length = (4, 32) if args.quick else (8, 64)
     gen_length = args.gen_length or (64 if args.quick else 256)
     block_length = args.block_length or (16 if args.quick else 32)
     shape = args.shape or ("quick" if args.quick else "20m")
-    model = speed_model(shape, tokenizer, device, args.family)
-    printable = torch.tensor(
-        tokenizer.convert_tokens_to_ids(list("abcdefghijklmnopqrstuvwxyz0123456789 +-*="))
-    )
-    prompt = printable[
-        torch.randint(0, len(printable), (batch, prompt_length), generator=torch.Generator().manual_seed(0))
-    ].to(device)
-    trained = None
-    if args.model:
-        from d1.models.loading import load_model, load_tokenizer
-
-        trained = (
-            load_model(args.model, dtype=torch.float32, device=device).eval(),
-            load_tokenizer(args.model),
-        )
+    if args.trained_only and not args.model:
+        parser.error("--trained-only needs --model DIR [DIR ...]: the trained models to time")
+    steps_settings = args.steps or (gen_length, gen_length // 2)
     warmup = dict(steps=block_length, gen_length=block_length, block_length=block_length)
-    measure(model, prompt, None, warmup, 1, modes)
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(
-        f"model: random-init native {args.family} ({shape}), {params:.1f}M parameters, "
-        f"{next(model.parameters()).dtype}; batch {batch}, prompt {prompt_length}, gen_length {gen_length}, "
-        f"block_length {block_length}; torch {torch.__version__}, {where(device)}; median of {args.repeats} "
-        "interleaved repeat(s) of "
-        + ("synchronised wall time" if device.type == "cuda" else "process CPU time (all threads)")
-    )
-    print(HEADER, flush=True)
-    for steps in args.steps or (gen_length, gen_length // 2):
-        settings = dict(steps=steps, gen_length=gen_length, block_length=block_length)
-        results = measure(model, prompt, None, settings, args.repeats, modes)
-        scores = None
-        if trained is not None:
-            scores = accuracy(
-                *trained, args.task, args.accuracy_items, settings, modes, args.test_file, args.repeats
+    if not args.trained_only:
+        model = speed_model(shape, tokenizer, device, args.family)
+        printable = torch.tensor(
+            tokenizer.convert_tokens_to_ids(list("abcdefghijklmnopqrstuvwxyz0123456789 +-*="))
+        )
+        prompt = printable[
+            torch.randint(
+                0, len(printable), (batch, prompt_length), generator=torch.Generator().manual_seed(0)
             )
-        print(table_rows(steps, results, scores, batch, gen_length), flush=True)
+        ].to(device)
+        measure(model, prompt, None, warmup, 1, modes)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        print(
+            f"model: random-init native {args.family} ({shape}), {params:.1f}M parameters, "
+            f"{next(model.parameters()).dtype}; batch {batch}, prompt {prompt_length}, gen_length "
+            f"{gen_length}, block_length {block_length}; torch {torch.__version__}, {where(device)}; median of "
+            f"{args.repeats} interleaved repeat(s) of "
+            + ("synchronised wall time" if device.type == "cuda" else "process CPU time (all threads)")
+        )
+        print(HEADER, flush=True)
+        for steps in steps_settings:
+            settings = dict(steps=steps, gen_length=gen_length, block_length=block_length)
+            results = measure(model, prompt, None, settings, args.repeats, modes)
+            print(table_rows(steps, results, batch, gen_length), flush=True)
+    if args.model:
+        trained_table(args, modes, steps_settings, gen_length, block_length, device)
 
+
+def trained_table(args, modes: dict, steps_settings, gen_length: int, block_length: int, device) -> None:
+    """Print the trained models' table (`--model`): every mode on the first `--accuracy-items` test items."""
+    from d1.models.loading import load_model, load_tokenizer
+
+    print(
+        f"trained models: {args.accuracy_items} {args.task} test items in one left-padded batch "
+        f"({args.test_file or 'synthetic'}), greedy; gen_length {gen_length}, block_length {block_length}; "
+        f"torch {torch.__version__}, {where(device)}; median of {args.repeats} interleaved repeat(s)"
+    )
+    print(TRAINED_HEADER, flush=True)
+    for folder in args.model:
+        trained = load_model(folder, dtype=torch.float32, device=device).eval()
+        tokenizer = load_tokenizer(folder)
+        name = "/".join(Path(folder).parts[-2:])
+        warmup = dict(steps=block_length, gen_length=block_length, block_length=block_length)
+        accuracy(trained, tokenizer, args.task, 4, warmup, modes, args.test_file)
+        for steps in steps_settings:
+            settings = dict(steps=steps, gen_length=gen_length, block_length=block_length)
+            scores = accuracy(
+                trained, tokenizer, args.task, args.accuracy_items, settings, modes, args.test_file,
+                args.repeats,
+            )  # fmt: skip
+            print(trained_rows(name, steps, scores, args.accuracy_items, gen_length), flush=True)
 
 if __name__ == "__main__":
     main()

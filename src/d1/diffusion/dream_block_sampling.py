@@ -175,14 +175,18 @@ class _BlockDecoder:
     trace: Trace | None
     prompt_length: int
 
-    def predict(self, logits: torch.Tensor, confidence_rule: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(
+        self, logits: torch.Tensor, confidence_rule: str, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(confidence, token) of each row of `logits` [N, V] by `dream_sampling.sample_tokens`. Rows that
-        predict the mask token are predicted again without it (committed, it would leave its position masked
-        and a threshold-mode block unfinished)."""
+        predict the mask token (among `rows` [N], when given) are predicted again without it (committed, it
+        would leave its position masked and a threshold-mode block unfinished)."""
         rule = self.options.token_rule(confidence_rule)
         confidence, tokens = sample_tokens(logits, rule, self.generator)
         is_mask = tokens == self.mask_id
-        if is_mask.any():
+        if rows is not None:
+            is_mask &= rows
+        if is_mask.any():  # one host sync; the rare re-prediction indexes by mask
             without = logits[is_mask].index_fill(-1, tokens.new_tensor([self.mask_id]), -torch.inf)
             confidence[is_mask], tokens[is_mask] = sample_tokens(without, rule, self.generator)
         return confidence, tokens
@@ -209,8 +213,7 @@ class _BlockDecoder:
         A shifted model's first column reads its own output (as upstream); it is never a candidate here."""
         keep = slice(0, end - start)
         if self.options.cache == "dual":
-            position = torch.arange(start, end, device=x.device)
-            ids, extra = x[:, start:end], {"cache": cache, "cache_position": position}
+            ids, extra = x[:, start:end], {"cache": cache, "cache_position": slice(start, end)}
         elif self.options.cache == "prefix":
             ids, extra = x[:, start:], {"cache": cache}
         else:
@@ -225,6 +228,24 @@ class _BlockDecoder:
             return left
         return (left * (1 - times[step + 1] / times[step])).long()
 
+    def predict_block(
+        self, logits: torch.Tensor, candidates: torch.Tensor, confidence_rule: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Confidence (-inf elsewhere) and token (the mask id elsewhere) [B, W] of the block's `candidates`.
+        Sampling draws for the candidate rows only, in upstream's order; greedy decoding predicts every
+        row of the block, so that no boolean indexing (a host sync) picks the candidates."""
+        if self.options.temperature > 0:
+            confidence, tokens = self.predict(logits[candidates], confidence_rule)
+            scores = torch.full(candidates.shape, -torch.inf, dtype=confidence.dtype, device=logits.device)
+            scores[candidates] = confidence
+            x0 = torch.full_like(candidates, self.mask_id, dtype=torch.long)
+            x0[candidates] = tokens
+            return scores, x0
+        rows = candidates.flatten()
+        confidence, tokens = self.predict(logits.flatten(0, 1), confidence_rule, rows)
+        scores = confidence.view(candidates.shape).masked_fill(~candidates, -torch.inf)
+        return scores, torch.where(candidates, tokens.view(candidates.shape), self.mask_id)
+
     def commit(
         self, x: torch.Tensor, start: int, end: int, cache: Any, counts: torch.Tensor | None, block: int
     ) -> None:
@@ -233,13 +254,7 @@ class _BlockDecoder:
         logits = self.block_logits(x, start, end, cache)
         candidates = x[:, start:end] == self.mask_id
         threshold_mode = counts is None
-        confidence, tokens = self.predict(
-            logits[candidates], PROBABILITY if threshold_mode else self.options.alg
-        )
-        scores = torch.full(candidates.shape, -torch.inf, dtype=confidence.dtype, device=x.device)
-        scores[candidates] = confidence
-        x0 = torch.full_like(candidates, self.mask_id, dtype=torch.long)
-        x0[candidates] = tokens
+        scores, x0 = self.predict_block(logits, candidates, PROBABILITY if threshold_mode else self.options.alg)
         if threshold_mode:
             counts = parallel_unmask_count(scores, candidates, "threshold", self.options.threshold, 1.0)
         elif self.options.alg_temp:

@@ -5,8 +5,10 @@ float64, optional classifier-free guidance and EOS/EoT suppression), batched. Ra
 `generator`, else torch's global RNG, drawn in LLaDA's order and shapes (same seed, same samples).
 Each step is "logits -> (x0, confidence) -> transfer mask"; those pieces are separate functions so other
 decoding schedules can reuse them. The exact path asks the model only for the logits it needs (from the first
-masked column to the block's end) and works in float64 only on candidate rows; random numbers are still drawn
-for the whole sequence (a CPU generator keeps only the window's, see `window_rand`).
+masked column to the block's end), in float64 only over that window; random numbers are still drawn for the
+whole sequence (a CPU generator keeps only the window's, see `window_rand`). A step reads nothing back from
+the device (no host sync) except the window's first column (exact decoding, a cached block's first step) and
+whether a block is done (parallel unmasking); a block adds one more (its largest masked count).
 
 Fast-dLLM's approximations (opt-in), token for token as Fast-dLLM's `llada/generate.py` decodes greedily
 (tests/fixtures/fastdllm_llada.json): a block KV cache, refreshed by a full forward at each block's first
@@ -22,6 +24,7 @@ fixes completion tokens in place, the rest decoded around them: IGPO's inpaintin
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,14 +104,15 @@ def gumbel_argmax(
     """Samples of softmax(logits / temperature) at `rows` (bool [B, W]), argmax elsewhere [B, W]: the argmax of
     exp(logits) / (-log u)^temperature in float64 (LLaDA found low-precision Gumbel noise hurts quality),
     u drawn for every position as LLaDA does (`stream`: see `window_rand`). The float64 work is done in place
-    on `rows` only, so it holds the window's noise and two [rows, V] float64 tensors at most."""
+    over the whole window (no boolean indexing, whose data-dependent shape costs a host sync), so it holds
+    the window's noise and one more [B, W, V] float64 tensor."""
     x0 = logits.argmax(dim=-1)
     if temperature == 0:
         return x0
-    noise = window_rand(tuple(logits.shape), stream, generator, logits.device)[rows]
-    scores = logits[rows].to(torch.float64).exp_()
-    x0[rows] = scores.div_(noise.log_().neg_().pow_(temperature)).argmax(dim=-1)
-    return x0
+    noise = window_rand(tuple(logits.shape), stream, generator, logits.device)
+    scores = logits.to(torch.float64, copy=True).exp_()
+    sampled = scores.div_(noise.log_().neg_().pow_(temperature)).argmax(dim=-1)
+    return torch.where(rows, sampled, x0)
 
 
 def predict_tokens(
@@ -124,37 +128,36 @@ def predict_tokens(
     """Predicted tokens x0 [B, W] (sampled at `candidates`, greedy elsewhere) and their confidence [B, W]
     (-inf outside `candidates`).
 
-    low_confidence: confidence = softmax probability of x0, in float64 like LLaDA (only candidate rows are
-    converted). random: uniform draws. Predictions in `suppress_ids` get -inf confidence (committed last).
+    low_confidence: confidence = softmax probability of x0, in float64 like LLaDA (every row of the window:
+    selecting the candidate rows would cost a host sync a step). random: uniform draws. Predictions in
+    `suppress_ids` get -inf confidence (committed last).
     `stream` = (first, length): the window covers columns first..first+W of a length-`length` sequence and
     random numbers are drawn for all of it, in LLaDA's order and shapes.
     """
     x0 = gumbel_argmax(logits, candidates, temperature, generator, stream)
     if remasking == "low_confidence":
-        probs = F.softmax(logits[candidates].to(torch.float64), dim=-1)
-        chosen = probs.gather(-1, x0[candidates].unsqueeze(-1)).squeeze(-1)
-        confidence = torch.full(x0.shape, float("-inf"), dtype=torch.float64, device=x0.device)
-        confidence[candidates] = chosen
+        probs = F.softmax(logits.to(torch.float64), dim=-1)
+        confidence = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
     else:
         confidence = window_rand(tuple(x0.shape), stream, generator, x0.device, torch.float32)
-        confidence = confidence.masked_fill(~candidates, float("-inf"))
+    confidence = confidence.masked_fill(~candidates, float("-inf"))
     if suppress_ids:
-        confidence = confidence.masked_fill(
-            torch.isin(x0, torch.tensor(suppress_ids, device=x0.device)), float("-inf")
-        )
+        suppressed = functools.reduce(torch.logical_or, [x0 == token for token in suppress_ids])
+        confidence = confidence.masked_fill(suppressed, float("-inf"))
     return x0, confidence
 
 
 def select_transfer(confidence: torch.Tensor, candidates: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Bool [B, L]: the k[b] most confident candidates of each row, batched (one topk with max k).
+    """Bool [B, L]: the k[b] most confident candidates of each row, batched: one stable sort (equal
+    confidences go left to right), so no host sync to read max k as a top-k would need.
 
     Candidates with -inf confidence rank below every other candidate but above every non-candidate.
     """
     lowest = torch.finfo(confidence.dtype).min
     key = torch.where(candidates, confidence.clamp(min=lowest), float("-inf"))
-    top = key.topk(int(k.max()), dim=-1).indices
-    keep = torch.arange(top.shape[1], device=k.device) < k[:, None]
-    return torch.zeros_like(candidates).scatter(-1, top, keep) & candidates
+    order = key.argsort(dim=-1, descending=True, stable=True)
+    keep = torch.arange(order.shape[1], device=k.device) < k[:, None]
+    return torch.zeros_like(candidates).scatter(-1, order, keep) & candidates
 
 
 def parallel_unmask_count(
@@ -350,8 +353,8 @@ class _Decoder:
         the left, so its cached steps also feed that column."""
         lead = int(logits_are_shifted(self.model))
         if step == 0 or self.cache is None:
-            masked_columns = (x[:, :end] == self.mask_id).any(dim=0).nonzero()
-            first = int(masked_columns[0]) if len(masked_columns) else end
+            masked_columns = (x[:, :end] == self.mask_id).any(dim=0)
+            first = int(torch.where(masked_columns.any(), masked_columns.int().argmax(), end))  # one host sync
             window = slice(first, end)
             cache_args = {"use_cache": True} if self.cache is not None else {}
             logits, cache = self.logits(x, slice(None), window, **cache_args)
@@ -362,8 +365,8 @@ class _Decoder:
         if self.cache == "prefix":
             logits, _ = self.logits(x, slice(start - lead, None), block, cache=cache)
         else:
-            position = torch.arange(start - lead, end, device=x.device)
-            logits, _ = self.logits(x, slice(start - lead, end), block, cache=cache, cache_position=position)
+            slots = slice(start - lead, end)  # a slice: the model reads no slot from the device
+            logits, _ = self.logits(x, slots, block, cache=cache, cache_position=slots)
         return logits, slice(start, end), cache
 
     def step_limit(self, steps: int, block_length: int) -> int:
@@ -373,13 +376,24 @@ class _Decoder:
             return steps
         return block_length if self.max_block_steps is None else self.max_block_steps
 
-    def block_done(self, x: torch.Tensor, start: int, end: int) -> bool:
-        """Whether decoding this block is over: LLaDA's exact sampler always runs its `steps` when it draws
-        random numbers (same draws as LLaDA); otherwise once no mask is left (schedule: in x[:, :end];
-        parallel unmasking: in the block, Fast-dLLM's stopping rule)."""
-        if self.unmask != "schedule":
-            return not (x[:, start:end] == self.mask_id).any()
-        return not self.exact_rng and not (x[:, :end] == self.mask_id).any()
+    def block_done(self, x: torch.Tensor, bounds: tuple[int, int], step: int, needed: int) -> bool:
+        """Whether decoding the block x[:, start:end] (`bounds`) is over before `step`: after the `needed`
+        steps that can commit a token (schedule: known from the block's masks, no host sync a step);
+        parallel unmasking once no mask is left in the block (Fast-dLLM's stopping rule: one host sync a step
+        after the first)."""
+        if step >= needed:
+            return True
+        if self.unmask == "schedule" or step == 0:
+            return False
+        return not (x[:, bounds[0] : bounds[1]] == self.mask_id).any()
+
+    def needed_steps(self, most: int, limit: int) -> int:
+        """Steps of a block whose rows have at most `most` masks that can commit a token: LLaDA's schedule
+        commits min(masks, steps) steps' worth (later steps commit none and are skipped) unless random
+        numbers are drawn (then all `steps`, LLaDA's draws); parallel unmasking up to its `limit`."""
+        if self.unmask == "schedule" and not self.exact_rng:
+            return min(most, limit)
+        return limit
 
     def decode_block(
         self, x: torch.Tensor, start: int, end: int, steps: int, block: int, finished: bool = False
@@ -389,13 +403,15 @@ class _Decoder:
         (early stop): nothing left to decode. With `sync_done`, a process with nothing left runs
         `join_forward` until every process is done. Each step is recorded in `trace` when there is one."""
         masked = x[:, start:end] == self.mask_id
-        prefilled = not masked.any()  # every position fixed by `prefill`: skipped, as IGPO does
+        most = int(masked.sum(dim=1).max())  # one host sync a block
+        prefilled = most == 0  # every position fixed by `prefill`: skipped, as IGPO does
         limit = self.step_limit(steps, end - start)
         schedule = num_transfer_tokens(masked, limit)  # read by unmask="schedule" only (limit = steps)
+        needed = self.needed_steps(most, limit)
         cache = None
         passes = 0
         for step in range(limit):
-            idle = finished or prefilled or self.block_done(x, start, end)
+            idle = finished or prefilled or self.block_done(x, (start, end), step, needed)
             if self.all_done(idle):
                 break
             passes += 1

@@ -18,7 +18,17 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, Pretrained
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from d1.diffusion.dream_sampling import diffusion_generate
-from d1.models.llada import KVCache, LLaDAOutput, LLaDARMSNorm, apply_rotary, merge_cache, rotary_cos_sin
+from d1.models.llada import (
+    CacheSlots,
+    KVCache,
+    LLaDAOutput,
+    LLaDARMSNorm,
+    apply_rotary,
+    cache_slots,
+    merge_cache,
+    rotary_cos_sin,
+    slot_positions,
+)
 
 
 class DreamConfig(PretrainedConfig):
@@ -110,15 +120,16 @@ class DreamAttention(nn.Module):
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None,
         past: tuple[torch.Tensor, torch.Tensor] | None,
-        cache_position: torch.Tensor | None,
+        slots: CacheSlots | None,
         keep: slice | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Attention output (at the query positions `keep`, when given) and the keys/values attended to."""
+        """Attention output (at the query positions `keep`, when given) and the keys/values attended to
+        (`past` merged in at its `slots`)."""
         b, length, _ = h.shape
         q, k, v = self.project(h)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past is not None:
-            k, v = merge_cache(past, k, v, cache_position)
+            k, v = merge_cache(past, k, v, slots)
         repeats = self.n_heads // self.n_kv_heads
         att = F.scaled_dot_product_attention(
             q, k.repeat_interleave(repeats, 1), v.repeat_interleave(repeats, 1), attn_mask=attn_mask
@@ -162,11 +173,11 @@ class DreamDecoderLayer(GradientCheckpointingLayer):
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache_position: torch.Tensor | None = None,
+        slots: CacheSlots | None = None,
         keep: slice | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """New hidden states (only at `keep`, when given) and the keys/values attended to (`past` merged in)."""
-        att, kv = self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, past, cache_position, keep)
+        att, kv = self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, past, slots, keep)
         if keep is not None:
             x = x[:, keep]
         x = x + att
@@ -183,7 +194,7 @@ class DreamPreTrainedModel(PreTrainedModel):
 
 
 def attention_bias(
-    attention_mask: Any, position_ids: torch.Tensor | None, cache_position: torch.Tensor | None
+    attention_mask: Any, position_ids: torch.Tensor | None, cache_position: CacheSlots | None
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The SDPA mask and the position ids for Dream's accepted masks: None or "full" (Dream's sampler's "no
     padding"), a 2-D 0/1 key mask (positions cumsum - 1 unless given), or a 4-D mask [B, 1, Lq, Lk]
@@ -241,19 +252,15 @@ class DreamBaseModel(DreamPreTrainedModel):
         attention_mask: Any = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        cache_position: torch.Tensor | None = None,
+        cache_position: CacheSlots | None = None,
         keep: slice = slice(0, None),
     ) -> tuple[torch.Tensor, KVCache]:
         """Final hidden states (at `keep`) and the keys/values of every layer; see `DreamModel.forward`."""
         b, length = input_ids.shape
-        if cache_position is None and cache is not None:
-            past_length = cache[0][0].shape[2]
-            cache_position = torch.arange(past_length, past_length + length, device=input_ids.device)
-        attn_mask, position_ids = attention_bias(attention_mask, position_ids, cache_position)
+        slots = cache_position if cache is None else cache_slots(cache_position, cache[0][0].shape[2], length)
+        attn_mask, position_ids = attention_bias(attention_mask, position_ids, slots)
         if position_ids is None:
-            position_ids = (
-                torch.arange(length, device=input_ids.device) if cache_position is None else cache_position
-            ).expand(b, length)
+            position_ids = slot_positions(slots, length, input_ids.device).expand(b, length)
         x = self.embed_tokens(input_ids)
         cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         last = len(self.layers) - 1
@@ -266,7 +273,7 @@ class DreamBaseModel(DreamPreTrainedModel):
                 sin,
                 attn_mask,
                 past,
-                cache_position,
+                slots,
                 keep if i == last and keep != slice(0, None) else None,
             )
             new_cache.append(kv)
@@ -296,15 +303,15 @@ class DreamModel(DreamPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         use_cache: bool = False,
-        cache_position: torch.Tensor | None = None,
+        cache_position: CacheSlots | None = None,
         logits_to_keep: int | slice = 0,
         **kwargs,
     ) -> LLaDAOutput:
         """Logits [B, L, vocab_size]. `attention_mask`: see `attention_bias`; with a 2-D mask, positions count
         only real tokens, so a left-padded row sees exactly the rotations it would see alone.
 
-        With `cache`, `input_ids` sit at the cache slots `cache_position` (default: appended after the cache)
-        and a 2-D `attention_mask` covers every key. `logits_to_keep` (int: the last N, 0 = all; or a slice
+        With `cache`, `input_ids` sit at the cache slots `cache_position` (default: appended after the cache;
+        a slice costs no host sync, a tensor one a forward: `llada.cache_slots`) and a 2-D `attention_mask` covers every key. `logits_to_keep` (int: the last N, 0 = all; or a slice
         of the input) limits the last layer's queries, MLP and head to those positions. `use_cache=True`
         returns the merged keys/values of every layer (the block KV cache of `d1.generate`)."""
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep

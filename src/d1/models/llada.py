@@ -163,11 +163,11 @@ class LLaDABlock(GradientCheckpointingLayer):
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache_position: torch.Tensor | None = None,
+        slots: CacheSlots | None = None,
         keep: slice | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """New hidden states (only at the positions `keep`, when given) and the keys/values attended to
-        (`past` merged in). Attention runs for every query either way, so kept positions match the full forward (bit-identical on one thread)."""
+        (`past` merged in at its `slots`). Attention runs for every query either way, so kept positions match the full forward (bit-identical on one thread)."""
         b, length, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(b, length, self.n_heads, self.head_dim).transpose(1, 2)
@@ -175,7 +175,7 @@ class LLaDABlock(GradientCheckpointingLayer):
         v = self.v_proj(h).view(b, length, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if past is not None:
-            k, v = merge_cache(past, k, v, cache_position)
+            k, v = merge_cache(past, k, v, slots)
         att = F.scaled_dot_product_attention(q, *self._repeat_kv(k, v), attn_mask=attn_mask, is_causal=False)
         att = att.transpose(1, 2).reshape(b, length, -1)
         if keep is not None:
@@ -192,20 +192,65 @@ class LLaDABlock(GradientCheckpointingLayer):
         return k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
 
 
-def merge_cache(
-    past: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor, cache_position: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cached keys/values with the new ones appended (`cache_position` starts at the cache length) or
-    written over the cached slots `cache_position` (dual cache: the current block replaced)."""
-    past_k, past_v = past
-    if int(cache_position[0]) == past_k.shape[2]:
-        return torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-    if int(cache_position[-1]) >= past_k.shape[2]:
+CacheSlots = slice | torch.Tensor
+"""Where a cached forward's inputs sit in the cache: consecutive slots as a slice (nothing to read from the
+device), or an index tensor of scattered slots."""
+
+
+def cache_slots(cache_position: CacheSlots | None, past_length: int, length: int) -> CacheSlots:
+    """The cache slots of a cached forward's `length` inputs, resolved once per forward instead of in every
+    layer: appended after the `past_length` cached ones when None; a slice as given (no host sync); a tensor
+    is read once (one host sync) and becomes a slice when its slots are consecutive. The slots must start at
+    the cache length (append) or lie inside the cache (replace)."""
+    if cache_position is None:
+        return slice(past_length, past_length + length)
+    if isinstance(cache_position, slice):
+        positions = range(cache_position.start, cache_position.stop)
+    else:
+        positions = cache_position.tolist()
+    if len(positions) != length:
         raise ValueError(
-            f"cache_position {cache_position.tolist()} must either start at the cache length "
-            f"{past_k.shape[2]} (append) or lie inside the cache (replace)."
+            f"cache_position covers {len(positions)} slots but the input has {length} tokens; give one slot "
+            "per input token."
         )
-    return past_k.index_copy(2, cache_position, k), past_v.index_copy(2, cache_position, v)
+    if positions[0] == past_length:
+        return slice(past_length, past_length + length)
+    if max(positions) >= past_length:
+        raise ValueError(
+            f"cache_position {list(positions)} must either start at the cache length {past_length} (append) "
+            "or lie inside the cache (replace)."
+        )
+    if list(positions) == list(range(positions[0], positions[0] + length)):
+        return slice(positions[0], positions[0] + length)
+    return cache_position
+
+
+def slot_positions(slots: CacheSlots | None, length: int, device: torch.device) -> torch.Tensor:
+    """The position index of each of `length` inputs: their cache `slots`, or 0..length-1 without a cache."""
+    if slots is None:
+        return torch.arange(length, device=device)
+    if isinstance(slots, slice):
+        return torch.arange(slots.start, slots.stop, device=device)
+    return slots
+
+
+def merge_cache(
+    past: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor, v: torch.Tensor, slots: CacheSlots
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cached keys/values with the new ones appended (`slots` start at the cache length) or written over
+    the cached `slots` (dual cache: the current block replaced). A tensor of slots is resolved here by
+    `cache_slots` (one host sync a call); forwards resolve theirs once and pass a slice."""
+    past_k, past_v = past
+    if isinstance(slots, torch.Tensor):
+        slots = cache_slots(slots, past_k.shape[2], k.shape[2])
+    if not isinstance(slots, slice):
+        return past_k.index_copy(2, slots, k), past_v.index_copy(2, slots, v)
+    if slots.start == past_k.shape[2]:
+        return torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+    return (
+        past_k.slice_scatter(k, 2, slots.start, slots.stop),
+        past_v.slice_scatter(v, 2, slots.start, slots.stop),
+    )
 
 
 class LLaDAPreTrainedModel(PreTrainedModel):
@@ -246,34 +291,30 @@ class LLaDAModel(LLaDAPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         use_cache: bool = False,
-        cache_position: torch.Tensor | None = None,
+        cache_position: CacheSlots | None = None,
         logits_to_keep: int | slice = 0,
     ) -> LLaDAOutput:
         """Logits [B, L, embedding_size]. Padding keys are hidden through `attention_mask`; positions count
         only real tokens, so a left-padded row sees exactly the rotations it would see alone.
 
         With `cache`, `input_ids` sit at the cache slots `cache_position` (default: appended after
-        the cache) and `attention_mask`, when given, covers every key (cache and input). `logits_to_keep`
+        the cache; a slice costs no host sync, a tensor one a forward, see `cache_slots`) and `attention_mask`, when given, covers every key (cache and input). `logits_to_keep`
         (int: the last N, 0 = all; or a slice of the input) also limits the last block's queries and MLP
         to those positions. `use_cache=True` returns the merged keys/values of every layer.
         """
         b, length = input_ids.shape
-        if cache_position is None and cache is not None:
-            past_length = cache[0][0].shape[2]
-            cache_position = torch.arange(past_length, past_length + length, device=input_ids.device)
+        slots = cache_position if cache is None else cache_slots(cache_position, cache[0][0].shape[2], length)
         attn_mask = None
         if attention_mask is not None:
             real = attention_mask.bool()
             if position_ids is None:
                 position_ids = (real.long().cumsum(-1) - 1).clamp(min=0)
-                if cache_position is not None:
-                    position_ids = position_ids[:, cache_position]
+                if slots is not None:
+                    position_ids = position_ids[:, slots]
             if not real.all():
                 attn_mask = real[:, None, None, :]
         if position_ids is None:
-            position_ids = (
-                torch.arange(length, device=input_ids.device) if cache_position is None else cache_position
-            ).expand(b, length)
+            position_ids = slot_positions(slots, length, input_ids.device).expand(b, length)
         x = self.transformer.wte(input_ids)
         cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
         last = len(self.transformer.blocks) - 1
@@ -287,7 +328,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
                 sin,
                 attn_mask,
                 past,
-                cache_position,
+                slots,
                 keep if i == last and keep != slice(0, None) else None,
             )
             new_cache.append(kv)
@@ -320,7 +361,7 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         use_cache: bool = False,
-        cache_position: torch.Tensor | None = None,
+        cache_position: CacheSlots | None = None,
         logits_to_keep: int | slice = 0,
         **kwargs,
     ) -> LLaDAOutput:
