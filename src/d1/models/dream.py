@@ -211,7 +211,7 @@ def attention_bias(
             return attention_mask, position_ids
         lq, lk = attention_mask.shape[-2:]
         keys = torch.arange(lk, device=attention_mask.device)
-        own = keys[lk - lq :] if cache_position is None else cache_position.to(keys.device)
+        own = keys[lk - lq :] if cache_position is None else slot_positions(cache_position, lq, keys.device)
         return attention_mask | (own[:, None] == keys), position_ids
     if attention_mask.dim() != 2:
         raise ValueError(

@@ -37,7 +37,16 @@ from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from d1.models.dream import attention_bias
-from d1.models.llada import KVCache, LLaDAOutput, LLaDARMSNorm, merge_cache, rotary_cos_sin
+from d1.models.llada import (
+    CacheSlots,
+    KVCache,
+    LLaDAOutput,
+    LLaDARMSNorm,
+    cache_slots,
+    merge_cache,
+    rotary_cos_sin,
+    slot_positions,
+)
 
 FUSED_EXPERTS_HELP = (
     "dFactory's training layout (model_type 'llada2_moe_veomni') keeps each layer's routed experts fused as "
@@ -201,7 +210,7 @@ class LLaDA2MoeAttention(nn.Module):
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None,
         past: tuple[torch.Tensor, torch.Tensor] | None,
-        cache_position: torch.Tensor | None,
+        cache_position: CacheSlots | None,
         keep: slice | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Attention output (at the query positions `keep`, when given) and the keys/values attended to."""
@@ -333,7 +342,7 @@ class LLaDA2MoeDecoderLayer(GradientCheckpointingLayer):
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
-        cache_position: torch.Tensor | None = None,
+        cache_position: CacheSlots | None = None,
         keep: slice | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor], torch.Tensor | None]:
         """New hidden states (only at `keep`, when given), the keys/values attended to (`past` merged in)
@@ -386,20 +395,16 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         attention_mask: Any = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
-        cache_position: torch.Tensor | None = None,
+        cache_position: CacheSlots | None = None,
         keep: slice = slice(0, None),
     ) -> tuple[torch.Tensor, KVCache, tuple[torch.Tensor, ...]]:
         """Final hidden states (at `keep`), every layer's keys/values and the MoE layers' router logits;
         see `LLaDA2MoeModelLM.forward`."""
         b, length = input_ids.shape
-        if cache_position is None and cache is not None:
-            past_length = cache[0][0].shape[2]
-            cache_position = torch.arange(past_length, past_length + length, device=input_ids.device)
-        attn_mask, position_ids = attention_bias(attention_mask, position_ids, cache_position)
+        slots = cache_position if cache is None else cache_slots(cache_position, cache[0][0].shape[2], length)
+        attn_mask, position_ids = attention_bias(attention_mask, position_ids, slots)
         if position_ids is None:
-            position_ids = (
-                torch.arange(length, device=input_ids.device) if cache_position is None else cache_position
-            ).expand(b, length)
+            position_ids = slot_positions(slots, length, input_ids.device).expand(b, length)
         x = self.word_embeddings(input_ids)
         cos, sin = rotary_cos_sin(position_ids, self.config.rope_dim, self.config.rope_theta)
         last = len(self.layers) - 1
@@ -407,7 +412,7 @@ class LLaDA2MoeModel(LLaDA2MoePreTrainedModel):
         for i, layer in enumerate(self.layers):
             past = cache[i] if cache is not None else None
             layer_keep = keep if i == last and keep != slice(0, None) else None
-            x, kv, logits = layer(x, cos, sin, attn_mask, past, cache_position, layer_keep)
+            x, kv, logits = layer(x, cos, sin, attn_mask, past, slots, layer_keep)
             new_cache.append(kv)
             if logits is not None:
                 router_logits.append(logits)
@@ -437,7 +442,7 @@ class LLaDA2MoeModelLM(LLaDA2MoePreTrainedModel):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         use_cache: bool = False,
-        cache_position: torch.Tensor | None = None,
+        cache_position: CacheSlots | None = None,
         logits_to_keep: int | slice = 0,
         output_router_logits: bool | None = None,
         **kwargs,
