@@ -4,9 +4,9 @@ methods per family (the block estimators on a block-diffusion model, the full-at
 
 from __future__ import annotations
 
-import pytest
 import sys
 
+import pytest
 from benchmarks.rl_methods import (
     BLOCK_METHODS,
     METHODS,
