@@ -13,9 +13,9 @@ training time of the fastest method (equal wall time; validation time not counte
 split into generation, log-prob passes and updates, and each run's peak memory. Results are cached per run
 (`<out>/<setting>/<method>/seed<S>/`), so an interrupted benchmark continues where it stopped.
 
-On demos of a block-diffusion family (LLaDA 2.x, SDAR) the methods are BLOCK_METHODS (block_elbo with grpo_clip,
-espo and spg; trajectory with grpo_clip); a full-attention method is refused there before any training, as
-`d1 grpo` refuses it.
+On demos of a block-diffusion family (LLaDA 2.x, SDAR) the methods are BLOCK_METHODS (block_elbo with
+grpo_clip, espo and spg; trajectory with grpo_clip); a full-attention method is refused there before any
+training, as `d1 grpo` refuses it.
 """
 
 from __future__ import annotations
@@ -80,13 +80,15 @@ METHODS = {
 # The methods for a block-diffusion model (LLaDA 2.x, SDAR): the estimators above assume full attention and
 # `d1 grpo` refuses them there; these score the block-causal likelihood instead (docs/rl-methods.md).
 BLOCK_METHODS = {
-    "block_elbo": Method("EBPO's block ELBO with GRPO's clipped ratio (LLaDA2.1)", {"logp_estimator": "block_elbo"}),
+    "block_elbo": Method("EBPO: the block ELBO, GRPO's clipped ratio (LLaDA2.1)", {"logp_estimator": "block_elbo"}),
     "block_espo": Method(
         "ESPO (arXiv 2512.03759) on the block ELBO",
         {"logp_estimator": "block_elbo", "objective": "espo", "epsilon": "0.2"},
     ),
-    "block_spg": Method("SPG (arXiv 2510.09541) on the block ELBO", {"logp_estimator": "block_elbo", "objective": "spg"}),
-    "trajectory": Method("TraceRL (dLLM-RL): the decoding trajectory's steps", {"logp_estimator": "trajectory"}),
+    "block_spg": Method(
+        "SPG (arXiv 2510.09541) on the block ELBO", {"logp_estimator": "block_elbo", "objective": "spg"}
+    ),
+    "trajectory": Method("TraceRL (dLLM-RL): the decoding trajectory", {"logp_estimator": "trajectory"}),
 }
 ALL_METHODS = {**METHODS, **BLOCK_METHODS}
 
@@ -104,7 +106,7 @@ def family_methods(model: Path) -> dict[str, Method]:
 
 
 def method_problem(name: str, model: Path) -> str | None:
-    """Why `d1 grpo` would refuse method `name` on `model` (its own check, run without loading weights), or None."""
+    """Why `d1 grpo` would refuse method `name` on `model` (its own check, without loading weights), or None."""
     from d1.cli.args import parse_config
     from d1.models.loading import load_config
     from d1.rl.config import DiffuGRPOConfig
@@ -287,8 +289,8 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
 
 
 def check_methods(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Default `args.methods` to the demos' family's methods; refuse one that `d1 grpo` would refuse on any demo's
-    SFT model (a full-attention estimator on a block-diffusion model, or the reverse) before any training."""
+    """Default `args.methods` to the demos' family's methods; refuse one that `d1 grpo` would refuse on any
+    demo's SFT model (a full-attention estimator on a block-diffusion model, or the reverse) before training."""
     models = [demo / "models" / "sft" for demo in args.demos]
     args.methods = args.methods or list(family_methods(models[0]))
     for model in models:
@@ -304,7 +306,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/rl_methods"))
     parser.add_argument(
         "--methods", nargs="+", choices=list(ALL_METHODS),
-        help="Default: every method of the demos' family (BLOCK_METHODS on a block-diffusion model, else METHODS).",
+        help="Default: every method of the demos' family (BLOCK_METHODS on a block-diffusion model, else"
+        " METHODS).",
     )  # fmt: skip
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--rollouts", type=int, default=12)

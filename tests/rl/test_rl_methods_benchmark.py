@@ -1,6 +1,6 @@
 """benchmarks/rl_methods.py's bookkeeping on a hand-written log history: training seconds per validation, the
-cost split per rollout, and the best-validation checkpoint at equal rollouts and within a time budget; and its
-methods per family (the block estimators on a block-diffusion model, the full-attention ones refused there)."""
+cost split per rollout, and the best-validation checkpoint at equal rollouts and within a time budget; and
+its methods per family (the block estimators on a block-diffusion model, the full-attention ones refused)."""
 
 from __future__ import annotations
 
@@ -73,12 +73,14 @@ def test_each_family_gets_its_methods_and_d1_grpo_refuses_the_others(tiny_llada2
         assert all(reason in method_problem(name, model) for name in other)
 
 
-def test_a_full_attention_method_on_a_block_demo_is_refused_before_training(tiny_llada2_dir, tmp_path, monkeypatch, capsys):
+def test_a_full_attention_method_on_a_block_demo_is_refused_before_training(
+    tiny_llada2_dir, tmp_path, monkeypatch, capsys
+):
     demo = tmp_path / "demo"
     (demo / "models").mkdir(parents=True)
     (demo / "models" / "sft").symlink_to(tiny_llada2_dir)  # no config.json: nothing past the check may run
-    argv = ["rl_methods.py", "--demos", str(demo), "--out", str(tmp_path / "out"), "--methods", "block_elbo", "d1"]
-    monkeypatch.setattr(sys, "argv", argv)
+    argv = ["--demos", str(demo), "--out", str(tmp_path / "out"), "--methods", "block_elbo", "d1"]
+    monkeypatch.setattr(sys, "argv", ["rl_methods.py", *argv])
     with pytest.raises(SystemExit) as stop:
         main()
     assert stop.value.code == 2
