@@ -80,7 +80,7 @@ METHODS = {
 # The methods for a block-diffusion model (LLaDA 2.x, SDAR): the estimators above assume full attention and
 # `d1 grpo` refuses them there; these score the block-causal likelihood instead (docs/rl-methods.md).
 BLOCK_METHODS = {
-    "block_elbo": Method("EBPO: the block ELBO, GRPO's clipped ratio (LLaDA2.1)", {"logp_estimator": "block_elbo"}),
+    "block_elbo": Method("EBPO (LLaDA2.1): block ELBO, clipped ratio", {"logp_estimator": "block_elbo"}),
     "block_espo": Method(
         "ESPO (arXiv 2512.03759) on the block ELBO",
         {"logp_estimator": "block_elbo", "objective": "espo", "epsilon": "0.2"},
@@ -106,7 +106,7 @@ def family_methods(model: Path) -> dict[str, Method]:
 
 
 def method_problem(name: str, model: Path) -> str | None:
-    """Why `d1 grpo` would refuse method `name` on `model` (its own check, without loading weights), or None."""
+    """Why `d1 grpo` would refuse method `name` on `model` (its own check, no weights loaded), or None."""
     from d1.cli.args import parse_config
     from d1.models.loading import load_config
     from d1.rl.config import DiffuGRPOConfig
@@ -290,7 +290,7 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
 
 def check_methods(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Default `args.methods` to the demos' family's methods; refuse one that `d1 grpo` would refuse on any
-    demo's SFT model (a full-attention estimator on a block-diffusion model, or the reverse) before training."""
+    demo's SFT model (a full-attention estimator on a block-diffusion model, or the reverse) up front."""
     models = [demo / "models" / "sft" for demo in args.demos]
     args.methods = args.methods or list(family_methods(models[0]))
     for model in models:
