@@ -1,10 +1,12 @@
 """Test helper run under torchrun (2 CPU processes): each RL method of benchmarks/rl_methods.py trains 4 steps
 (2 rollouts x 2 inner updates, a checkpoint every step), then again from its checkpoint-3 (between the two
 inner updates of a rollout); rank 0 records whether the resumed run ends with the same weights, the logged
-keys, gradient norms and rewards, in OUTPUT/methods.json. PROBE_METHODS (comma-separated names of
-benchmarks/rl_methods.py's ALL_METHODS) picks other methods than METHODS, e.g. the block ones. The tiny model never solves a Sudoku, so the
+keys, gradient norms and rewards, in OUTPUT/methods.json. The tiny model never solves a Sudoku, so the
 rewards come from the completion's text (grpo_probe.text_reward), except for IGPO, whose hints (the whole
-reference) earn the real Sudoku reward."""
+reference) earn the real Sudoku reward.
+
+With PROBE_TRAIN=<method> (any of benchmarks/rl_methods.py's ALL_METHODS) it instead trains that method once
+with the given flags, `--output_dir` included, for a test that kills the run and resumes it."""
 
 from __future__ import annotations
 
@@ -66,19 +68,20 @@ def run(argv: list[str], out: Path, method: str) -> dict:
     history = json.loads((out / "a" / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
     return {
         "same_weights": all(torch.equal(a[k], b[k]) for k in a),
-        "resumed": not (out / "b" / "checkpoint-1").exists(),  # a run started over would have saved it
         "keys": sorted({k for h in history for k in h}),
         "grad_norms": [h["grad_norm"] for h in history if "grad_norm" in h],
         "rewards": [h["reward"] for h in history if "reward" in h],
     }
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and os.environ.get("PROBE_TRAIN"):
+    train([*sys.argv[1:], *method_argv(os.environ["PROBE_TRAIN"])], os.environ["PROBE_TRAIN"])
+    shutdown_distributed()
+elif __name__ == "__main__":
     args = sys.argv[1:]
     output = Path(args[args.index("--output_dir") + 1])
     base = [a for i, a in enumerate(args) if a != "--output_dir" and (i == 0 or args[i - 1] != "--output_dir")]
-    methods = os.environ.get("PROBE_METHODS", ",".join(METHODS)).split(",")
-    results = {method: run(base, output / method, method) for method in methods}
+    results = {method: run(base, output / method, method) for method in METHODS}
     if PartialState().is_main_process:
         (output / "methods.json").write_text(json.dumps(results, indent=1))
     shutdown_distributed()
