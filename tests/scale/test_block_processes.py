@@ -6,6 +6,7 @@ complete (for GRPO checkpoint-3, between the two inner updates of a rollout), re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -51,18 +52,39 @@ def finish(cmd: list[str], env: dict) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes under `pid`, children first (the launcher's workers run in their own sessions)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            children += [int(c) for c in (task / "children").read_text().split()]
+    return [p for c in children for p in (c, *descendants(c))]
+
+
+def alive(pid: int) -> bool:
+    """`pid` runs (a zombie waiting for its parent to reap it does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def kill_after(cmd: list[str], env: dict, checkpoint: Path, log: Path, timeout: float = 120) -> None:
-    """Run `cmd` (output to `log`) and SIGKILL its whole process group as soon as `checkpoint` is complete;
-    fails the test if the run ended first."""
+    """Run `cmd` (output to `log`) and SIGKILL it and every process under it as soon as `checkpoint` is
+    complete; fails the test if the run ended first."""
     with log.open("w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + timeout
     while proc.poll() is None and checkpoint_problem(checkpoint) and time.monotonic() < deadline:
         time.sleep(0.005)
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+    workers = [] if proc.poll() is not None else descendants(proc.pid)
+    for pid in [proc.pid, *workers]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
-    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.returncode == -signal.SIGKILL and len(workers) >= 2, log.read_text()[-3000:]
     assert checkpoint_problem(checkpoint) is None
 
 
