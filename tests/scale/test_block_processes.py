@@ -53,7 +53,8 @@ def finish(cmd: list[str], env: dict) -> None:
 
 
 def descendants(pid: int) -> list[int]:
-    """The processes under `pid`, children first (the launcher's workers run in their own sessions)."""
+    """The processes under `pid`, each before its own children (a launcher's workers run in their own sessions,
+    out of reach of a process-group kill)."""
     children = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(FileNotFoundError):  # a thread that just ended
