@@ -12,6 +12,10 @@ number of rollouts (equal rollouts) and, separately, at the best-validation chec
 training time of the fastest method (equal wall time; validation time not counted). Also: seconds per rollout
 split into generation, log-prob passes and updates, and each run's peak memory. Results are cached per run
 (`<out>/<setting>/<method>/seed<S>/`), so an interrupted benchmark continues where it stopped.
+
+On demos of a block-diffusion family (LLaDA 2.x, SDAR) the methods are BLOCK_METHODS (block_elbo with
+grpo_clip, espo and spg; trajectory with grpo_clip); a full-attention method is refused there before any
+training, as `d1 grpo` refuses it.
 """
 
 from __future__ import annotations
@@ -73,9 +77,46 @@ METHODS = {
     ),
 }
 
+# The methods for a block-diffusion model (LLaDA 2.x, SDAR): the estimators above assume full attention and
+# `d1 grpo` refuses them there; these score the block-causal likelihood instead (docs/rl-methods.md).
+BLOCK_METHODS = {
+    "block_elbo": Method("EBPO (LLaDA2.1): block ELBO, clipped ratio", {"logp_estimator": "block_elbo"}),
+    "block_espo": Method(
+        "ESPO (arXiv 2512.03759) on the block ELBO",
+        {"logp_estimator": "block_elbo", "objective": "espo", "epsilon": "0.2"},
+    ),
+    "block_spg": Method(
+        "SPG (arXiv 2510.09541) on the block ELBO", {"logp_estimator": "block_elbo", "objective": "spg"}
+    ),
+    "trajectory": Method("TraceRL (dLLM-RL): the decoding trajectory", {"logp_estimator": "trajectory"}),
+}
+ALL_METHODS = {**METHODS, **BLOCK_METHODS}
+
+
 def method_flags(name: str) -> list[str]:
     """A method's `d1 grpo` flags (a list option's values are separated by spaces)."""
-    return [item for key, value in METHODS[name].options.items() for item in (f"--{key}", *value.split())]
+    return [item for key, value in ALL_METHODS[name].options.items() for item in (f"--{key}", *value.split())]
+
+
+def family_methods(model: Path) -> dict[str, Method]:
+    """The methods for `model`'s family: BLOCK_METHODS on a block-diffusion model, METHODS otherwise."""
+    from d1.models.loading import load_config
+
+    return BLOCK_METHODS if getattr(load_config(str(model)), "block_diffusion", False) else METHODS
+
+
+def method_problem(name: str, model: Path) -> str | None:
+    """Why `d1 grpo` would refuse method `name` on `model` (its own check, no weights loaded), or None."""
+    from d1.cli.args import parse_config
+    from d1.models.loading import load_config
+    from d1.rl.config import DiffuGRPOConfig
+
+    argv = ["--model_path", str(model), "--dataset", "sudoku", "--beta", "0", *method_flags(name)]
+    try:
+        parse_config(DiffuGRPOConfig, argv).validate(1, load_config(str(model)))
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 SETTINGS = {
@@ -119,7 +160,7 @@ def train(run: Run, args: argparse.Namespace) -> dict:
     config, data = setting_data(run, args.out)
     config.rl_steps = args.rollouts * config.num_iterations
     argv = grpo_argv(config, data, run.demo / "models" / "sft", "unused")
-    method = METHODS[run.method].options
+    method = ALL_METHODS[run.method].options
     iterations = int(method.get("num_iterations", config.num_iterations))
     steps = args.rollouts * iterations
     every = args.eval_every * iterations
@@ -247,11 +288,27 @@ def report(runs: list[Run], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def check_methods(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Default `args.methods` to the demos' family's methods; refuse one that `d1 grpo` would refuse on any
+    demo's SFT model (a full-attention estimator on a block-diffusion model, or the reverse) up front."""
+    models = [demo / "models" / "sft" for demo in args.demos]
+    args.methods = args.methods or list(family_methods(models[0]))
+    for model in models:
+        for method in args.methods:
+            problem = method_problem(method, model)
+            if problem:
+                parser.error(f"--methods {method}: {problem}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demos", type=Path, nargs="+", required=True, help="d1 demo folders (one per seed).")
     parser.add_argument("--out", type=Path, default=Path("runs/rl_methods"))
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(ALL_METHODS),
+        help="Default: every method of the demos' family (BLOCK_METHODS on a block-diffusion model, else"
+        " METHODS).",
+    )  # fmt: skip
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--rollouts", type=int, default=12)
     parser.add_argument(
@@ -269,6 +326,7 @@ def main() -> None:
     for demo in args.demos:
         if not (demo / "models" / "sft").is_dir():
             parser.error(f"--demos {demo}: no SFT model there; run `d1 demo --output_dir {demo} --stop_after sft`.")
+    check_methods(parser, args)
     runs = []
     for setting in args.settings:  # a whole setting first: its table can be read while the next one trains
         for demo in args.demos:

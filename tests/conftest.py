@@ -90,14 +90,20 @@ def arithmetic_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_on_two_cpu_processes(*d1_args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    """`accelerate launch --config_file configs/accelerate/cpu.yaml -m d1 ARGS` with 2 processes (gloo), as a
-    user would; fails the test with the end of stderr when the run fails."""
+def two_cpu_processes_launch(*d1_args: str) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of `accelerate launch --config_file configs/accelerate/cpu.yaml -m d1 ARGS`
+    with 2 processes (gloo), one thread each."""
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO_ROOT / "configs/accelerate/cpu.yaml"),
         "--num_processes", "2", "--main_process_port", "0", "-m", "d1", *d1_args,
     ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return launch, {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def run_on_two_cpu_processes(*d1_args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """`d1 ARGS` on 2 CPU processes (two_cpu_processes_launch), as a user would; fails the test with the end
+    of stderr when the run fails."""
+    launch, env = two_cpu_processes_launch(*d1_args)
     result = subprocess.run(launch, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

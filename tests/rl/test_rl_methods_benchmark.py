@@ -1,10 +1,24 @@
 """benchmarks/rl_methods.py's bookkeeping on a hand-written log history: training seconds per validation, the
-cost split per rollout, and the best-validation checkpoint at equal rollouts and within a time budget."""
+cost split per rollout, and the best-validation checkpoint at equal rollouts and within a time budget; and
+its methods per family (the block estimators on a block-diffusion model, the full-attention ones refused)."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
-from benchmarks.rl_methods import METHODS, Run, best_checkpoint, cost, method_flags, timeline
+from benchmarks.rl_methods import (
+    BLOCK_METHODS,
+    METHODS,
+    Run,
+    best_checkpoint,
+    cost,
+    family_methods,
+    main,
+    method_flags,
+    method_problem,
+    timeline,
+)
 
 # mu 2: a rollout every 2 steps, logged every 2 steps (per-step means), validation every 2 rollouts
 HISTORY = [
@@ -47,3 +61,28 @@ def test_method_flags_parse_into_a_valid_config():
     for name in METHODS:
         config = parse_config(DiffuGRPOConfig, ["--dataset", "sudoku", "--beta", "0", *method_flags(name)])
         config.validate(world_size=1)
+
+
+def test_each_family_gets_its_methods_and_d1_grpo_refuses_the_others(tiny_llada2_dir, tiny_model_dir):
+    assert family_methods(tiny_llada2_dir) is BLOCK_METHODS and family_methods(tiny_model_dir) is METHODS
+    for model, own, other, reason in (
+        (tiny_llada2_dir, BLOCK_METHODS, METHODS, "assumes full attention"),
+        (tiny_model_dir, METHODS, BLOCK_METHODS, "needs a block-diffusion model"),
+    ):
+        assert {name: method_problem(name, model) for name in own} == dict.fromkeys(own)
+        assert all(reason in method_problem(name, model) for name in other)
+
+
+def test_a_full_attention_method_on_a_block_demo_is_refused_before_training(
+    tiny_llada2_dir, tmp_path, monkeypatch, capsys
+):
+    demo = tmp_path / "demo"
+    (demo / "models").mkdir(parents=True)
+    (demo / "models" / "sft").symlink_to(tiny_llada2_dir)  # no config.json: nothing past the check may run
+    argv = ["--demos", str(demo), "--out", str(tmp_path / "out"), "--methods", "block_elbo", "d1"]
+    monkeypatch.setattr(sys, "argv", ["rl_methods.py", *argv])
+    with pytest.raises(SystemExit) as stop:
+        main()
+    assert stop.value.code == 2
+    assert "--methods d1: logp_estimator='one_step' assumes full attention" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

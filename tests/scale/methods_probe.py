@@ -3,11 +3,15 @@
 inner updates of a rollout); rank 0 records whether the resumed run ends with the same weights, the logged
 keys, gradient norms and rewards, in OUTPUT/methods.json. The tiny model never solves a Sudoku, so the
 rewards come from the completion's text (grpo_probe.text_reward), except for IGPO, whose hints (the whole
-reference) earn the real Sudoku reward."""
+reference) earn the real Sudoku reward.
+
+With PROBE_TRAIN=<method> (any of benchmarks/rl_methods.py's ALL_METHODS) it instead trains that method once
+with the given flags, `--output_dir` included, for a test that kills the run and resumes it."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -70,7 +74,10 @@ def run(argv: list[str], out: Path, method: str) -> dict:
     }
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and os.environ.get("PROBE_TRAIN"):
+    train([*sys.argv[1:], *method_argv(os.environ["PROBE_TRAIN"])], os.environ["PROBE_TRAIN"])
+    shutdown_distributed()
+elif __name__ == "__main__":
     args = sys.argv[1:]
     output = Path(args[args.index("--output_dir") + 1])
     base = [a for i, a in enumerate(args) if a != "--output_dir" and (i == 0 or args[i - 1] != "--output_dir")]
