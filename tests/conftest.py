@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +108,22 @@ def run_on_two_cpu_processes(*d1_args: str, timeout: int = 300) -> subprocess.Co
     result = subprocess.run(launch, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def assert_harness_answers_as_eval(lm: Any) -> None:
+    """`D1HarnessLM.generate_until` gives, for three GSM8K prompts of different lengths, the texts `d1 eval`'s
+    `generate_answers` writes with the harness's own sampler options and seed."""
+    from d1.evaluation.generation import generate_answers
+    from d1.tasks import get_task
+
+    items = [{"question": q, "ground_truth": 1.0} for q in ("2+2?", "a longer one, 3*3?", "7-1?")]
+    records = generate_answers(
+        lm.model, lm.tokenizer, get_task("gsm8k"), items, lm.sampler, batch_size=2, seed=3, system_prompt="",
+        keep_special_tokens=False, mask_token_id=lm.mask_token_id,
+    )  # fmt: skip
+
+    class Request:
+        def __init__(self, prompt: str) -> None:
+            self.args = (prompt, {"until": []})
+
+    assert lm.generate_until([Request(r["prompt_input"]) for r in records]) == [r["generations"] for r in records]

@@ -19,7 +19,7 @@ from d1.models.families import Family, family_of
 from d1.models.loading import load_config
 from d1.tasks.synthetic import make_dataset
 from tests.cli.test_chat import PROMPT, Terminal
-from tests.conftest import run_on_two_cpu_processes
+from tests.conftest import assert_harness_answers_as_eval, run_on_two_cpu_processes
 from tests.sft.test_sft_run import sft_argv
 
 
@@ -81,25 +81,13 @@ def test_other_samplers_options_refused_before_loading(
 
 
 def test_harness_answers_as_eval(block_family_dir: Path) -> None:
-    from d1.evaluation.generation import generate_answers
     from d1.evaluation.harness import D1HarnessLM
-    from d1.tasks import get_task
 
     lm = D1HarnessLM(pretrained=str(block_family_dir), device="cpu", batch_size=2, seed=3, gen_length="16",
                      block_length="4", steps="8", temperature="0.7")  # fmt: skip
     threshold = _family(block_family_dir).sampler_defaults["threshold"]
     assert (lm.sampler.name, lm.sampler.threshold, lm.sampler.unmask) == ("block_diffusion", threshold, "threshold")
-    items = [{"question": q, "ground_truth": 1.0} for q in ("2+2?", "a longer one, 3*3?", "7-1?")]
-    records = generate_answers(
-        lm.model, lm.tokenizer, get_task("gsm8k"), items, lm.sampler, batch_size=2, seed=3, system_prompt="",
-        keep_special_tokens=False, mask_token_id=lm.mask_token_id,
-    )  # fmt: skip
-
-    class Request:
-        def __init__(self, prompt: str) -> None:
-            self.args = (prompt, {"until": []})
-
-    assert lm.generate_until([Request(r["prompt_input"]) for r in records]) == [r["generations"] for r in records]
+    assert_harness_answers_as_eval(lm)
 
 
 def test_grpo_refuses_full_attention_estimators_on_a_block_diffusion_model(block_family_dir: Path, tmp_path: Path) -> None:

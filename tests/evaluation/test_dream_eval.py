@@ -12,6 +12,7 @@ from d1.evaluation import runner
 from d1.evaluation.config import EvalConfig
 from d1.evaluation.runner import run_eval
 from d1.tasks.synthetic import make_dataset
+from tests.conftest import assert_harness_answers_as_eval
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +111,7 @@ def test_dream_runs_are_traced_and_replayed(
 @pytest.mark.parametrize("sampler", sorted(DREAM_SAMPLERS))
 def test_dream_samplers_in_the_harness_answer_as_eval(tiny_dream_dir: Path, sampler: str) -> None:
     """`d1 harness --model_args sampler=dream,...` decodes with that sampler, as `d1 eval` does."""
-    from d1.evaluation.generation import generate_answers
     from d1.evaluation.harness import D1HarnessLM
-    from d1.tasks import get_task
 
     extra = {"block_length": "4", "cache": "dual"} if sampler == "fastdllm_dream" else {}
     lm = D1HarnessLM(
@@ -121,15 +120,4 @@ def test_dream_samplers_in_the_harness_answer_as_eval(tiny_dream_dir: Path, samp
     )  # fmt: skip
     assert (lm.sampler.name, lm.sampler.gen_length, lm.sampler.steps, lm.sampler.alg) == (sampler, 8, 4, "maskgit_plus")
     assert lm.settings()["sampler"] == sampler and "remasking" not in lm.settings()
-    task = get_task("gsm8k")
-    items = [{"question": q, "ground_truth": 1.0} for q in ("2+2?", "a longer one, 3*3?", "7-1?")]
-    records = generate_answers(
-        lm.model, lm.tokenizer, task, items, lm.sampler, batch_size=2, seed=3, system_prompt="",
-        keep_special_tokens=False, mask_token_id=lm.mask_token_id,
-    )  # fmt: skip
-
-    class Request:
-        def __init__(self, prompt: str) -> None:
-            self.args = (prompt, {"until": []})
-
-    assert lm.generate_until([Request(r["prompt_input"]) for r in records]) == [r["generations"] for r in records]
+    assert_harness_answers_as_eval(lm)
