@@ -37,18 +37,26 @@ BLOCK_LENGTH = 32
 """dFactory's block size for LLaDA2.0-mini/flash SFT (`configs/sft/llada2_*_bd_sft.yaml`)."""
 
 
-def two_stream_mask(blocks: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
-    """The [noisy | clean] mask [B, 1, 2n, 2n] (True = attend) from each column's block index [B, n]:
-    query and key in the same block of the same half, or the key in an earlier CLEAN block. `real` [B, n]
-    (False = padding) hides padding keys in both halves."""
-    n = blocks.shape[1]
-    block = torch.cat([blocks, blocks], dim=1)
-    clean = torch.arange(2 * n, device=blocks.device) >= n
-    same = (block[:, :, None] == block[:, None, :]) & (clean[:, None] == clean[None, :])
-    mask = same | ((block[:, :, None] > block[:, None, :]) & clean[None, None, :])
+def stream_mask(blocks: torch.Tensor, clean: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """dFactory's block-diffusion attention [B, 1, M, M] (True = attend) over columns that each carry a block
+    index `blocks` [B, M] and a stream, `clean` ([M] or [B, M]: clean, else noisy): a query sees the keys of its
+    own block in its own stream and the clean keys of earlier blocks. `real` [B, M] (False = padding) hides
+    padding keys."""
+    same = (blocks[:, :, None] == blocks[:, None, :]) & (clean[..., :, None] == clean[..., None, :])
+    mask = same | ((blocks[:, :, None] > blocks[:, None, :]) & clean[..., None, :])
     if real is not None:
-        mask &= torch.cat([real, real], dim=1).bool()[:, None, :]
+        mask &= real.bool()[:, None, :]
     return mask[:, None]
+
+
+def two_stream_mask(blocks: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """The [noisy | clean] mask [B, 1, 2n, 2n] (`stream_mask`) from each column's block index [B, n]: query and
+    key in the same block of the same half, or the key in an earlier CLEAN block. `real` [B, n] (False =
+    padding) hides padding keys in both halves."""
+    n = blocks.shape[1]
+    clean = torch.arange(2 * n, device=blocks.device) >= n
+    both = None if real is None else torch.cat([real, real], dim=1)
+    return stream_mask(torch.cat([blocks, blocks], dim=1), clean, both)
 
 
 def block_diffusion_mask(length: int, block_size: int, device: torch.device | str | None = None) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from d1.diffusion.block_losses import stream_mask
 from d1.diffusion.logits import logits_are_shifted, predicting_logits
 from d1.diffusion.masking import _uniform, mask_prompt
 from d1.diffusion.sampling import resolve_token_id
@@ -334,16 +335,13 @@ def clean_noisy_mask(block: torch.Tensor, real: torch.Tensor, width: int) -> tor
     itself. dFactory's block-diffusion training mask (inclusionAI/dFactory 92b6890,
     tasks/train_llada2_bd.py `block_diffusion_mask`: block diagonal within the noisy copy, offset block-causal
     from it to the clean one, block-causal within the clean one), written here with a noisy copy of the
-    completion's blocks only and per-row grids (left padding). A prompt token in the completion's first block
+    completion's blocks only and per-row grids (left padding): `block_losses.stream_mask` with the noisy copy
+    after the clean columns, plus the diagonal. A prompt token in the completion's first block
     sits in the noisy copy too, so in every layer it sees that block as the sampler shows it (noisy)."""
-    w = width
-    keys, noisy_blocks = block[:, None, :], block[:, -w:, None]
-    clean = (keys <= block[:, :, None]) & real[:, None, :]
-    noisy_clean = (keys < noisy_blocks) & real[:, None, :]
-    noisy_noisy = (block[:, None, -w:] == noisy_blocks) & real[:, None, -w:]
-    top = torch.cat([clean, torch.zeros_like(noisy_clean.transpose(1, 2))], dim=2)
-    mask = torch.cat([top, torch.cat([noisy_clean, noisy_noisy], dim=2)], dim=1)
-    return (mask | torch.eye(block.shape[1] + w, dtype=torch.bool, device=block.device))[:, None]
+    n = block.shape[1]
+    clean = torch.arange(n + width, device=block.device) < n
+    blocks, keys = torch.cat([block, block[:, -width:]], dim=1), torch.cat([real, real[:, -width:]], dim=1)
+    return stream_mask(blocks, clean, keys) | torch.eye(n + width, dtype=torch.bool, device=block.device)
 
 
 def _noisy_logps(
