@@ -65,6 +65,11 @@ class BlockDiffusionSampling:
         if not 0 <= self.temperature < float("inf"):
             raise ValueError(f"temperature={self.temperature} must be a finite number >= 0 (0 = greedy).")
 
+    @staticmethod
+    def steps_per_block(gen_length: int, block_length: int, diffusion_steps: int) -> int:
+        """The official `steps` a block for d1's `diffusion_steps` over the whole answer."""
+        return diffusion_steps * block_length // gen_length
+
     def quotas(self) -> list[int]:
         """Tokens each step of a block must commit at least: block_length split evenly over the steps (more
         steps than positions decode as one a step, since the official quotas then end in zeros after the
@@ -88,14 +93,19 @@ class _Canvas:
     position_ids: torch.Tensor = field(init=False)
     valid: torch.Tensor = field(init=False)
 
+    columns: torch.Tensor = field(init=False)
+    generated: torch.Tensor = field(init=False)
+    """[B, W]: each row's columns after its prompt, up to its grid's end."""
+
     def __post_init__(self) -> None:
-        columns = torch.arange(self.x.shape[1], device=self.x.device)
-        self.position_ids = (columns - self.offset[:, None]).clamp(min=0)
-        self.valid = (columns >= self.offset[:, None]) & (columns < self.end[:, None])
+        self.columns = torch.arange(self.x.shape[1], device=self.x.device)
+        self.position_ids = (self.columns - self.offset[:, None]).clamp(min=0)
+        self.valid = (self.columns >= self.offset[:, None]) & (self.columns < self.end[:, None])
+        self.generated = (self.columns >= self.gen_start[:, None]) & (self.columns < self.end[:, None])
 
     def answer_index(self, gen_length: int) -> torch.Tensor:
         """Canvas columns of each row's answer tokens [B, gen_length]."""
-        return self.gen_start[:, None] + torch.arange(gen_length, device=self.x.device)
+        return self.gen_start[:, None] + self.columns[:gen_length]
 
 
 def _canvas(
@@ -114,14 +124,13 @@ def _canvas(
     offset = (first_block - full_blocks) * block
     end = offset + (lengths + settings.gen_length + block - 1) // block * block
     width = int(end.max())
-    columns = torch.arange(width, device=prompt_ids.device)
-    gen_start = offset + lengths
     x = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long, device=prompt_ids.device)
-    x[(columns >= gen_start[:, None]) & (columns < end[:, None])] = mask_id
+    canvas = _Canvas(x, offset, offset + lengths, end, first_block, block)
+    x[canvas.generated] = mask_id
     rows, source = real.nonzero(as_tuple=True)
     rank = real.long().cumsum(dim=1) - 1
     x[rows, offset[rows] + rank[rows, source]] = prompt_ids[rows, source]
-    return _Canvas(x, offset, gen_start, end, first_block, block)
+    return canvas
 
 
 def _check_context(model: nn.Module, canvas: _Canvas) -> None:
@@ -138,9 +147,7 @@ def _check_context(model: nn.Module, canvas: _Canvas) -> None:
 def _block_causal(canvas: _Canvas, queries: slice, keys: int) -> torch.Tensor:
     """Boolean attention [B, 1, Q, K] of the query columns `queries` over columns 0..keys: a column sees every
     valid column of its own block and the blocks before (and itself, so padding stays finite)."""
-    device = canvas.x.device
-    q = torch.arange(queries.start, queries.stop, device=device)
-    k = torch.arange(keys, device=device)
+    q, k = canvas.columns[queries], canvas.columns[:keys]
     block = canvas.block_length
     see = (k[None, :] // block <= q[:, None] // block)[None] & canvas.valid[:, None, :keys]
     return (see | (q[:, None] == k[None, :])[None])[:, None]
@@ -214,11 +221,9 @@ def _finished(canvas: _Canvas, eos_id: int | None, mask_id: int) -> torch.Tensor
     """Rows whose first generated EOS has nothing masked before it [B]: their answer is final."""
     if eos_id is None:
         return torch.zeros(len(canvas.x), dtype=torch.bool, device=canvas.x.device)
-    columns = torch.arange(canvas.x.shape[1], device=canvas.x.device)
-    generated = (columns >= canvas.gen_start[:, None]) & (columns < canvas.end[:, None])
-    eos = (canvas.x == eos_id) & generated
+    eos = (canvas.x == eos_id) & canvas.generated
     first_eos = torch.where(eos.any(dim=1), eos.float().argmax(dim=1), canvas.end)
-    masked_before = ((canvas.x == mask_id) & generated & (columns < first_eos[:, None])).any(dim=1)
+    masked_before = ((canvas.x == mask_id) & canvas.generated & (canvas.columns < first_eos[:, None])).any(dim=1)
     return eos.any(dim=1) & ~masked_before
 
 
@@ -262,7 +267,7 @@ def generate_blocks(
     length, quotas = settings.block_length, settings.quotas()
     if trace is not None:
         trace.start(len(prompt_ids), settings.gen_length, length)
-    done = _finished(canvas, eos_token_id, mask_token_id)
+    done = torch.zeros(len(prompt_ids), dtype=torch.bool, device=prompt_ids.device)  # nothing decoded yet
     for block in range(canvas.first_block, canvas.x.shape[1] // length):
         window = slice(block * length, (block + 1) * length)
         passes = 0

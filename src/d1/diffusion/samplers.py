@@ -258,7 +258,7 @@ class BlockDiffusionOptions(UnmaskOptions, Truncation, BlockOptions, SamplerOpti
         """`generate_blocks`' settings: `diffusion_steps` over the answer become the official steps per block."""
         return BlockDiffusionSampling(
             gen_length=self.gen_length, block_length=self.block_length,
-            steps=self.steps * self.block_length // self.gen_length, temperature=self.temperature,
+            steps=BlockDiffusionSampling.steps_per_block(self.gen_length, self.block_length, self.steps), temperature=self.temperature,
             threshold=self.threshold if self.unmask == "threshold" else None, top_k=self.top_k, top_p=self.top_p,
         )  # fmt: skip
 

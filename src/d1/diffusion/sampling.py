@@ -541,7 +541,7 @@ def generate(
             )
         check_block_schedule(gen_length, block_length, steps)
         settings = BlockDiffusionSampling(
-            gen_length=gen_length, block_length=block_length, steps=steps * block_length // gen_length,
+            gen_length=gen_length, block_length=block_length, steps=BlockDiffusionSampling.steps_per_block(gen_length, block_length, steps),
             temperature=temperature, threshold=threshold if unmask == "threshold" else None,
         )  # fmt: skip
         return generate_blocks(
