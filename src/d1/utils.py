@@ -19,6 +19,22 @@ from accelerate import PartialState
 T = TypeVar("T")
 
 
+SET_BY_USER = "_set_by_user"
+"""The attribute where a parsed config records the option names its user gave (flags, YAML, model_args)."""
+
+
+def mark_set_by_user(config: T, names: Collection[str]) -> T:
+    """Record on `config` which options its user set, so that defaults applied later (a model family's sampler
+    settings) replace only the others, even where the user's value equals the command's default."""
+    object.__setattr__(config, SET_BY_USER, frozenset(names))
+    return config
+
+
+def set_by_user(config: Any) -> frozenset[str] | None:
+    """The options recorded by `mark_set_by_user`; None for a config built in code (no record)."""
+    return getattr(config, SET_BY_USER, None)
+
+
 def check_writable(path: str | Path, field: str) -> None:
     """Fail before any work when `path` (or the nearest existing parent it would be created in) is not writable."""
     probe = Path(path).resolve()

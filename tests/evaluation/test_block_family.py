@@ -145,3 +145,28 @@ def test_sft_default_lora_targets_are_the_family_attention(tiny_llada2_dir: Path
     for cls, expected in ((SFTConfig, ["query_key_value"]), (DiffuGRPOConfig, ["query_key_value", "dense"])):
         args = SimpleNamespace(lora_target_modules=[], lora_scope=cls.lora_scope)
         assert lora_targets(config, args)[: len(expected)] == expected
+
+
+@pytest.mark.parametrize("given", [[], ["--unmask", "schedule"], ["--threshold", "0.9"], ["--unmask", "threshold"]])
+def test_an_option_the_user_gives_beats_the_family_default_even_when_it_equals_the_registrys(
+    block_family_dir: Path, tmp_path: Path, given: list[str]
+) -> None:
+    """The family's defaults (unmask=threshold at its threshold) replace only options nobody set: `--unmask
+    schedule` and `--threshold 0.9` are the registry's own defaults, and still win (flags, YAML, model_args)."""
+    from d1.cli.args import parse_config
+    from d1.evaluation.harness import check_options
+
+    family = {k: v for k, v in _family(block_family_dir).sampler_defaults.items() if k in ("unmask", "threshold")}
+    expected = {**family, **dict(zip([g.lstrip("-") for g in given[::2]], given[1::2], strict=True))}
+    expected["threshold"] = float(expected["threshold"])
+    argv = _eval_argv(block_family_dir, tmp_path / "x.csv", tmp_path)[1:] + given
+    yaml = tmp_path / "eval.yaml"
+    yaml.write_text("".join(f"{k}: {v}\n" for k, v in zip(given[::2], given[1::2], strict=True)).replace("--", ""))
+    model_args = {"pretrained": str(block_family_dir), **{k.lstrip("-"): v for k, v in zip(given[::2], given[1::2], strict=True)}}
+    for config in (
+        parse_config(EvalConfig, argv),
+        parse_config(EvalConfig, [*argv[: -len(given) or None], "--config", str(yaml)]),
+        check_options(model_args)[1],
+    ):
+        options = config.options()
+        assert {"unmask": options.unmask, "threshold": options.threshold} == expected

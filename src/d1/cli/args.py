@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from transformers import HfArgumentParser
 
-from d1.utils import read_yaml_mapping
+from d1.utils import mark_set_by_user, read_yaml_mapping
 
 T = TypeVar("T")
 
@@ -45,4 +45,6 @@ def parse_config(
             )
         parser.set_defaults(**values)
     (config,) = parser.parse_args_into_dataclasses(args=[a for a in argv], look_for_args_file=False)[:1]
-    return config
+    flags = {token.partition("=")[0] for token in argv if token.startswith("--")}
+    given = {action.dest for action in parser._actions if flags & set(action.option_strings)}
+    return mark_set_by_user(config, given | set(values if known.config else ()))

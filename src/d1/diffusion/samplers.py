@@ -31,6 +31,7 @@ from d1.diffusion.sampling import (
     resolve_token_id,
 )
 from d1.diffusion.trace import Trace
+from d1.utils import set_by_user
 
 
 def option(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
@@ -393,10 +394,16 @@ def options_from(
 ) -> SamplerOptions:
     """`sampler`'s options from a command's config dataclass (built on `sampler_arguments()`), the config's own
     defaults deciding what counts as set (a command may default an option differently). `presets` (a model
-    family's defaults) replace the options the config left at its default; `overrides` replace any."""
+    family's defaults) replace the options the user did not set (`d1.utils.set_by_user`; for a config built in
+    code, those left at their default); `overrides` replace any."""
     defaults = {f.name: f.default for f in dataclasses.fields(config) if f.default is not dataclasses.MISSING}
     values = {name: getattr(config, name) for name in option_fields() if hasattr(config, name)}
-    unset = {name: value for name, value in (presets or {}).items() if values.get(name) == defaults.get(name)}
+    given = set_by_user(config)
+    unset = {
+        name: value
+        for name, value in (presets or {}).items()
+        if (name not in given if given is not None else values.get(name) == defaults.get(name))
+    }
     return build_options(sampler, {**values, **unset, **(overrides or {})}, {**defaults, **unset})
 
 

@@ -40,7 +40,7 @@ from d1.evaluation.config import EvalConfig, checkpoint_kind
 from d1.evaluation.files import weights_fingerprint
 from d1.evaluation.runner import load_eval_model, load_eval_tokenizer
 from d1.hub import check_local_or_hub
-from d1.utils import derive_seed
+from d1.utils import derive_seed, mark_set_by_user
 
 SAMPLER_OPTIONS = {"sampler": None, **{name: spec.default for name, (_, spec) in option_fields().items()}}
 """The sampler choice and every registered sampler's options, with the registry's defaults."""
@@ -138,7 +138,7 @@ def check_options(args: dict[str, Any]) -> tuple[dict[str, Any], EvalConfig, str
     """Every option checked cheaply (no weights read): the resolved options, their `EvalConfig`, the
     checkpoint kind."""
     options = resolve_options(args)
-    config = eval_config(options)
+    config = mark_set_by_user(eval_config(options), {ALIASES.get(name, name) for name in args})
     check_local_or_hub(config.model_path, "pretrained")
     kind = checkpoint_kind(config.checkpoint_path)
     config.options()  # the sampler's own checks
