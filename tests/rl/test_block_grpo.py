@@ -112,6 +112,7 @@ def test_block_estimators_are_refused_for_a_full_attention_model(tiny_model_dir,
         (["--logp_estimator", "trajectory", "--shrinkage", "0"], "shrinkage=0 must be >= 1"),
         (["--logp_estimator", "block_elbo", "--sampler", "llada"], "scores the block_diffusion sampler's blocks"),
         (["--logp_estimator", "trajectory", "--p_mask_prompt", "0.3"], "p_mask_prompt=0.3 would be ignored"),
+        (["--logp_estimator", "block_elbo", "--zero_signal_groups", "inpaint"], "fixes IGPO's hint tokens in place"),
     ],
 )
 def test_block_estimator_options_are_checked(tiny_llada2_dir, tmp_path, flags, message) -> None:

@@ -411,6 +411,12 @@ class DiffuGRPOConfig(sampler_arguments("RolloutSamplerArguments"), TrainingArgu
                 f"logp_estimator={self.logp_estimator!r} scores the block_diffusion sampler's blocks, not "
                 f"sampler={self.sampler!r}'s; drop --sampler (the family's) or pass --sampler block_diffusion."
             )
+        if self.zero_signal_groups == "inpaint" and "prefill" not in get_sampler(sampler).supports:
+            raise ValueError(
+                f"zero_signal_groups='inpaint' fixes IGPO's hint tokens in place, which the rollout sampler "
+                f"{sampler!r} (model_type {model_config.model_type!r}) cannot do; use zero_signal_groups=skip, or "
+                "sampler=llada on a full-attention model."
+            )
         sharded = sharded_launch(self)
         if sharded in ("deepspeed-zero3", "fsdp") and "sync_done" not in get_sampler(sampler).supports:
             raise ValueError(
