@@ -101,6 +101,8 @@ METRICS = [
     "time/rollout",
     "time/old_logps",
     "time/update",
+    "rollout/forward_passes",
+    "rollout/tokens_per_pass",
 ]
 
 
@@ -113,6 +115,8 @@ def test_grpo_trains_and_logs_every_metric(family_model_dir, tmp_path) -> None:
     rollout_logs = [h for h in logs if "reward" in h]
     assert len(rollout_logs) == 2  # one rollout every num_iterations=2 steps
     assert all(key in rollout_logs[0] for key in METRICS), sorted(rollout_logs[0])
+    # the exact sampler: diffusion_steps=4 passes for 16 tokens
+    assert [(h["rollout/forward_passes"], h["rollout/tokens_per_pass"]) for h in rollout_logs] == [(4, 4)] * 2
     assert all("kl" in h and "clip_ratio" in h for h in logs if "loss" in h)
     evals = [h for h in logs if "eval_accuracy" in h]
     assert [h["step"] for h in evals] == [0, 2, 4]  # the starting model too; the last step once

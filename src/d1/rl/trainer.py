@@ -297,7 +297,7 @@ class DiffuGRPOTrainer(Trainer):
         (left_to_right: one token per step, in order) and `prefill`'s tokens fixed; each batch's `Trace` appended
         to `traces` when given."""
         args = self.args
-        outputs = []
+        outputs, passes = [], []
         for lo in range(0, len(prompt_ids), args.generation_batch_size):
             hi = lo + args.generation_batch_size
             call = SamplerCall(
@@ -307,10 +307,16 @@ class DiffuGRPOTrainer(Trainer):
                 sync_done=self.sync_done,
                 prefill=None if prefill is None else prefill[lo:hi],
                 trace=None if traces is None else Trace(),
+                stats={},
             )
             if traces is not None:
                 traces.append(call.trace)
             outputs.append(sample(unwrapped, prompt_ids[lo:hi], self.rollout_options, call))
+            passes.append(call.stats["forward_passes"])
+        if prefill is None:  # rollouts, not inpainting's hinted regenerations
+            # d1 #25's symptom of fast rollouts in RL: ever more tokens committed by each forward pass
+            self._metrics["rollout/forward_passes"].append(sum(passes) / len(passes))
+            self._metrics["rollout/tokens_per_pass"].append(args.gen_length * len(passes) / sum(passes))
         return torch.cat(outputs)[:, prompt_ids.shape[1] :]
 
     def _score(self, rows: list[dict[str, Any]], completions: list[str], step: int) -> torch.Tensor:
