@@ -153,24 +153,34 @@ def setting_data(run: Run, out: Path):
 
 
 def train(run: Run, args: argparse.Namespace) -> dict:
-    """`d1 grpo` for one run in a fresh process; returns its log history, wall time and peak memory."""
+    """`d1 grpo` for one method's run: the demo's RL stage with the benchmark's budget, learning rate and
+    negative advantages, then the method's own flags."""
+    config, data = setting_data(run, args.out)
+    method = ALL_METHODS[run.method].options
+    iterations = int(method.get("num_iterations", config.num_iterations))
+    argv = run_argv(config, data, run, args.rollouts * iterations, args.eval_every * iterations, iterations)
+    argv += ["--reward_funcs", *SETTINGS[run.setting]["reward_funcs"], "--negative_advantage_scale", "1",
+             "--learning_rate", str(args.learning_rate), *method_flags(run.method)]  # fmt: skip
+    return run_grpo_process(run, argv, iterations, args.threads)
+
+
+def run_argv(config: DemoConfig, data, run: Run, steps: int, every: int, iterations: int) -> list[str]:
+    """The demo's RL stage as `d1 grpo` flags, from its SFT model into the run's folder, with `steps` steps,
+    validation and checkpoints every `every` and a log every rollout."""
+    config.rl_steps = steps
+    argv = grpo_argv(config, data, run.demo / "models" / "sft", "unused")
+    return argv + ["--output_dir", str(run.folder / "grpo"), "--max_steps", str(steps), "--eval_steps", str(every),
+                   "--save_steps", str(every), "--logging_steps", str(iterations), "--save_total_limit", "1000"]  # fmt: skip
+
+
+def run_grpo_process(run: Run, argv: list[str], iterations: int, threads: int) -> dict:
+    """`d1 grpo argv` in a fresh process with `threads` CPU threads; returns its log history, wall time and
+    peak memory, cached in the run's train.json (a finished run is not trained again)."""
     done = run.folder / "train.json"
     if done.exists():
         return json.loads(done.read_text())
-    config, data = setting_data(run, args.out)
-    config.rl_steps = args.rollouts * config.num_iterations
-    argv = grpo_argv(config, data, run.demo / "models" / "sft", "unused")
-    method = ALL_METHODS[run.method].options
-    iterations = int(method.get("num_iterations", config.num_iterations))
-    steps = args.rollouts * iterations
-    every = args.eval_every * iterations
-    argv += ["--output_dir", str(run.folder / "grpo"), "--reward_funcs", *SETTINGS[run.setting]["reward_funcs"],
-             "--max_steps", str(steps), "--eval_steps", str(every), "--save_steps", str(every),
-             "--logging_steps", str(iterations), "--save_total_limit", "1000",
-             "--negative_advantage_scale", "1", "--learning_rate", str(args.learning_rate)]  # fmt: skip
-    argv += method_flags(run.method)
     run.folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     started = time.perf_counter()
     with (run.folder / "grpo.log").open("w") as log:
         child = subprocess.Popen([sys.executable, "-m", "d1", "grpo", *argv], stdout=log, stderr=subprocess.STDOUT,
