@@ -20,7 +20,7 @@ from d1.viz.strip import strip_steps
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("family", ["llada", "dream", "llada2", "sdar"])
 def test_quick_demo_runs_every_stage_and_reports(tmp_path, capsys, family) -> None:
     config = DemoConfig(quick=True, output_dir=str(tmp_path / "demo"), seed=1, family=family)
     report = run_demo(config)
@@ -64,12 +64,14 @@ def test_rl_signal_reads_the_rl_logs_and_says_when_there_was_nothing_to_learn() 
         }
 
     done = {"rl_base": logs([0.0] * 6), "d1": logs([0.1, 0.1, 0.1, 0.1, 0.1, 0.6, 0.6, 0.6, 0.6, 0.6])}
-    lines = rl_signal(done)
+    config = DemoConfig(rl_base_hints=False)
+    lines = rl_signal(config, done)
     assert "| +diffu-GRPO | 0.000 | 0.000 | 50% |" in lines
     assert "| d1 (SFT + diffu-GRPO) | 0.100 | 0.600 | 50% |" in lines
     assert lines[-1].startswith("+diffu-GRPO: no rollout earned any reward")
     done["rl_base"] = logs([0.0, 0.2])
-    assert not any("no rollout" in line for line in rl_signal(done))
+    assert not any("no rollout" in line for line in rl_signal(config, done))
+    assert "| +diffu-GRPO (IGPO hints) | 0.100 | 0.100 | 50% |" in rl_signal(DemoConfig(), done)
 
 
 @pytest.mark.parametrize(
@@ -167,14 +169,22 @@ def test_strip_steps_run_from_nothing_decided_to_everything_decided() -> None:
     assert strip_steps(item, 3) == [0, 2, 4]
 
 
+def test_unknown_family_is_named_before_anything_runs(tmp_path) -> None:
+    message = r"--family 'rwkv' is unknown; choose one of \['dream', 'llada', 'llada2', 'sdar'\]"
+    with pytest.raises(ValueError, match=message):
+        DemoConfig(quick=True, family="rwkv", output_dir=str(tmp_path / "demo"))
+    assert not (tmp_path / "demo").exists()
+
+
 @pytest.mark.parametrize(
-    ("name", "message"),
+    ("family", "estimator", "message"),
     [
-        ("rwkv", r"--family 'rwkv' is unknown; choose one of \['dream', 'llada', 'llada2', 'sdar'\]"),
-        ("llada2", r"family='llada2' is a block-diffusion family.*Use --family llada or dream"),
+        ("llada2", "coupled", r"logp_estimator='coupled' assumes full attention.*Use logp_estimator=block_elbo"),
+        ("llada", "block_elbo", r"logp_estimator='block_elbo' needs a block-diffusion model"),
     ],
 )
-def test_unknown_or_block_family_is_named_before_anything_runs(tmp_path, name, message) -> None:
+def test_an_estimator_the_familys_attention_refuses_fails_before_any_stage(tmp_path, family, estimator, message):
+    config = DemoConfig(quick=True, family=family, logp_estimator=estimator, output_dir=str(tmp_path / "demo"))
     with pytest.raises(ValueError, match=message):
-        DemoConfig(quick=True, family=name, output_dir=str(tmp_path / "demo"))
-    assert not (tmp_path / "demo").exists()
+        run_demo(config)
+    assert not (tmp_path / "demo" / "models").exists()

@@ -62,15 +62,21 @@ def test_sft_stages_train_all_weights_in_float32_with_the_demos_budget(
         )
 
 
-@pytest.mark.parametrize("quick, steps, every", [(False, 160, 40), (True, 8, 4)])
+@pytest.mark.parametrize(
+    "quick, job, steps, every, hints",
+    [(False, "d1", 160, 40, "skip"), (True, "d1", 8, 4, "skip"), (False, "rl_base", 80, 20, "inpaint")],
+)
 def test_grpo_stages_get_the_tiny_recipe_and_its_flags_parse_back_to_it(
-    tmp_path, quick, steps, every
+    tmp_path, quick, job, steps, every, hints
 ) -> None:
     config = DemoConfig(quick=quick, output_dir=str(tmp_path / "demo"))
     data = demo_data(tmp_path)
     start = tmp_path / "demo" / "models" / "sft"
-    args = pipeline.grpo_config(config, data, start, "d1")
-    assert (args.model_path, args.output_dir) == (str(start), str(tmp_path / "demo" / "models" / "d1"))
+    args = pipeline.grpo_config(config, data, start, job)
+    assert (args.model_path, args.output_dir) == (str(start), str(tmp_path / "demo" / "models" / job))
+    assert args.zero_signal_groups == hints
+    if hints == "inpaint":  # IGPO's hints scaled to the 28-token answer
+        assert (args.inpaint_free_tail, args.inpaint_chunk_size) == (2, [2, 4])
     assert (args.data_path, args.validation_path, args.train_holdout) == (
         str(data.rl),
         str(data.validation),
@@ -91,10 +97,32 @@ def test_grpo_stages_get_the_tiny_recipe_and_its_flags_parse_back_to_it(
     assert (args.learning_rate, args.lr_scheduler_type.value, args.beta) == (2e-4, "constant", 0.0)
     assert (args.lora, args.dtype, args.system_prompt, args.log_completions) == (False, "float32", "", False)
     assert args.reward_funcs == ["sudoku_solved_reward_func"]
-    flags = pipeline.grpo_argv(config, data, start, "d1")
+    flags = pipeline.grpo_argv(config, data, start, job)
     assert comparable(parse_config(DiffuGRPOConfig, flags)) == comparable(args)
 
 
 def test_the_pipeline_runs_the_stages_that_stop_after_names(tmp_path) -> None:
     config = DemoConfig(quick=True, output_dir=str(tmp_path / "demo"))
     assert [stage.name for stage in pipeline._stages(config, {})] == list(STAGES)
+
+
+@pytest.mark.parametrize("family", ["llada2", "sdar"])
+def test_a_block_diffusion_family_trains_in_blocks_of_4_and_rolls_out_with_its_own_sampler(tmp_path, family):
+    config = DemoConfig(family=family, output_dir=str(tmp_path / "demo"))
+    data = demo_data(tmp_path)
+    models = tmp_path / "demo" / "models"
+    for model, steps, preset in ((models / "init", 300, "text"), (models / "base", 250, "generic")):
+        assert pipeline.sft_config(config, model, data.sft, "job", steps, preset).block_length == 4
+    assert pipeline.grpo_config(config, data, models / "base", "rl_base").zero_signal_groups == "skip"
+    args = pipeline.grpo_config(config, data, models / "sft", "d1")
+    assert (args.gen_length, args.block_length, args.diffusion_steps) == (28, 4, 14)
+    assert (args.logp_estimator, args.rollout_sampler) == ("block_elbo", None)
+    flags = pipeline.grpo_argv(config, data, models / "sft", "d1")
+    assert "--rollout_sampler" not in flags
+    assert comparable(parse_config(DiffuGRPOConfig, flags)) == comparable(args)
+
+
+def test_a_full_attention_familys_sft_has_no_blocks_and_explicit_settings_win(tmp_path):
+    config = DemoConfig(output_dir=str(tmp_path / "demo"), block_length=14, logp_estimator="mc_elbo")
+    assert pipeline.sft_config(config, tmp_path, tmp_path, "sft", 10, "generic").block_length is None
+    assert (config.block_length, config.logp_estimator, config.rollout_sampler) == (14, "mc_elbo", "cached")

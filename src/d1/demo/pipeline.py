@@ -66,6 +66,7 @@ def sft_config(config: DemoConfig, model: Path, data: Path, job: str, steps: int
         output_dir=str(_models(config)),
         job_name=job,
         max_length=config.max_length,
+        block_length=config.block_length if config.block_diffusion else None,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=1,
         max_steps=steps,
@@ -87,9 +88,13 @@ def _sft(config: DemoConfig, model: Path, data: Path, job: str, steps: int, pres
 
 
 def grpo_options(config: DemoConfig, data: DemoData, start: Path, job: str) -> dict[str, Any]:
-    """An RL stage's `DiffuGRPOConfig` fields: the demo's knobs, from model `start` into models/`job`."""
+    """An RL stage's `DiffuGRPOConfig` fields: the demo's knobs, from model `start` into models/`job` (`rl_base`:
+    RL from the base model, with IGPO's hints when `rl_base_hints`)."""
     batch = config.rl_prompts_per_step * config.num_generations
-    every = max(config.rl_steps // 4, config.num_iterations)
+    steps = config.rl_base_steps if job == "rl_base" else config.rl_steps
+    every = max(steps // 4, config.num_iterations)
+    # IGPO's free tail of 30 of 256 tokens and chunks of 5-10 do not fit a 28-token answer (rl-at-tiny-scale.md)
+    hints = {"zero_signal_groups": "inpaint", "inpaint_free_tail": 2, "inpaint_chunk_size": [2, 4]}
     return {
         "model_path": str(start),
         "output_dir": str(_models(config) / job),
@@ -114,13 +119,14 @@ def grpo_options(config: DemoConfig, data: DemoData, start: Path, job: str) -> d
         "reward_funcs": list(config.reward_funcs),
         "negative_advantage_scale": config.negative_advantage_scale,
         "rollout_sampler": config.rollout_sampler,
-        "max_steps": config.rl_steps,
+        "max_steps": steps,
         "eval_steps": every,
         "save_steps": every,
         "log_completions": False,
         "warmup_steps": 0,
         "lr_scheduler_type": "constant",
         **_train_options(config),
+        **(hints if job == "rl_base" and config.rl_base_hints else {}),
     }
 
 
@@ -136,19 +142,22 @@ def grpo_argv(config: DemoConfig, data: DemoData, start: Path, job: str) -> list
     benchmarks/rl_methods.py, which appends its own flags after them."""
     argv = []
     for key, value in grpo_options(config, data, start, job).items():
+        if value is None:  # the option's own default (a block-diffusion family's rollout_sampler)
+            continue
         values = value if isinstance(value, list) else [value]
         argv += [f"--{key}", *(str(v).lower() if isinstance(v, bool) else str(v) for v in values)]
     return argv
 
 
 def check_grpo_settings(config: DemoConfig, data: DemoData) -> None:
-    """`d1 grpo`'s own checks of the RL stages' settings (estimator, sampler, rewards, batch...), run before
-    any stage so that a bad value fails in seconds, not after pre-training and SFT."""
+    """`d1 grpo`'s own checks of the RL stages' settings (estimator against the family's attention, sampler,
+    rewards, batch...), run before any stage so that a bad value fails in seconds, not after pre-training and SFT."""
+    from d1.models.families import family
     from d1.rl.run import resolve_rewards
     from d1.tasks import get_task
 
     grpo = grpo_config(config, data, _models(config) / "sft", "d1")
-    grpo.validate(world_size=1)
+    grpo.validate(world_size=1, model_config=family(config.family).config_class())
     resolve_rewards(get_task(grpo.dataset), grpo.reward_funcs, grpo.reward_weights)
 
 
@@ -239,7 +248,7 @@ def _stages(config: DemoConfig, done: dict[str, dict[str, Any]]) -> list[Stage]:
         Stage(
             "rl_base",
             "diffu-GRPO from the base model -> +diffu-GRPO",
-            lambda c: 0.65 * c.rl_steps,
+            lambda c: (2.1 if c.rl_base_hints else 0.65) * c.rl_base_steps,
             lambda c, d: _grpo(c, d, base_model(c), "rl_base"),
         ),
         Stage(

@@ -9,21 +9,25 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from d1.demo.config import ROW_NAMES, ROWS, DemoConfig
+from d1.demo.config import ROWS, DemoConfig
+from d1.models.families import family
 
 
 def task_choice(config: DemoConfig) -> str:
     """The report's "Why this task" paragraph, with this run's settings."""
     low, high = config.rl_empty_cells
+    puzzles = (
+        f"RL puzzles with {low}-{high} empty cells (`--rl_empty_cells`; an SFT model that solves 4% of 8-blank "
+        "puzzles is rewarded too rarely to learn, one that solves most of them learns from them)"
+    )
     return (
         "The task is 4x4 Sudoku with 8 empty cells (as in d1's test set), in d1's `<reasoning>`/`<answer>` "
         "format; `--trace` picks the reasoning written in the SFT data: `none` (the answer alone, the "
         "default), `cells` (one line `r1c3=2 r2c1=4 ...`) or `steps` (a line per cell). The table's metric is"
         " d1's cell accuracy, with puzzles fully solved beside it. diffu-GRPO runs with four choices "
-        "measured in docs/rl-at-tiny-scale.md: the coupled log-prob estimate (d1's one-step estimate loses "
-        "accuracy at this scale), the solved-or-not reward instead of d1's fraction of cells, no negative"
-        f" advantages (they destabilise it), and easier RL puzzles with {low}-{high} empty cells "
-        "(`--rl_empty_cells`; an SFT model that solves 4% of 8-blank puzzles is rewarded too rarely to learn)."
+        f"measured in docs/rl-at-tiny-scale.md: the {config.logp_estimator} log-prob estimate (d1's one-step "
+        "estimate loses accuracy at this scale), the solved-or-not reward instead of d1's fraction of cells, no negative"
+        f" advantages (they destabilise it), and {puzzles}."
         " Countdown was not chosen because d1's Countdown evaluation parser"
         " (last `\\boxed{}`) and its RL reward (plain expression in `<answer>`) expect different answer "
         "formats. Test puzzles use solution grids that never appear in any training data, and RL checkpoints "
@@ -42,7 +46,7 @@ def _plots(config: DemoConfig, done: dict[str, Any], folder: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files = []
+    names, files = config.row_names(), []
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for stage, label in (("pretrain", "pre-training (base)"), ("sft", "SFT")):
         ax.plot(*_history(done, stage, "loss"), label=label)
@@ -56,8 +60,8 @@ def _plots(config: DemoConfig, done: dict[str, Any], folder: Path) -> list[str]:
         left.plot(*_history(done, stage, "reward"))
         right.plot(*_history(done, stage, "eval_accuracy"), marker="o", color="C1")
         rewards = ", ".join(config.reward_funcs)
-        left.set(xlabel="step", ylabel=f"mean reward\n({rewards})", title=f"{ROW_NAMES[stage]}: rollout reward")
-        right.set(xlabel="step", ylabel="cell accuracy %", title=f"{ROW_NAMES[stage]}: validation (not test)")
+        left.set(xlabel="step", ylabel=f"mean reward\n({rewards})", title=f"{names[stage]}: rollout reward")
+        right.set(xlabel="step", ylabel="cell accuracy %", title=f"{names[stage]}: validation (not test)")
     files.append(_save(fig, folder / "rl_curves.png"))
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -68,7 +72,7 @@ def _plots(config: DemoConfig, done: dict[str, Any], folder: Path) -> list[str]:
             [int(n) for n in lengths],
             [scores[row][n]["accuracy"] for n in lengths],
             marker="o",
-            label=ROW_NAMES[row],
+            label=names[row],
         )
     ax.set(xlabel="generation length", ylabel="test cell accuracy %", title="Accuracy by generation length")
     ax.legend()
@@ -86,15 +90,15 @@ def denoising(config: DemoConfig, folder: Path) -> list[str]:
     from d1.viz.html import write_trace_html
     from d1.viz.strip import write_strip
 
-    length = config.eval_gen_lengths[0]
+    names, length = config.row_names(), config.eval_gen_lengths[0]
     name = f"_{length}_{length // 2}_0_traces.json"
     files = {row: folder / "eval" / f"sudoku_{row}{name}" for row in DENOISED_ROWS}
     if not all(path.is_file() for path in files.values()):
         return []
-    items = {ROW_NAMES[row]: read_traces(path)[0] for row, path in files.items()}
+    items = {names[row]: read_traces(path)[0] for row, path in files.items()}
     strip = write_strip(items, folder / "denoising.png")
     pages = [write_trace_html(path, folder / f"trace_{row}.html").name for row, path in files.items()]
-    links = " and ".join(f"[{ROW_NAMES[r]}]({page})" for r, page in zip(DENOISED_ROWS, pages, strict=True))
+    links = " and ".join(f"[{names[r]}]({page})" for r, page in zip(DENOISED_ROWS, pages, strict=True))
     return [
         f"The first test puzzle at generation length {length}, decoded by +SFT and by d1: the grid the "
         "Sudoku parser reads after each shown step (grey given, green right, red wrong). Step-by-step "
@@ -115,22 +119,22 @@ def _save(fig: Any, path: Path) -> str:
 
 def accuracy_table(config: DemoConfig, scores: dict[str, Any]) -> str:
     """Markdown table: one row per model, test cell accuracy (d1's Sudoku metric) and puzzles solved."""
-    lengths = [str(n) for n in config.eval_gen_lengths]
+    names, lengths = config.row_names(), [str(n) for n in config.eval_gen_lengths]
     head = "| model | " + " | ".join(f"len {n}: cells % / solved %" for n in lengths) + " |"
     lines = [head, "|---|" + "---|" * len(lengths)]
     for row in ROWS:
         cells = [f"{scores[row][n]['accuracy']:.1f} / {scores[row][n]['solved']:.1f}" for n in lengths]
-        lines.append(f"| {ROW_NAMES[row]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {names[row]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def rl_signal(done: dict[str, Any]) -> list[str]:
+def rl_signal(config: DemoConfig, done: dict[str, Any]) -> list[str]:
     """Per RL stage: the rollout reward at the start and the end, and how often a group carried no signal."""
     lines = [
         "| RL stage | reward, first 5 logs | reward, last 5 logs | groups with one reward for all |",
         "|---|---|---|---|",
     ]
-    notes = []
+    names, notes = config.row_names(), []
     for stage in ("rl_base", "d1"):
         rewards = _history(done, stage, "reward")[1]
         zero = _history(done, stage, "zero_std_ratio")[1]
@@ -138,12 +142,12 @@ def rl_signal(done: dict[str, Any]) -> list[str]:
             continue
         first, last = rewards[:5], rewards[-5:]
         lines.append(
-            f"| {ROW_NAMES[stage]} | {sum(first) / len(first):.3f} | {sum(last) / len(last):.3f} | "
+            f"| {names[stage]} | {sum(first) / len(first):.3f} | {sum(last) / len(last):.3f} | "
             f"{100 * sum(zero) / max(len(zero), 1):.0f}% |"
         )
         if max(rewards) == 0:
             notes.append(
-                f"{ROW_NAMES[stage]}: no rollout earned any reward, so every advantage was 0 and RL had nothing "
+                f"{names[stage]}: no rollout earned any reward, so every advantage was 0 and RL had nothing "
                 "to learn from. RL needs a model that sometimes succeeds, which SFT gives it."
             )
     return lines + ["", *notes] if notes else lines
@@ -186,7 +190,7 @@ def write_report(config: DemoConfig, done: dict[str, Any], total_seconds: float)
         "# d1 demo report",
         "",
         f"Model: a {config.preset} {config.family} (`d1 init-model --family {config.family}`), sampled with "
-        "d1's block sampler in RL and evaluation.",
+        f"its family's sampler ({family(config.family).sampler}) in evaluation.",
         "",
         f"Test set: {config.n_test} unseen 4x4 Sudoku puzzles; cells % = d1's Sudoku metric (correct empty cells), "
         "solved % = puzzles fully right. RL rows use the checkpoint with the best *validation* accuracy.",
@@ -195,7 +199,7 @@ def write_report(config: DemoConfig, done: dict[str, Any], total_seconds: float)
         "",
         "## The RL signal",
         "",
-        *rl_signal(done),
+        *rl_signal(config, done),
         "",
         "## Why this task",
         "",
