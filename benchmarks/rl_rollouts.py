@@ -1,7 +1,7 @@
 """Fast rollouts inside RL: the demo's d1 stage with exact, dual-cache and dual-cache + threshold rollouts.
 
     d1 demo --seed S --output_dir runs/demo-sS --stop_after sft        # for S in 0 1 2: the SFT checkpoints
-    python benchmarks/rl_rollouts.py --demos runs/demo-s0 runs/demo-s1 runs/demo-s2 --out runs/rl_rollouts
+    python -m benchmarks.rl_rollouts --demos runs/demo-s0 runs/demo-s1 runs/demo-s2 --out runs/rl_rollouts
 
 Each mode runs the demo's own diffu-GRPO stage (`demo/pipeline.py: grpo_argv`: its puzzles, rewards, estimator,
 learning rate and budget of `--rollouts` rollouts) from the demo's SFT model in a fresh `d1 grpo` process, with

@@ -181,10 +181,12 @@ def test_unknown_family_is_named_before_anything_runs(tmp_path) -> None:
     [
         ("llada2", "coupled", r"logp_estimator='coupled' assumes full attention.*Use logp_estimator=block_elbo"),
         ("llada", "block_elbo", r"logp_estimator='block_elbo' needs a block-diffusion model"),
+        ("sdar", "hints", r"zero_signal_groups='inpaint' fixes IGPO's hint tokens in place"),
     ],
 )
-def test_an_estimator_the_familys_attention_refuses_fails_before_any_stage(tmp_path, family, estimator, message):
-    config = DemoConfig(quick=True, family=family, logp_estimator=estimator, output_dir=str(tmp_path / "demo"))
+def test_a_setting_the_familys_model_refuses_fails_before_any_stage(tmp_path, family, estimator, message):
+    settings = {"rl_base_hints": True} if estimator == "hints" else {"logp_estimator": estimator}
+    config = DemoConfig(quick=True, family=family, output_dir=str(tmp_path / "demo"), **settings)
     with pytest.raises(ValueError, match=message):
         run_demo(config)
     assert not (tmp_path / "demo" / "models").exists()
