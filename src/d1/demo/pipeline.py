@@ -156,9 +156,10 @@ def check_grpo_settings(config: DemoConfig, data: DemoData) -> None:
     from d1.rl.run import resolve_rewards
     from d1.tasks import get_task
 
+    model_config = family(config.family).config_class()
     for start, job in (("base", "rl_base"), ("sft", "d1")):
         grpo = grpo_config(config, data, _models(config) / start, job)
-        grpo.validate(world_size=1, model_config=family(config.family).config_class())
+        grpo.validate(world_size=1, model_config=model_config)
         resolve_rewards(get_task(grpo.dataset), grpo.reward_funcs, grpo.reward_weights)
 
 
