@@ -23,6 +23,9 @@ from d1.models.llada2 import (
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CHECKPOINT = FIXTURES / "llada2_tiny"
+# float32 logits up to 33: about 15 ulps; another CPU's kernels (AMD EPYC, AVX-512) differ from the fixture's
+# machine by up to 1.8e-5, a wrong model by far more than 1e-3
+TOL = 5e-5
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,7 @@ def test_hub_config_with_remote_code_fields_loads_natively(llada2, tmp_path: Pat
     model = d1.load_model(tmp_path, dtype="float32")
     assert type(model) is LLaDA2MoeModelLM
     with torch.no_grad():
-        assert (model(ref["input_1"]).logits - ref["logits_1"]).abs().max().item() <= 1e-5
+        assert (model(ref["input_1"]).logits - ref["logits_1"]).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("index", [0, 1])
@@ -86,9 +89,9 @@ def test_reproduces_official_logits_with_and_without_block_mask(llada2, index: i
         plain = model(ids).logits
         boolean = model(ids, attention_mask=mask).logits
         added = model(ids, attention_mask=additive).logits
-    assert (plain - ref[f"logits_{index}"]).abs().max().item() <= 1e-5
-    assert (boolean - ref[f"block4_logits_{index}"]).abs().max().item() <= 1e-5
-    assert (added - ref[f"block4_logits_{index}"]).abs().max().item() <= 1e-5
+    assert (plain - ref[f"logits_{index}"]).abs().max().item() <= TOL
+    assert (boolean - ref[f"block4_logits_{index}"]).abs().max().item() <= TOL
+    assert (added - ref[f"block4_logits_{index}"]).abs().max().item() <= TOL
     assert (plain - boolean).abs().max().item() > 1.0  # the mask matters on this input
 
 
@@ -116,8 +119,8 @@ def test_left_padded_row_equals_unpadded_row(llada2) -> None:
     mask[1, :pad] = 0
     with torch.no_grad():
         padded = model(ids, attention_mask=mask).logits
-    assert (padded[0] - ref["logits_0"][0]).abs().max().item() <= 1e-5
-    assert (padded[1, pad:] - ref["logits_1"][0]).abs().max().item() <= 1e-5
+    assert (padded[0] - ref["logits_0"][0]).abs().max().item() <= TOL
+    assert (padded[1, pad:] - ref["logits_1"][0]).abs().max().item() <= TOL
 
 
 def test_logits_to_keep_returns_the_same_columns(llada2) -> None:
@@ -126,8 +129,8 @@ def test_logits_to_keep_returns_the_same_columns(llada2) -> None:
     with torch.no_grad():
         last = model(ids, logits_to_keep=4).logits
         window = model(ids, logits_to_keep=slice(3, 9)).logits
-    assert torch.allclose(last, ref["logits_0"][:, -4:], atol=1e-5)
-    assert torch.allclose(window, ref["logits_0"][:, 3:9], atol=1e-5)
+    assert torch.allclose(last, ref["logits_0"][:, -4:], atol=TOL)
+    assert torch.allclose(window, ref["logits_0"][:, 3:9], atol=TOL)
 
 
 def test_cached_blocks_then_next_block_equal_the_block_causal_forward(llada2) -> None:
@@ -139,8 +142,8 @@ def test_cached_blocks_then_next_block_equal_the_block_causal_forward(llada2) ->
         sees_all = torch.ones(1, 1, 4, length, dtype=torch.bool)
         last = model(ids[:, 8:], cache=grown.cache, attention_mask=sees_all)
     assert [kv[0].shape for kv in grown.cache] == [torch.Size([1, 1, 8, 16])] * 2
-    assert (grown.logits - ref["block4_logits_0"][:, 4:8]).abs().max().item() <= 1e-5
-    assert (last.logits - ref["block4_logits_0"][:, 8:]).abs().max().item() <= 1e-5
+    assert (grown.logits - ref["block4_logits_0"][:, 4:8]).abs().max().item() <= TOL
+    assert (last.logits - ref["block4_logits_0"][:, 8:]).abs().max().item() <= TOL
 
 
 def restated_route(logits: list[float], bias: list[float], groups: int, keep: int, k: int, scale: float):
@@ -190,7 +193,7 @@ def test_fused_experts_checkpoint_is_split_on_load(llada2, tmp_path: Path) -> No
     assert type(fused) is LLaDA2MoeModelLM and fused.config.model_type == "llada2_moe"
     with torch.no_grad():
         logits = fused(ref["input_0"]).logits
-    assert (logits - ref["logits_0"]).abs().max().item() <= 1e-5
+    assert (logits - ref["logits_0"]).abs().max().item() <= TOL
     fused.save_pretrained(tmp_path / "split")
     assert json.loads((tmp_path / "split" / "config.json").read_text())["model_type"] == "llada2_moe"
 

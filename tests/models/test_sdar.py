@@ -93,7 +93,8 @@ def test_left_padded_row_with_2d_mask_equals_unpadded_row(sdar_tiny) -> None:
     with torch.no_grad():
         alone = model(ids[None]).logits[0]
         with_padding = model(padded, attention_mask=mask).logits[0, 3:]
-    assert (with_padding - alone).abs().max().item() <= 1e-5
+    # padding changes the matmul shapes and so the kernels' summation order: 1.05e-5 on an AMD EPYC (AVX-512)
+    assert (with_padding - alone).abs().max().item() <= 5e-5
 
 
 def test_left_padded_batch_under_per_row_block_masks_reproduces_official_logits(sdar_tiny) -> None:
