@@ -132,6 +132,22 @@ def test_stop_after_runs_the_stages_up_to_it_and_a_later_run_continues(tmp_path,
     run_demo(DemoConfig(quick=True, output_dir=str(out), stop_after="init"))  # finished: skipped, stops again
     assert (out / "stages" / "init.json").read_text() == init and "init: already done" in capsys.readouterr().out
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["init.json"]
+    # a setting a finished stage read would leave that stage as it is: refused, naming it, nothing written
+    with pytest.raises(ValueError, match=r"finished stages read other settings \(seed: 0 -> 2\)"):
+        run_demo(DemoConfig(quick=True, output_dir=str(out), stop_after="init", seed=2))
+    assert json.loads((out / "config.json").read_text())["seed"] == 0
+    # one that only later stages read may change (here RL's, after init)
+    run_demo(DemoConfig(quick=True, output_dir=str(out), stop_after="init", rl_learning_rate=1e-4))
+    assert json.loads((out / "config.json").read_text())["rl_learning_rate"] == 1e-4
+
+
+def test_every_setting_named_in_first_stage_is_a_demo_setting() -> None:
+    from dataclasses import fields
+
+    from d1.demo.config import FIRST_STAGE, STAGES
+
+    assert set(FIRST_STAGE) <= {f.name for f in fields(DemoConfig)}
+    assert set(FIRST_STAGE.values()) <= {*STAGES, None}
 
 
 def test_unknown_lr_scheduler_is_named_before_anything_runs(tmp_path) -> None:

@@ -30,6 +30,20 @@ ROW_NAMES = {
 """The rows' names in the report (`DemoConfig.row_names` adds how +diffu-GRPO was helped, if it was)."""
 STAGES = ("init", "pretrain", "sft", "rl_base", "d1", "eval")
 """The pipeline's stages in order (`demo/pipeline.py` runs them; `--stop_after` names one)."""
+_RL = ("rl_base_steps", "rl_base_hints", "rl_learning_rate", "num_generations", "rl_prompts_per_step",
+       "num_iterations", "rl_empty_cells", "rl_gen_length", "rl_diffusion_steps", "temperature", "logp_estimator",
+       "reward_funcs", "negative_advantage_scale", "rollout_sampler")  # fmt: skip
+FIRST_STAGE = {
+    **dict.fromkeys(("n_sft", "n_rl", "n_validation", "n_test", "trace", "pretrain_steps", "batch_size",
+                     "learning_rate", "lr_scheduler_type", "max_length", "block_length"), "pretrain"),
+    "sft_steps": "sft",
+    **dict.fromkeys(_RL, "rl_base"),
+    "rl_steps": "d1",
+    **dict.fromkeys(("eval_gen_lengths", "eval_batch_size"), "eval"),
+    **dict.fromkeys(("output_dir", "stop_after"), None),
+}  # fmt: skip
+"""The first stage that reads each setting (None: no stage; a setting not named here: init). A run continued in
+the same folder may change a setting only while that stage has not finished (`pipeline.check_same_settings`)."""
 
 
 def _option(default: object, help: str) -> object:

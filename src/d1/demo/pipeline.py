@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from d1.demo.config import ROWS, DemoConfig
+from d1.demo.config import FIRST_STAGE, ROWS, STAGES, DemoConfig
 from d1.demo.data import DemoData, make_demo_data
 from d1.demo.report import write_report
 from d1.utils import check_writable, say, write_atomic, write_json_atomic
@@ -295,12 +295,33 @@ def preflight(config: DemoConfig) -> None:
         )
 
 
+def check_same_settings(config: DemoConfig, out: Path) -> None:
+    """Refuse to continue a run with a setting changed that a finished stage read (`FIRST_STAGE`): that stage
+    would be reused as it is, and the report would credit it to the new value."""
+    saved_path = out / "config.json"
+    finished = {p.stem for p in (out / "stages").glob("*.json")}
+    if not finished or not saved_path.exists():
+        return
+    saved, now = json.loads(saved_path.read_text()), json.loads(json.dumps(asdict(config)))
+    changed = []
+    for key, value in now.items():
+        first = FIRST_STAGE.get(key, "init")
+        if key in saved and saved[key] != value and first and finished & set(STAGES[STAGES.index(first) :]):
+            changed.append(f"{key}: {saved[key]!r} -> {value!r}")
+    if changed:
+        raise ValueError(
+            f"output_dir={str(out)!r} holds a demo run whose finished stages read other settings "
+            f"({'; '.join(changed)}). Run again with its settings to continue, or give another --output_dir."
+        )
+
+
 def run_demo(config: DemoConfig) -> Path:
     """Run (or resume) every stage up to `stop_after`, then write the report; returns the report's path (the
     output folder when stopped early)."""
     preflight(config)
     out = Path(config.output_dir)
     marks = out / "stages"
+    check_same_settings(config, out)
     marks.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", asdict(config))
     started = time.perf_counter()
