@@ -4,12 +4,14 @@
     python benchmarks/rl_methods.py --demos runs/demo-s0 runs/demo-s1 runs/demo-s2 --out runs/rl_methods
 
 Every method runs `d1 grpo` (a fresh process each, one CPU thread) from the demo's SFT model with the demo's RL
-budget (16 puzzles x 8 completions per rollout, `--rollouts` rollouts, the same puzzles in the same order), on two
-settings: `easy` (the demo's RL puzzles, 2-6 blanks, solved-or-not reward) and `d1` (d1's own: 8 blanks, d1's
-cell-fraction reward). Validation (100 held-out 8-blank puzzles, greedy) every `--eval_every` rollouts; the test
-accuracy (200 unseen puzzles, cells % and solved %) is measured at the best-validation checkpoint after the same
-number of rollouts (equal rollouts) and, separately, at the best-validation checkpoint reached within the
-training time of the fastest method (equal wall time; validation time not counted). Also: seconds per rollout
+budget (16 puzzles x 8 completions per rollout, `--rollouts` rollouts, the same puzzles in the same order), by
+default on two settings: `easy` (the demo's RL puzzles, 2-6 blanks, solved-or-not reward) and `d1` (d1's
+own: 8 blanks, d1's cell-fraction reward); `--settings mixed hard` puts 2-8 or 4-8 blanks in the RL puzzles.
+The demo's own RL stage is `--methods coupled_pos --rollouts 40 --eval_every 10 --learning_rate 2e-4`.
+Validation (100 held-out 8-blank puzzles, greedy) every `--eval_every` rollouts; the test accuracy (200 unseen
+puzzles, cells % and solved %) is measured at the best-validation checkpoint after the same number of rollouts
+(equal rollouts) and, separately, at the best-validation checkpoint reached within the training time of the
+fastest method (equal wall time; validation time not counted). Also: seconds per rollout
 split into generation, log-prob passes and updates, and each run's peak memory. Results are cached per run
 (`<out>/<setting>/<method>/seed<S>/`), so an interrupted benchmark continues where it stopped.
 
@@ -122,7 +124,11 @@ def method_problem(name: str, model: Path) -> str | None:
 SETTINGS = {
     "d1": {"rl_empty_cells": [8, 8], "reward_funcs": ["sudoku_reward_func"]},
     "easy": {"rl_empty_cells": [2, 6], "reward_funcs": ["sudoku_solved_reward_func"]},
+    "mixed": {"rl_empty_cells": [2, 8], "reward_funcs": ["sudoku_solved_reward_func"]},
+    "hard": {"rl_empty_cells": [4, 8], "reward_funcs": ["sudoku_solved_reward_func"]},
 }
+"""RL puzzles (blanks per puzzle, fewest and most) and reward of each setting; validation and test keep 8 blanks.
+`easy` is the demo's; `mixed` and `hard` were measured for the tiny Dream (docs/rl-at-tiny-scale.md, section 8)."""
 
 
 @dataclass(frozen=True)
@@ -152,15 +158,21 @@ def setting_data(run: Run, out: Path):
     return config, data
 
 
-def train(run: Run, args: argparse.Namespace) -> dict:
-    """`d1 grpo` for one method's run: the demo's RL stage with the benchmark's budget, learning rate and
-    negative advantages, then the method's own flags."""
-    config, data = setting_data(run, args.out)
+def method_argv(config: DemoConfig, data, run: Run, args: argparse.Namespace) -> tuple[list[str], int]:
+    """(`d1 grpo` flags, updates per rollout) of one method's run: the demo's RL stage with the benchmark's
+    budget, the setting's reward, the benchmark's learning rate and negative advantages, then the method's flags."""
     method = ALL_METHODS[run.method].options
     iterations = int(method.get("num_iterations", config.num_iterations))
     argv = run_argv(config, data, run, args.rollouts * iterations, args.eval_every * iterations, iterations)
     argv += ["--reward_funcs", *SETTINGS[run.setting]["reward_funcs"], "--negative_advantage_scale", "1",
              "--learning_rate", str(args.learning_rate), *method_flags(run.method)]  # fmt: skip
+    return argv, iterations
+
+
+def train(run: Run, args: argparse.Namespace) -> dict:
+    """`d1 grpo` for one method's run, in its own process (cached)."""
+    config, data = setting_data(run, args.out)
+    argv, iterations = method_argv(config, data, run, args)
     return run_grpo_process(run, argv, iterations, args.threads)
 
 
@@ -319,7 +331,7 @@ def main() -> None:
         help="Default: every method of the demos' family (BLOCK_METHODS on a block-diffusion model, else"
         " METHODS).",
     )  # fmt: skip
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=["d1", "easy"], choices=list(SETTINGS))
     parser.add_argument("--rollouts", type=int, default=12)
     parser.add_argument(
         "--learning_rate", type=float, default=5e-5,

@@ -126,3 +126,9 @@ def test_a_full_attention_familys_sft_has_no_blocks_and_explicit_settings_win(tm
     config = DemoConfig(output_dir=str(tmp_path / "demo"), block_length=14, logp_estimator="mc_elbo")
     assert pipeline.sft_config(config, tmp_path, tmp_path, "sft", 10, "generic").block_length is None
     assert (config.block_length, config.logp_estimator, config.rollout_sampler) == (14, "mc_elbo", "cached")
+
+
+@pytest.mark.parametrize("family, cells", [("llada", [2, 6]), ("dream", [2, 6]), ("llada2", [8, 8]), ("sdar", [8, 8])])
+def test_each_familys_rl_puzzles_and_a_users_choice_wins(tmp_path, family, cells):
+    assert DemoConfig(family=family, output_dir=str(tmp_path)).rl_empty_cells == cells
+    assert DemoConfig(family=family, output_dir=str(tmp_path), rl_empty_cells=[3, 5]).rl_empty_cells == [3, 5]

@@ -86,3 +86,32 @@ def test_a_full_attention_method_on_a_block_demo_is_refused_before_training(
     assert stop.value.code == 2
     assert "--methods d1: logp_estimator='one_step' assumes full attention" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("setting", ["easy", "hard"])
+def test_coupled_pos_with_the_demos_budget_is_the_demos_own_rl_stage(tmp_path, setting):
+    """The module docstring's claim: `--methods coupled_pos --rollouts 40 --eval_every 10 --learning_rate 2e-4`
+    trains with the demo's d1 stage's settings (a demo whose RL puzzles are the setting's)."""
+    from argparse import Namespace
+    from dataclasses import asdict
+
+    from benchmarks.rl_methods import SETTINGS, method_argv
+
+    from d1.cli.args import parse_config
+    from d1.demo.config import DemoConfig
+    from d1.demo.data import DemoData
+    from d1.demo.pipeline import grpo_config
+    from d1.rl.config import DiffuGRPOConfig
+
+    def demo() -> DemoConfig:
+        return DemoConfig(output_dir=str(tmp_path / "demo"), rl_empty_cells=SETTINGS[setting]["rl_empty_cells"])
+
+    data = DemoData(*(tmp_path / f"{name}.csv" for name in ("pretrain", "sft", "rl", "validation", "test")))
+    run = Run(tmp_path / "demo", 0, setting, "coupled_pos", tmp_path / "run")
+    args = Namespace(rollouts=40, eval_every=10, learning_rate=2e-4)
+    argv, iterations = method_argv(demo(), data, run, args)
+    benchmark = asdict(parse_config(DiffuGRPOConfig, argv))
+    stage = asdict(grpo_config(demo(), data, tmp_path / "demo" / "models" / "sft", "d1"))
+    changed = {key for key in stage if benchmark[key] != stage[key] and key != "logging_dir"}  # clock-derived
+    assert changed == {"output_dir", "logging_steps", "save_total_limit"}
+    assert (iterations, benchmark["max_steps"], benchmark["eval_steps"]) == (4, 160, 40)
