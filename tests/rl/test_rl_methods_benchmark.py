@@ -5,20 +5,30 @@ its methods per family (the block estimators on a block-diffusion model, the ful
 from __future__ import annotations
 
 import sys
+from argparse import Namespace
+from dataclasses import asdict
 
 import pytest
 from benchmarks.rl_methods import (
     BLOCK_METHODS,
     METHODS,
+    SETTINGS,
     Run,
     best_checkpoint,
     cost,
     family_methods,
     main,
+    method_argv,
     method_flags,
     method_problem,
     timeline,
 )
+
+from d1.cli.args import parse_config
+from d1.demo.config import DemoConfig
+from d1.demo.data import DemoData
+from d1.demo.pipeline import grpo_config
+from d1.rl.config import DiffuGRPOConfig
 
 # mu 2: a rollout every 2 steps, logged every 2 steps (per-step means), validation every 2 rollouts
 HISTORY = [
@@ -55,9 +65,6 @@ def test_best_checkpoint_within_a_budget(tmp_path, budget, step):
 
 
 def test_method_flags_parse_into_a_valid_config():
-    from d1.cli.args import parse_config
-    from d1.rl.config import DiffuGRPOConfig
-
     for name in METHODS:
         config = parse_config(DiffuGRPOConfig, ["--dataset", "sudoku", "--beta", "0", *method_flags(name)])
         config.validate(world_size=1)
@@ -92,17 +99,6 @@ def test_a_full_attention_method_on_a_block_demo_is_refused_before_training(
 def test_coupled_pos_with_the_demos_budget_is_the_demos_own_rl_stage(tmp_path, setting):
     """The module docstring's claim: `--methods coupled_pos --rollouts 40 --eval_every 10 --learning_rate 2e-4`
     trains with the demo's d1 stage's settings (a demo whose RL puzzles are the setting's)."""
-    from argparse import Namespace
-    from dataclasses import asdict
-
-    from benchmarks.rl_methods import SETTINGS, method_argv
-
-    from d1.cli.args import parse_config
-    from d1.demo.config import DemoConfig
-    from d1.demo.data import DemoData
-    from d1.demo.pipeline import grpo_config
-    from d1.rl.config import DiffuGRPOConfig
-
     def demo() -> DemoConfig:
         return DemoConfig(output_dir=str(tmp_path / "demo"), rl_empty_cells=SETTINGS[setting]["rl_empty_cells"])
 
