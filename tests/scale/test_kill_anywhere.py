@@ -2,9 +2,11 @@
 seeded random times and restarted with `--resume_from_checkpoint auto` each time; the final weights equal an
 uninterrupted run's bit for bit (one thread).
 
-Each run is `d1`'s entry point in a child forked from this test process, whose imports are done, so a kill
-lands in the command's own work (checks, data, loading, training, saving) rather than in Python's imports,
-which write nothing; this keeps 13 kills within the suite's time budget."""
+Each run is `d1`'s entry point in a child forked by multiprocessing's fork server, which imported `d1` once, so
+a kill lands in the command's own work (checks, data, loading, training, saving) rather than in Python's
+imports, which write nothing; this keeps 13 kills within the suite's time budget. The server is single-threaded
+when it forks: a child forked from the test process itself could inherit a lock held by one of its threads and
+hang."""
 
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ from tests.sft.test_sft_run import sft_argv
 KILLED = -9  # multiprocessing's exit code of a child ended by SIGKILL
 RESUMES_PAST = "resumes that fell back past an incomplete checkpoint"
 LOADING_STARTS = {"sft": "SFT data ", "grpo": "diffu-GRPO on "}  # printed just before the model loads
+DEADLINE_S = 600  # a run that outlives this has hung: it is killed and the test fails with its log
+CONTEXT = multiprocessing.get_context("forkserver")
+CONTEXT.set_forkserver_preload(["d1.cli.main", "tests.scale.test_kill_anywhere"])
 
 
 def _child(argv: list[str], log: str) -> None:
@@ -36,20 +41,26 @@ def _child(argv: list[str], log: str) -> None:
 
 def run(argv: list[str], log: Path, seconds: float | None = None, at_save: Path | None = None) -> int:
     """Run `d1 argv` in a forked child; SIGKILL it after `seconds` if still running, or (with `at_save`, the
-    checkpoints' folder) at most `seconds` after it starts writing a checkpoint. Returns the exit code."""
+    checkpoints' folder) at most `seconds` after it starts writing a checkpoint. Returns the exit code; fails the
+    test if the child outlives `DEADLINE_S`."""
     log.touch()  # the child may be killed before it opens it
-    child = multiprocessing.get_context("fork").Process(target=_child, args=(argv, str(log)))
+    child = CONTEXT.Process(target=_child, args=(argv, str(log)))
+    deadline = time.monotonic() + DEADLINE_S
     child.start()
-    if at_save is None:
-        child.join(seconds)
-    else:
+    if at_save is not None:
         before = {p.name for p in at_save.glob("checkpoint-*")}
         while child.is_alive() and not {p.name for p in at_save.glob("checkpoint-*")} - before:
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.002)
-        child.join(seconds)
+    left = deadline - time.monotonic()
+    child.join(max(0.0, left if seconds is None else min(seconds, left)))
+    hung = child.is_alive() and time.monotonic() >= deadline
     if child.is_alive():
         child.kill()
         child.join()
+    if hung:
+        pytest.fail(f"d1 {' '.join(argv)} ran past {DEADLINE_S} s (hung?)\n{log.read_text()[-3000:]}")
     return child.exitcode
 
 
@@ -112,6 +123,9 @@ def test_killed_anywhere_and_resumed_equals_uninterrupted(
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     ref_argv, ref = command_argv(command, tiny_model_dir, arithmetic_jsonl, tmp_path / "ref")
+    warm = CONTEXT.Process(target=int)  # starts the fork server (its imports) before the run is timed
+    warm.start()
+    warm.join()
     start = time.monotonic()
     code = run([command, *ref_argv], tmp_path / "ref.log")
     duration = time.monotonic() - start
